@@ -1,0 +1,3 @@
+"""scratchformer: Transformers from scratch in pure JAX, and a tool that trains them."""
+
+__version__ = "0.1.0"

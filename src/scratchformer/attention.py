@@ -1,0 +1,123 @@
+"""Multi-head attention: self and cross, causal and padding masks, an optional KV cache.
+
+Shape legend: B batch, T query positions, S key positions, D model width,
+H heads, K head width (D = H * K).
+
+One implementation serves training, evaluation and cached decoding: a cache is
+just the keys/values of earlier positions, written in place with
+`dynamic_update_slice`, and the mask says which of its slots are real.
+Masks are boolean, True where a query may attend, broadcastable to Bx1xTxS.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+from .layers import INIT_STD, dropout, init_linear, linear
+
+
+def causal_mask(t: int):
+    """1x1xTxT: position t attends to positions <= t."""
+    return cache_mask(t, t, 0)
+
+
+def cache_mask(t: int, s: int, pos):
+    """1x1xTxS for T new queries written at slots pos..pos+T-1 of an S-slot cache:
+    query i attends to slots j <= pos + i (earlier slots hold earlier tokens)."""
+    return (jnp.arange(s)[None, :] <= pos + jnp.arange(t)[:, None])[None, None]
+
+
+def padding_mask(valid_BxS):
+    """Bx1x1xS from a boolean BxS array that is True at real (non-pad) positions."""
+    return valid_BxS[:, None, None, :]
+
+
+def init_self_attention(key, d: int, *, fused: bool, bias: bool, n_layer: int) -> dict:
+    kq, kk, kv, ko = jax.random.split(key, 4)
+    out = init_linear(ko, d, d, bias=bias, std=INIT_STD / math.sqrt(2 * n_layer))
+    if fused:
+        return {"qkv": init_linear(kq, d, 3 * d, bias=bias), "out": out}
+    return {"q": init_linear(kq, d, d, bias=bias), "k": init_linear(kk, d, d, bias=bias),
+            "v": init_linear(kv, d, d, bias=bias), "out": out}
+
+
+def init_cross_attention(key, d: int, *, fused: bool, bias: bool, n_layer: int) -> dict:
+    kq, kk, kv, ko = jax.random.split(key, 4)
+    p = {"q": init_linear(kq, d, d, bias=bias),
+         "out": init_linear(ko, d, d, bias=bias, std=INIT_STD / math.sqrt(2 * n_layer))}
+    if fused:
+        p["kv"] = init_linear(kk, d, 2 * d, bias=bias)
+    else:
+        p["k"] = init_linear(kk, d, d, bias=bias)
+        p["v"] = init_linear(kv, d, d, bias=bias)
+    return p
+
+
+def _split_heads(x_BxTxD, n_head: int):
+    b, t, d = x_BxTxD.shape
+    return x_BxTxD.reshape(b, t, n_head, d // n_head)
+
+
+def self_qkv(p: dict, x_BxTxD, n_head: int):
+    if "qkv" in p:
+        q, k, v = jnp.split(linear(p["qkv"], x_BxTxD), 3, axis=-1)
+    else:
+        q, k, v = (linear(p[n], x_BxTxD) for n in ("q", "k", "v"))
+    return tuple(_split_heads(a, n_head) for a in (q, k, v))
+
+
+def cross_kv(p: dict, memory_BxSxD, n_head: int):
+    """Keys and values of the encoder memory; computed once per source when decoding."""
+    if "kv" in p:
+        k, v = jnp.split(linear(p["kv"], memory_BxSxD), 2, axis=-1)
+    else:
+        k, v = linear(p["k"], memory_BxSxD), linear(p["v"], memory_BxSxD)
+    return _split_heads(k, n_head), _split_heads(v, n_head)
+
+
+def attention_weights(q_BxTxHxK, k_BxSxHxK, mask):
+    """Softmax(q k^T / sqrt(K)) in float32 (float64 for f64 inputs), BxHxTxS.
+
+    Masked scores get float32's most negative finite value rather than -inf, so a
+    row with every key masked (a fully padded sequence) is uniform, never NaN.
+    """
+    scale = 1.0 / math.sqrt(q_BxTxHxK.shape[-1])
+    dt = jnp.promote_types(q_BxTxHxK.dtype, jnp.float32)
+    att_BxHxTxS = jnp.einsum("bthk,bshk->bhts", q_BxTxHxK, k_BxSxHxK, preferred_element_type=dt) * scale
+    if mask is not None:
+        att_BxHxTxS = jnp.where(mask, att_BxHxTxS, jnp.finfo(dt).min)
+    return jax.nn.softmax(att_BxHxTxS, axis=-1)
+
+
+def attend(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, mask, *, rate=0.0, key=None, train=False):
+    """Scaled dot-product attention; returns (y_BxTxD, probs_BxHxTxS)."""
+    probs = attention_weights(q_BxTxHxK, k_BxSxHxK, mask)
+    dropped = dropout(key, probs, rate, train=train).astype(v_BxSxHxK.dtype)
+    y_BxTxHxK = jnp.einsum("bhts,bshk->bthk", dropped, v_BxSxHxK)
+    b, t, h, k = y_BxTxHxK.shape
+    return y_BxTxHxK.reshape(b, t, h * k), probs
+
+
+def self_attention(p: dict, x_BxTxD, *, n_head: int, mask, cache=None, pos=0,
+                   rate=0.0, key=None, train=False):
+    """Self-attention. With `cache` ({"k","v"}: BxSxHxK) the new keys/values are
+    written at slots pos..pos+T-1 and the queries attend over the whole cache
+    (the mask must hide unwritten slots). Returns (y_BxTxD, new_cache)."""
+    q, k, v = self_qkv(p, x_BxTxD, n_head)
+    if cache is not None:
+        k = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), (0, pos, 0, 0))
+        v = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), (0, pos, 0, 0))
+        cache = {"k": k, "v": v}
+    y, _ = attend(q, k, v, mask, rate=rate, key=key, train=train)
+    return linear(p["out"], y), cache
+
+
+def cross_attention(p: dict, x_BxTxD, kv, *, n_head: int, mask, rate=0.0, key=None, train=False):
+    """Attention from decoder positions to precomputed encoder keys/values `kv`.
+    Returns (y_BxTxD, probs_BxHxTxS)."""
+    q = _split_heads(linear(p["q"], x_BxTxD), n_head)
+    y, probs = attend(q, kv[0], kv[1], mask, rate=rate, key=key, train=train)
+    return linear(p["out"], y), probs

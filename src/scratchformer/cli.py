@@ -1,0 +1,243 @@
+"""Command line: argument parsing only; the work is done by the modules it calls.
+
+Errors a person can cause become one line on stderr and exit code 2; a run that
+diverges (NaN/inf) exits 1. No tracebacks for either.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from .config import DEFAULT_PRESET, PRESETS, all_keys
+
+EXAMPLES = """examples:
+  scratchformer train reverse                      # encoder-decoder learns to reverse sequences
+  scratchformer train lm --preset cpu-quick        # Tiny Shakespeare character LM, ~45 s
+  scratchformer train lm --data my.txt --set model.n_layer=2 --steps 500
+  scratchformer eval runs/lm-cpu --json
+  scratchformer sample runs/lm-cpu --prompt "ROMEO:" --tokens 300
+  scratchformer sample runs/reverse-default --input "7 3 9 1"
+  scratchformer plot runs/lm-cpu
+  scratchformer bench
+"""
+
+
+class UsageError(ValueError):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2, like every other bad input
+        raise UsageError(message)
+
+
+def _positive_int(s):
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not an integer") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"{s!r} must be > 0")
+    return v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="scratchformer", description="Transformers from scratch in pure JAX: train, evaluate, "
+                "sample and plot.", epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    presets = "; ".join(f"{t}: {', '.join(ps)} (default {DEFAULT_PRESET[t]})" for t, ps in PRESETS.items())
+    t = sub.add_parser("train", help="train a model", description="Train a model and write a run folder "
+                       "(config.json, metrics.jsonl, summary.json, checkpoints/).",
+                       epilog=f"presets: {presets}\n\nconfig keys for --set:\n  " + "\n  ".join(all_keys()),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    t.add_argument("task", choices=list(PRESETS), help="reverse (encoder-decoder) or lm (character LM)")
+    t.add_argument("--preset", help="named settings (see below)")
+    t.add_argument("--out", help="run folder (default runs/TASK-PRESET-TIME)")
+    t.add_argument("--steps", type=_positive_int, help="optimizer steps (= --set train.steps=N)")
+    t.add_argument("--seed", type=int, help="random seed (= --set train.seed=N)")
+    t.add_argument("--data", help="lm: a UTF-8 text file instead of Tiny Shakespeare")
+    t.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set model.n_layer=2 (repeatable)")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    t.add_argument("--fsdp", action="store_true", help="shard parameters and optimizer state across devices")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--coordinator", help="multi-process: HOST:PORT of process 0")
+    t.add_argument("--num-processes", type=_positive_int, help="multi-process: number of processes")
+    t.add_argument("--process-id", type=int, help="multi-process: this process's index")
+
+    e = sub.add_parser("eval", help="evaluate a run's best checkpoint on its held-out data")
+    e.add_argument("dir")
+    e.add_argument("--json", action="store_true", help="print one JSON object")
+    e.add_argument("--beam", type=_positive_int, default=1, help="reverse: beam width (1 = greedy)")
+
+    s = sub.add_parser("sample", help="generate from a trained run")
+    s.add_argument("dir")
+    s.add_argument("--prompt", default="\n", help="lm: text to continue (default a newline)")
+    s.add_argument("--tokens", type=_positive_int, default=500, help="lm: characters to generate")
+    s.add_argument("--temperature", type=float, default=0.8, help="lm: 0 = greedy (default 0.8)")
+    s.add_argument("--top-k", type=int, default=0, help="lm: keep the k most likely (0 = all)")
+    s.add_argument("--top-p", type=float, default=1.0, help="lm: nucleus mass (1 = off)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--no-cache", action="store_true", help="lm: full forward pass per token (slow; for checking)")
+    s.add_argument("--input", help="reverse: space-separated symbols, e.g. '7 3 9 1'")
+    s.add_argument("--beam", type=_positive_int, default=1, help="reverse: beam width (1 = greedy)")
+
+    pl = sub.add_parser("plot", help="write loss.png (and attention.png for reverse) into the run folder")
+    pl.add_argument("dir")
+
+    b = sub.add_parser("bench", help="measure training and sampling speed on this machine")
+    b.add_argument("--json", action="store_true", help="print one JSON object")
+    b.add_argument("--quick", action="store_true", help="fewer repetitions (for a smoke test)")
+    return p
+
+
+def cmd_train(a) -> int:
+    from .parallel import initialize_distributed
+    initialize_distributed(a.coordinator, a.num_processes, a.process_id)
+
+    from .config import make_config, parse_set_args
+    from .runs import data_meta
+    from .tasks import LMTask, ReverseTask
+    from .train import fit
+
+    overrides = parse_set_args(a.sets)
+    if a.steps is not None:
+        overrides["train.steps"] = str(a.steps)
+    if a.seed is not None:
+        overrides["train.seed"] = str(a.seed)
+    preset = a.preset or DEFAULT_PRESET[a.task]
+    out = a.out or f"runs/{a.task}-{preset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if a.resume and not a.out:
+        raise UsageError("--resume needs --out DIR, the run to continue")
+    if a.resume and not (a.preset or overrides):
+        cfg = _saved_config(out, a.task)  # continue exactly the run that was started
+    else:
+        cfg = make_config(a.task, preset, overrides)
+    meta = None
+    if a.task == "lm":
+        from .data import text
+        path = a.data if a.data is not None else text.shakespeare_path()
+        task = LMTask.from_text(cfg, text.read_text(path))
+        meta = data_meta(path)
+    else:
+        if a.data is not None:
+            raise UsageError("--data is for the lm task; reverse generates its data")
+        task = ReverseTask(cfg)
+    summary = fit(cfg, task, out, resume=a.resume, fsdp=a.fsdp, progress=not a.no_progress, data_meta=meta)
+    from .parallel import is_main
+    if is_main():
+        print(f"run folder: {out}")
+        print(_describe(summary))
+    return 0
+
+
+def _saved_config(out: str, task: str):
+    from pathlib import Path
+
+    from .checkpoint import CheckpointError
+    from .config import ConfigError, from_dict
+    path = Path(out) / "config.json"
+    if not path.is_file():
+        raise CheckpointError(f"--resume: {out} has no run to resume (no config.json)")
+    try:
+        cfg = from_dict(json.loads(path.read_text()))
+    except ValueError as e:
+        raise ConfigError(f"--resume: {path} is not a valid config: {e}") from None
+    if cfg.task != task:
+        raise UsageError(f"--resume: {out} is a {cfg.task!r} run, not {task!r}")
+    return cfg
+
+
+def _describe(s: dict) -> str:
+    if s["task"] == "reverse":
+        return (f"held-out exact match {100 * s['exact_match']:.2f}% on {s['sequences']} sequences "
+                f"(token accuracy {100 * s['token_accuracy']:.2f}%, val loss {s['val_loss']:.4f})"
+                + (f"; trained {s['steps']} steps in {s['train_time_s']:.1f} s" if "train_time_s" in s else ""))
+    return (f"validation loss {s['val_loss']:.4f} (perplexity {s['val_perplexity']:.3f}) over "
+            f"{s['val_tokens']} tokens" + (f"; trained {s['steps']} steps in {s['train_time_s']:.1f} s"
+                                           if "train_time_s" in s else ""))
+
+
+def cmd_eval(a) -> int:
+    from . import runs
+    task, params, meta = runs.load(a.dir, with_data=True)
+    if task.name == "reverse":
+        result = {"task": "reverse", **task.evaluate(params, full=True, beam=a.beam)}
+    else:
+        result = {"task": "lm", **task.evaluate(params, full=True)}
+    result["step"] = meta.get("step")
+    print(json.dumps(result) if a.json else _describe(result))
+    return 0
+
+
+def cmd_sample(a) -> int:
+    from . import runs
+    from .decode import generate, seq2seq_decode
+    task, params, _ = runs.load(a.dir)
+    if task.name == "reverse":
+        from .data import reverse
+        if a.input is None:
+            raise UsageError("sample on a reverse run needs --input, e.g. --input '7 3 9 1'")
+        d = task.cfg.data
+        src = reverse.parse_symbols(a.input, n_symbols=d.vocab_size, max_len=d.max_len)
+        out = seq2seq_decode(params, task.cfg.model, src, beam=a.beam)
+        print(" ".join(str(x) for x in reverse.output_symbols(out[0])))
+        return 0
+    if a.input is not None:
+        raise UsageError("--input is for reverse runs; an lm run takes --prompt")
+    if a.temperature < 0:
+        raise UsageError(f"--temperature={a.temperature} must be >= 0")
+    if not 0 < a.top_p <= 1:
+        raise UsageError(f"--top-p={a.top_p} must be in (0, 1]")
+    if not 0 <= a.top_k <= task.cfg.model.vocab_size:
+        raise UsageError(f"--top-k={a.top_k} must be in [0, {task.cfg.model.vocab_size}]")
+    if not a.prompt:
+        raise UsageError("--prompt is empty; give at least one character")
+    ids = task.tokenizer.encode(a.prompt)
+    out = generate(params, task.cfg.model, ids, a.tokens, seed=a.seed, temperature=a.temperature,
+                   top_k=a.top_k, top_p=a.top_p, use_cache=not a.no_cache)
+    sys.stdout.write(task.tokenizer.decode(out) + "\n")
+    return 0
+
+
+def cmd_plot(a) -> int:
+    from .plots import plot_run
+    for path in plot_run(a.dir):
+        print(path)
+    return 0
+
+
+def cmd_bench(a) -> int:
+    from .bench import main as bench_main
+    return bench_main(as_json=a.json, quick=a.quick)
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    from .checkpoint import CheckpointError
+    from .train import TrainingDiverged
+    try:
+        a = parser.parse_args(argv)
+        if a.command is None:
+            parser.print_help()
+            return 2
+        return {"train": cmd_train, "eval": cmd_eval, "sample": cmd_sample, "plot": cmd_plot,
+                "bench": cmd_bench}[a.command](a)
+    except TrainingDiverged as e:
+        print(f"scratchformer: {e}", file=sys.stderr)
+        return 1
+    except (ValueError, CheckpointError, OSError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        print(f"scratchformer: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("scratchformer: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,171 @@
+"""Character-level text corpora: download with checksum, cache, read, tokenize, split, batch.
+
+Shapes: B batch, T block (context) length, N tokens in a split.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import tempfile
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .errors import DataError
+
+SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
+SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
+SHAKESPEARE_NAME = "tinyshakespeare.txt"
+
+
+def cache_dir() -> Path:
+    """$SCRATCHFORMER_CACHE, else the platform's per-user cache folder."""
+    if os.environ.get("SCRATCHFORMER_CACHE"):
+        return Path(os.environ["SCRATCHFORMER_CACHE"])
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Caches" / "scratchformer"
+    if os.name == "nt":
+        return Path(os.environ.get("LOCALAPPDATA", Path.home())) / "scratchformer" / "cache"
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "scratchformer"
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def download(url: str, dest: Path, sha256: str, *, timeout: float = 60.0) -> Path:
+    """Fetch `url` to `dest` atomically (temp file in the same folder, fsync, rename),
+    verifying its sha256. A cached file is re-verified; a mismatch is an error."""
+    dest = Path(dest)
+    if dest.exists():
+        got = sha256_file(dest)
+        if got != sha256:
+            raise DataError(f"cached file {dest} has sha256 {got}, expected {sha256}; delete it to re-download")
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=dest.name + ".", suffix=".part", dir=dest.parent)
+    try:
+        h = hashlib.sha256()
+        with os.fdopen(fd, "wb") as out:
+            try:
+                with urllib.request.urlopen(url, timeout=timeout) as resp:
+                    for chunk in iter(lambda: resp.read(1 << 16), b""):
+                        h.update(chunk)
+                        out.write(chunk)
+            except urllib.error.HTTPError as e:
+                raise DataError(f"download of {url} failed: HTTP {e.code} {e.reason}") from None
+            except (urllib.error.URLError, OSError) as e:
+                raise DataError(f"download of {url} failed: {getattr(e, 'reason', e)}") from None
+            out.flush()
+            os.fsync(out.fileno())
+        if h.hexdigest() != sha256:
+            raise DataError(f"download of {url} has sha256 {h.hexdigest()}, expected {sha256}")
+        os.replace(tmp, dest)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return dest
+
+
+def shakespeare_path(url: str = SHAKESPEARE_URL) -> Path:
+    """Tiny Shakespeare in the cache, downloaded and verified on first use."""
+    return download(url, cache_dir() / SHAKESPEARE_NAME, SHAKESPEARE_SHA256)
+
+
+def read_text(path) -> str:
+    """Read a UTF-8 text file, with a one-line error for anything that is not one."""
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"--data {p}: no such file")
+    if p.is_dir():
+        raise DataError(f"--data {p} is a folder; give a UTF-8 text file")
+    raw = p.read_bytes()
+    if not raw:
+        raise DataError(f"--data {p} is empty; give a UTF-8 text file")
+    if b"\x00" in raw:
+        raise DataError(f"--data {p} looks binary (it contains NUL bytes); give a UTF-8 text file")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"--data {p} is not UTF-8 (bad byte at offset {e.start}); give a UTF-8 text file") from None
+
+
+class CharTokenizer:
+    """Characters <-> ids; the vocabulary is the sorted set of characters of a text."""
+
+    def __init__(self, chars: str):
+        if len(set(chars)) != len(chars) or not chars:
+            raise DataError("tokenizer vocabulary must be a non-empty string of distinct characters")
+        self.chars = chars
+        self._index = {c: i for i, c in enumerate(chars)}
+
+    @classmethod
+    def from_text(cls, text: str) -> "CharTokenizer":
+        return cls("".join(sorted(set(text))))
+
+    def __len__(self) -> int:
+        return len(self.chars)
+
+    def encode(self, text: str) -> np.ndarray:
+        try:
+            return np.fromiter((self._index[c] for c in text), np.int32, len(text))
+        except KeyError as e:
+            raise DataError(f"character {e.args[0]!r} is not in the model's vocabulary "
+                            f"({len(self.chars)} characters: {json.dumps(self.chars)})") from None
+
+    def decode(self, ids) -> str:
+        return "".join(self.chars[i] for i in np.asarray(ids).tolist())
+
+
+def split(ids: np.ndarray, val_fraction: float):
+    """First (1 - val_fraction) for training, the rest for validation."""
+    n = int(len(ids) * (1.0 - val_fraction))
+    return ids[:n], ids[n:]
+
+
+def sample_batch(key, data_N, *, batch: int, block: int):
+    """Random windows of a device-resident token array: inputs and next-token targets, BxT."""
+    starts = jax.random.randint(key, (batch,), 0, data_N.shape[0] - block)
+    idx = starts[:, None] + jnp.arange(block + 1)[None, :]
+    w = data_N[idx]
+    return {"inputs": w[:, :-1], "targets": w[:, 1:]}
+
+
+def eval_windows(val_N: np.ndarray, block: int, limit: int = 0) -> dict:
+    """Non-overlapping windows scoring every validation target exactly once.
+
+    Windows start at 0, T, 2T...; a last window ending at the split's end covers
+    the remainder, with weight only on targets no earlier window scored.
+    With limit > 0, only `limit` evenly spaced full windows (for quick periodic
+    evaluation). Returns {"inputs","targets","weights"}: W x T."""
+    n = len(val_N) - 1  # number of targets
+    if n < block:
+        raise DataError(f"validation split has {n} targets, fewer than one block ({block}); "
+                        "use more text or a smaller model.block_size")
+    starts = list(range(0, n - block + 1, block))
+    weights = [np.ones(block, np.float32) for _ in starts]
+    covered = starts[-1] + block
+    if covered < n:
+        last = n - block
+        w = np.zeros(block, np.float32)
+        w[covered - last:] = 1.0
+        starts.append(last)
+        weights.append(w)
+    if limit and limit < len(starts):
+        pick = np.linspace(0, len(starts) - 2 if covered < n else len(starts) - 1, limit).astype(int)
+        starts = [starts[i] for i in pick]
+        weights = [np.ones(block, np.float32) for _ in pick]
+    idx = np.asarray(starts)[:, None] + np.arange(block + 1)[None, :]
+    w = val_N[idx]
+    return {"inputs": w[:, :-1], "targets": w[:, 1:], "weights": np.stack(weights)}

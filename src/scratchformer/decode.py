@@ -1,0 +1,222 @@
+"""Decoding, each a whole jit-compiled loop (no Python call per token):
+
+* LM sampling with temperature / top-k / top-p, with or without a KV cache;
+* encoder-decoder greedy and beam search, with a KV cache for decoder
+  self-attention and the encoder's cross-attention keys/values computed once.
+
+Shape legend: B batch, W beams, S source slots, T target slots / context, V vocab.
+
+Contexts longer than the block size (LM): a sliding window. The model always sees
+the tokens window[s:n]; when n - s would exceed the block size T, the window jumps
+to the last `keep = T // 2` tokens (s = n - keep), and with the cache those are
+re-encoded in one forward pass (a "re-prefill"). Cached and uncached sampling
+follow the same rule, so they see the same context and give the same tokens.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .config import ModelConfig
+from .data.reverse import BOS, EOS, PAD
+from .models import PAD_ID, decode, encode, init_cache, lm_forward, memory_kv
+
+
+# ---------------------------------------------------------------- sampling rules
+def filter_logits(logits_V, *, temperature: float, top_k: int = 0, top_p: float = 1.0):
+    """Temperature, then top-k (keep the k largest), then top-p (keep the smallest set of
+    most likely tokens whose probability reaches p). Removed tokens get -inf."""
+    logits_V = logits_V.astype(jnp.float32) / temperature
+    if top_k:
+        kth = jnp.sort(logits_V)[-top_k]
+        logits_V = jnp.where(logits_V < kth, -jnp.inf, logits_V)
+    if top_p < 1.0:
+        order = jnp.argsort(-logits_V)
+        probs = jax.nn.softmax(logits_V[order])
+        before = jnp.cumsum(probs) - probs  # mass of strictly more likely tokens
+        keep_sorted = before < top_p        # the first token is always kept
+        keep = jnp.zeros_like(keep_sorted).at[order].set(keep_sorted)
+        logits_V = jnp.where(keep, logits_V, -jnp.inf)
+    return logits_V
+
+
+def sample_token(key, logits_V, *, temperature: float, top_k: int, top_p: float):
+    if temperature == 0.0:
+        return jnp.argmax(logits_V).astype(jnp.int32)
+    return jax.random.categorical(key, filter_logits(logits_V, temperature=temperature, top_k=top_k,
+                                                     top_p=top_p)).astype(jnp.int32)
+
+
+# ---------------------------------------------------------------- LM generation
+@partial(jax.jit, static_argnames=("cfg", "n_prompt", "n_new", "temperature", "top_k", "top_p", "use_cache"))
+def _generate(params, tokens_L, key, *, cfg: ModelConfig, n_prompt: int, n_new: int, temperature: float,
+              top_k: int, top_p: float, use_cache: bool):
+    big_t = cfg.block_size
+    keep = max(1, big_t // 2)
+    # Room for a full window read past the last token.
+    buf = jnp.concatenate([tokens_L, jnp.zeros((big_t,), jnp.int32)])
+
+    def window(buf, s):
+        return jax.lax.dynamic_slice_in_dim(buf, s, big_t)[None]
+
+    def prefill(buf, s, n):
+        """Encode tokens s..n-1 into a fresh cache; logits after the last of them."""
+        logits, cache = lm_forward(params, window(buf, s), cfg=cfg, cache=init_cache(cfg, 1, big_t), pos=0)
+        return logits[0, n - s - 1], cache
+
+    def full(buf, s, n):
+        logits, _ = lm_forward(params, window(buf, s), cfg=cfg)
+        return logits[0, n - s - 1]
+
+    s0 = max(0, n_prompt - big_t)
+    if use_cache:
+        logits0, cache0 = prefill(buf, s0, n_prompt)
+    else:
+        logits0, cache0 = full(buf, s0, n_prompt), None
+
+    def body(i, carry):
+        buf, s, logits, cache = carry
+        n = n_prompt + i
+        tok = sample_token(jax.random.fold_in(key, i), logits, temperature=temperature, top_k=top_k, top_p=top_p)
+        buf = buf.at[n].set(tok)
+        n = n + 1
+        slide = n - s > big_t
+        s = jnp.where(slide, n - keep, s)
+        if not use_cache:
+            return buf, s, full(buf, s, n), cache
+
+        def step(_):
+            out, c = lm_forward(params, tok[None, None], cfg=cfg, cache=cache, pos=n - 1 - s)
+            return out[0, 0], c
+
+        logits, cache = jax.lax.cond(slide, lambda _: prefill(buf, s, n), step, None)
+        return buf, s, logits, cache
+
+    buf, _, _, _ = jax.lax.fori_loop(0, n_new, body, (buf, jnp.int32(s0), logits0, cache0))
+    return buf[: n_prompt + n_new]
+
+
+def generate(params, cfg: ModelConfig, prompt_ids, n_new: int, *, seed: int = 0, temperature: float = 0.8,
+             top_k: int = 0, top_p: float = 1.0, use_cache: bool = True) -> np.ndarray:
+    """Prompt ids (at least one) followed by n_new generated ids, as numpy."""
+    prompt = np.asarray(prompt_ids, np.int32)
+    if prompt.ndim != 1 or len(prompt) == 0:
+        raise ValueError("the prompt must hold at least one token")
+    tokens = jnp.concatenate([jnp.asarray(prompt), jnp.zeros((n_new,), jnp.int32)])
+    out = _generate(params, tokens, jax.random.PRNGKey(seed), cfg=cfg, n_prompt=len(prompt), n_new=n_new,
+                    temperature=float(temperature), top_k=int(top_k), top_p=float(top_p), use_cache=use_cache)
+    return np.asarray(out)
+
+
+# ---------------------------------------------------------------- encoder-decoder
+@partial(jax.jit, static_argnames=("cfg", "max_out", "use_cache"))
+def greedy(params, src_BxS, *, cfg: ModelConfig, max_out: int, use_cache: bool = True):
+    """Greedy decoding: BxT ids (T = max_out), PAD after each sequence's EOS."""
+    b = src_BxS.shape[0]
+    valid = src_BxS != PAD_ID
+    kvs = memory_kv(params, encode(params, src_BxS, cfg=cfg), cfg)
+    out = jnp.full((b, max_out), PAD, jnp.int32)
+    prev = jnp.full((b,), BOS, jnp.int32)
+    cache = init_cache(cfg, b, max_out) if use_cache else None
+
+    def cond(c):
+        i, _, _, done, _ = c
+        return (i < max_out) & ~jnp.all(done)
+
+    def body(c):
+        i, out, prev, done, cache = c
+        if use_cache:
+            logits, cache, _ = decode(params, prev[:, None], kvs, valid, cfg=cfg, cache=cache, pos=i)
+            logits = logits[:, 0]
+        else:  # full teacher-forced pass over BOS + everything so far
+            inp = jnp.concatenate([jnp.full((b, 1), BOS, jnp.int32), out[:, :-1]], axis=1)
+            logits, _, _ = decode(params, inp, kvs, valid, cfg=cfg)
+            logits = jnp.take(logits, i, axis=1)
+        nxt = jnp.where(done, PAD, jnp.argmax(logits, -1).astype(jnp.int32))
+        out = out.at[:, i].set(nxt)
+        return i + 1, out, nxt, done | (nxt == EOS), cache
+
+    _, out, _, _, _ = jax.lax.while_loop(cond, body, (0, out, prev, jnp.zeros((b,), bool), cache))
+    return out
+
+
+@partial(jax.jit, static_argnames=("cfg", "max_out", "beam", "alpha"))
+def beam_search(params, src_BxS, *, cfg: ModelConfig, max_out: int, beam: int, alpha: float = 0.6):
+    """Beam search with a KV cache. Beams are ranked by total log-probability while
+    searching; finished hypotheses (EOS emitted) keep their score, and the answer is
+    the hypothesis with the best length-normalised score log p / len^alpha
+    (Wu et al. 2016 use ((5+len)/6)^alpha; plain len^alpha here). Returns BxT ids."""
+    b = src_BxS.shape[0]
+    w = beam
+    src = jnp.repeat(src_BxS, w, axis=0)                      # (B*W) x S
+    valid = src != PAD_ID
+    kvs = memory_kv(params, encode(params, src_BxS, cfg=cfg), cfg)
+    kvs = [tuple(jnp.repeat(a, w, axis=0) for a in kv) for kv in kvs]
+    cache = init_cache(cfg, b * w, max_out)
+    tokens = jnp.full((b, w, max_out), PAD, jnp.int32)
+    scores = jnp.tile(jnp.asarray([0.0] + [-jnp.inf] * (w - 1), jnp.float32), (b, 1))
+    done = jnp.zeros((b, w), bool)
+    lengths = jnp.zeros((b, w), jnp.int32)
+    prev = jnp.full((b * w,), BOS, jnp.int32)
+
+    def cond(c):
+        i, *_, done = c
+        return (i < max_out) & ~jnp.all(done)
+
+    def body(c):
+        i, tokens, scores, lengths, prev, cache, done = c
+        logits, cache, _ = decode(params, prev[:, None], kvs, valid, cfg=cfg, cache=cache, pos=i)
+        logp = jax.nn.log_softmax(logits[:, 0].astype(jnp.float32)).reshape(b, w, -1)
+        v = logp.shape[-1]
+        # A finished hypothesis can only be extended by PAD, at no cost.
+        pad_only = jnp.where(jnp.arange(v) == PAD, 0.0, -jnp.inf)
+        logp = jnp.where(done[..., None], pad_only, logp)
+        cand = (scores[..., None] + logp).reshape(b, w * v)
+        scores, flat = jax.lax.top_k(cand, w)
+        src_beam, tok = flat // v, (flat % v).astype(jnp.int32)
+        pick = lambda x: jnp.take_along_axis(x, src_beam.reshape(b, w, *([1] * (x.ndim - 2))), axis=1)
+        tokens = pick(tokens).at[:, :, i].set(tok)
+        was_done = pick(done)
+        lengths = pick(lengths) + (~was_done).astype(jnp.int32)
+        done = was_done | (tok == EOS)
+        flat_idx = (src_beam + jnp.arange(b)[:, None] * w).reshape(-1)
+        cache = jax.tree.map(lambda a: a[flat_idx], cache)
+        return i + 1, tokens, scores, lengths, tok.reshape(-1), cache, done
+
+    _, tokens, scores, lengths, _, _, _ = jax.lax.while_loop(
+        cond, body, (0, tokens, scores, lengths, prev, cache, done))
+    norm = scores / jnp.maximum(lengths, 1).astype(jnp.float32) ** alpha
+    best = jnp.argmax(norm, axis=1)
+    return jnp.take_along_axis(tokens, best[:, None, None], axis=1)[:, 0]
+
+
+def seq2seq_decode(params, cfg: ModelConfig, src_BxS, *, beam: int = 1):
+    max_out = src_BxS.shape[1] + 1
+    if beam > 1:
+        return beam_search(params, jnp.asarray(src_BxS), cfg=cfg, max_out=max_out, beam=beam)
+    return greedy(params, jnp.asarray(src_BxS), cfg=cfg, max_out=max_out)
+
+
+def seq2seq_accuracy(params, cfg: ModelConfig, ev: dict, *, beam: int = 1, chunk: int = 1000) -> dict:
+    """Exact match (the whole output, EOS included, nothing after it) and token accuracy
+    over a held-out set {"src","tgt_out"}; decoded in fixed-size chunks."""
+    src, tgt = np.asarray(ev["src"]), np.asarray(ev["tgt_out"])
+    n = len(src)
+    exact = correct = total = 0
+    for i in range(0, n, chunk):
+        part = src[i:i + chunk]
+        m = len(part)
+        if m < chunk:
+            part = np.concatenate([part, np.tile(part[:1], (chunk - m, 1))])
+        pred = np.asarray(seq2seq_decode(params, cfg, part, beam=beam))[:m]
+        t = tgt[i:i + m]
+        exact += int(np.all(pred == t, axis=1).sum())
+        real = t != PAD
+        correct += int(((pred == t) & real).sum())
+        total += int(real.sum())
+    return {"exact_match": exact / n, "token_accuracy": correct / max(total, 1), "sequences": n,
+            "beam": beam}

@@ -1,0 +1,95 @@
+"""Building blocks as pure (init, apply) pairs over dicts of arrays.
+
+Shape legend: B batch, T time (query positions), S source/key positions,
+D model width, F feed-forward width, V vocabulary.
+
+Parameters are always float32 (master weights); `apply` functions compute in the
+dtype of their input activations, so bf16 activations give bf16 matmuls.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+INIT_STD = 0.02  # GPT-2's initialisation scale
+
+
+def init_linear(key, d_in: int, d_out: int, *, bias: bool = True, std: float = INIT_STD) -> dict:
+    p = {"w": std * jax.random.normal(key, (d_in, d_out), jnp.float32)}
+    if bias:
+        p["b"] = jnp.zeros((d_out,), jnp.float32)
+    return p
+
+
+def linear(p: dict, x_BxTxD):
+    y = x_BxTxD @ p["w"].astype(x_BxTxD.dtype)
+    if "b" in p:
+        y = y + p["b"].astype(y.dtype)
+    return y
+
+
+def init_embedding(key, vocab: int, d: int, *, std: float = INIT_STD):
+    return std * jax.random.normal(key, (vocab, d), jnp.float32)
+
+
+def embed(table_VxD, ids_BxT, dtype):
+    return jnp.take(table_VxD, ids_BxT, axis=0).astype(dtype)
+
+
+def sinusoidal_positions(n: int, d: int) -> np.ndarray:
+    """Vaswani et al. 2017, sec. 3.5: sin on even, cos on odd channels. Shape n x d."""
+    pos = np.arange(n, dtype=np.float64)[:, None]
+    inv = np.exp(-math.log(10000.0) * np.arange(0, d, 2, dtype=np.float64) / d)
+    table = np.zeros((n, d), np.float64)
+    table[:, 0::2] = np.sin(pos * inv)
+    table[:, 1::2] = np.cos(pos * inv[: d // 2])
+    return table.astype(np.float32)
+
+
+def init_layer_norm(d: int) -> dict:
+    return {"scale": jnp.ones((d,), jnp.float32), "bias": jnp.zeros((d,), jnp.float32)}
+
+
+def at_least_f32(x):
+    """x in float32, or kept in float64 if it already is (numerical checks run in f64)."""
+    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
+def layer_norm(p: dict, x_BxTxD, eps: float):
+    """LayerNorm over the last axis, statistics in (at least) float32 (Ba et al. 2016)."""
+    x = at_least_f32(x_BxTxD)
+    mean = x.mean(-1, keepdims=True)
+    var = jnp.square(x - mean).mean(-1, keepdims=True)
+    y = (x - mean) * jax.lax.rsqrt(var + eps) * p["scale"].astype(x.dtype) + p["bias"].astype(x.dtype)
+    return y.astype(x_BxTxD.dtype)
+
+
+def gelu(x):
+    """GELU, tanh approximation (Hendrycks & Gimpel 2016), as GPT-2 uses."""
+    return 0.5 * x * (1.0 + jnp.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
+
+
+def init_feed_forward(key, d: int, d_ff: int, *, bias: bool, n_layer: int) -> dict:
+    k1, k2 = jax.random.split(key)
+    # Residual projections scaled by 1/sqrt(2 * n_layer), as GPT-2 does.
+    return {"fc": init_linear(k1, d, d_ff, bias=bias),
+            "proj": init_linear(k2, d_ff, d, bias=bias, std=INIT_STD / math.sqrt(2 * n_layer))}
+
+
+def feed_forward(p: dict, x_BxTxD):
+    return linear(p["proj"], gelu(linear(p["fc"], x_BxTxD)))
+
+
+def dropout(key, x, rate: float, *, train: bool):
+    """Inverted dropout: zero with probability `rate`, scale survivors by 1/(1-rate).
+
+    Identity when not training or rate == 0; `key` may then be None.
+    """
+    if not train or rate == 0.0:
+        return x
+    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))

@@ -1,0 +1,44 @@
+"""Token cross-entropy with a weight mask, and the two tasks' losses.
+
+Losses return (sum of weighted token losses, sum of weights) rather than a mean,
+so that gradient accumulation and sharded evaluation can add them up exactly.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from .config import ModelConfig
+from .layers import at_least_f32
+from .models import PAD_ID, encdec_forward, lm_forward
+
+
+def cross_entropy(logits_BxTxV, targets_BxT, weights_BxT, label_smoothing: float = 0.0):
+    """Returns (sum_t w_t * CE_t, sum_t w_t), in float32 (float64 for f64 logits).
+
+    With label smoothing eps the target distribution is (1-eps) on the label plus
+    eps/V spread over all V classes (Szegedy et al. 2016)."""
+    logp = jax.nn.log_softmax(at_least_f32(logits_BxTxV), axis=-1)
+    nll = -jnp.take_along_axis(logp, targets_BxT[..., None], axis=-1)[..., 0]
+    if label_smoothing:
+        nll = (1.0 - label_smoothing) * nll - label_smoothing * logp.mean(-1)
+    w = weights_BxT.astype(logp.dtype)
+    return (nll * w).sum(), w.sum()
+
+
+def lm_loss(params, batch, *, cfg: ModelConfig, train=False, key=None, label_smoothing=0.0):
+    """batch: {"inputs": BxT, "targets": BxT, "weights"?: BxT}; without weights every target counts."""
+    logits, _ = lm_forward(params, batch["inputs"], cfg=cfg, train=train, key=key)
+    weights = batch["weights"] if "weights" in batch else jnp.ones(batch["targets"].shape)
+    return cross_entropy(logits, batch["targets"], weights, label_smoothing)
+
+
+def seq2seq_loss(params, batch, *, cfg: ModelConfig, train=False, key=None, label_smoothing=0.0):
+    """batch: {"src": BxS, "tgt_in": BxT, "tgt_out": BxT}; PAD targets carry no weight."""
+    logits = encdec_forward(params, batch["src"], batch["tgt_in"], cfg=cfg, train=train, key=key)
+    return cross_entropy(logits, batch["tgt_out"], batch["tgt_out"] != PAD_ID, label_smoothing)
+
+
+def task_loss(task: str):
+    return seq2seq_loss if task == "reverse" else lm_loss

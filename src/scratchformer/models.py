@@ -1,0 +1,207 @@
+"""The two model families, built from layers + attention: a decoder-only LM and an
+encoder-decoder. Pre-LN residual blocks (Xiong et al. 2020) throughout.
+
+Shape legend: B batch, T target/time positions, S source positions, D model width,
+V vocabulary, L layers.
+
+Parameter trees are nested dicts with stable keys; those keys are the checkpoint names:
+  LM:     {"embed": {"tokens", "positions"?}, "blocks": [{"ln1","attn","ln2","mlp"}...],
+           "ln_f", "head"?}
+  EncDec: {"embed": {"tokens"} or {"src","tgt"}, (+"positions"?),
+           "encoder": {"blocks": [...], "ln_f"},
+           "decoder": {"blocks": [{"ln1","attn","ln_cross","cross","ln2","mlp"}...], "ln_f"}, "head"?}
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+from .attention import (cache_mask, causal_mask, cross_attention, cross_kv, init_cross_attention,
+                        init_self_attention, padding_mask, self_attention)
+from .config import ModelConfig
+from .layers import (dropout, embed, feed_forward, init_embedding, init_feed_forward, init_layer_norm,
+                     init_linear, layer_norm, sinusoidal_positions)
+
+PAD_ID = 0  # encoder-decoder token id reserved for padding
+
+
+def compute_dtype(cfg: ModelConfig):
+    return jnp.dtype(cfg.dtype)
+
+
+def _keys(key, n):
+    return [None] * n if key is None else list(jax.random.split(key, n))
+
+
+# ---------------------------------------------------------------- shared pieces
+def _init_block(key, cfg: ModelConfig, *, cross: bool) -> dict:
+    ka, kc, km = jax.random.split(key, 3)
+    kw = dict(bias=cfg.bias, n_layer=cfg.n_layer)
+    p = {"ln1": init_layer_norm(cfg.d_model),
+         "attn": init_self_attention(ka, cfg.d_model, fused=cfg.fused_qkv, **kw),
+         "ln2": init_layer_norm(cfg.d_model),
+         "mlp": init_feed_forward(km, cfg.d_model, cfg.d_ff, **kw)}
+    if cross:
+        p["ln_cross"] = init_layer_norm(cfg.d_model)
+        p["cross"] = init_cross_attention(kc, cfg.d_model, fused=cfg.fused_qkv, **kw)
+    return p
+
+
+def _block(p, x_BxTxD, *, cfg: ModelConfig, mask, key=None, train=False, cache=None, pos=0,
+           cross=None):
+    """One pre-LN block. `cross` = (kv, mask) adds cross-attention. Returns (x, cache, probs)."""
+    rate = cfg.dropout
+    k_att, k_res1, k_cross, k_res2, k_res3 = _keys(key, 5)
+    h, cache = self_attention(p["attn"], layer_norm(p["ln1"], x_BxTxD, cfg.ln_eps), n_head=cfg.n_head,
+                              mask=mask, cache=cache, pos=pos, rate=rate, key=k_att, train=train)
+    x_BxTxD = x_BxTxD + dropout(k_res1, h, rate, train=train)
+    probs = None
+    if cross is not None:
+        kv, cross_mask = cross
+        h, probs = cross_attention(p["cross"], layer_norm(p["ln_cross"], x_BxTxD, cfg.ln_eps), kv,
+                                   n_head=cfg.n_head, mask=cross_mask, rate=rate, key=k_cross, train=train)
+        x_BxTxD = x_BxTxD + dropout(k_res2, h, rate, train=train)
+    h = feed_forward(p["mlp"], layer_norm(p["ln2"], x_BxTxD, cfg.ln_eps))
+    return x_BxTxD + dropout(k_res3, h, rate, train=train), cache, probs
+
+
+def _init_embed(key, cfg: ModelConfig, names) -> dict:
+    # Sinusoidal positions have unit scale, so token embeddings are drawn with std
+    # D^-1/2 and multiplied by sqrt(D) (Vaswani et al. 2017, sec. 3.4); learned
+    # positions use GPT-2's 0.02 for both.
+    std = cfg.d_model ** -0.5 if cfg.positions == "sinusoidal" else 0.02
+    keys = jax.random.split(key, len(names) + 1)
+    p = {n: init_embedding(k, cfg.vocab_size, cfg.d_model, std=std) for n, k in zip(names, keys)}
+    if cfg.positions == "learned":
+        p["positions"] = init_embedding(keys[-1], cfg.block_size, cfg.d_model)
+    return p
+
+
+def _embed(p_embed, table_name, ids_BxT, pos, cfg: ModelConfig):
+    """Token + position embedding for positions pos..pos+T-1."""
+    dt = compute_dtype(cfg)
+    t = ids_BxT.shape[1]
+    x = embed(p_embed[table_name], ids_BxT, dt)
+    if cfg.positions == "learned":
+        table = p_embed["positions"]
+    else:
+        x = x * math.sqrt(cfg.d_model)
+        table = jnp.asarray(sinusoidal_positions(cfg.block_size, cfg.d_model))
+    x_pos = jax.lax.dynamic_slice_in_dim(table, pos, t, axis=0)
+    return x + x_pos.astype(dt)[None]
+
+
+def _head(params, table_name, x_BxTxD, cfg: ModelConfig):
+    if "head" in params:
+        return x_BxTxD @ params["head"]["w"].astype(x_BxTxD.dtype)
+    return x_BxTxD @ params["embed"][table_name].T.astype(x_BxTxD.dtype)
+
+
+def init_cache(cfg: ModelConfig, batch: int, length: int, n_layer: int | None = None):
+    """Empty KV cache: one {"k","v"} of BxSxHxK per decoder layer."""
+    shape = (batch, length, cfg.n_head, cfg.head_dim)
+    dt = compute_dtype(cfg)
+    return [{"k": jnp.zeros(shape, dt), "v": jnp.zeros(shape, dt)}
+            for _ in range(n_layer or cfg.n_layer)]
+
+
+# ---------------------------------------------------------------- decoder-only LM
+def init_lm(key, cfg: ModelConfig) -> dict:
+    ke, kb, kh = jax.random.split(key, 3)
+    params = {"embed": _init_embed(ke, cfg, ["tokens"]),
+              "blocks": [_init_block(k, cfg, cross=False) for k in jax.random.split(kb, cfg.n_layer)],
+              "ln_f": init_layer_norm(cfg.d_model)}
+    if not cfg.tie_embeddings:
+        params["head"] = init_linear(kh, cfg.d_model, cfg.vocab_size, bias=False)
+    return params
+
+
+def lm_forward(params, ids_BxT, *, cfg: ModelConfig, train=False, key=None, cache=None, pos=0):
+    """Logits BxTxV for tokens at positions pos..pos+T-1.
+
+    Without a cache the sequence attends causally to itself (pos must be 0). With a
+    cache (from `init_cache`, S slots) the T tokens are written at slots pos.. and
+    attend to every earlier slot. Returns (logits_BxTxV, new_cache)."""
+    t = ids_BxT.shape[1]
+    k_emb, *k_blocks = _keys(key, cfg.n_layer + 1)
+    x = dropout(k_emb, _embed(params["embed"], "tokens", ids_BxT, pos, cfg), cfg.dropout, train=train)
+    mask = causal_mask(t) if cache is None else cache_mask(t, cache[0]["k"].shape[1], pos)
+    new_cache = []
+    for i, p in enumerate(params["blocks"]):
+        x, c, _ = _block(p, x, cfg=cfg, mask=mask, key=k_blocks[i], train=train,
+                         cache=None if cache is None else cache[i], pos=pos)
+        new_cache.append(c)
+    x = layer_norm(params["ln_f"], x, cfg.ln_eps)
+    return _head(params, "tokens", x, cfg), (None if cache is None else new_cache)
+
+
+# ---------------------------------------------------------------- encoder-decoder
+def _table_names(cfg: ModelConfig):
+    return ("tokens", "tokens") if cfg.tie_embeddings else ("src", "tgt")
+
+
+def init_encdec(key, cfg: ModelConfig) -> dict:
+    """Encoder and decoder stacks of cfg.n_layer blocks each. With tie_embeddings the
+    source, target and output tables are one matrix (same vocabulary on both sides)."""
+    ke, kenc, kdec, kh = jax.random.split(key, 4)
+    src_name, tgt_name = _table_names(cfg)
+    params = {
+        "embed": _init_embed(ke, cfg, sorted({src_name, tgt_name})),
+        "encoder": {"blocks": [_init_block(k, cfg, cross=False) for k in jax.random.split(kenc, cfg.n_layer)],
+                    "ln_f": init_layer_norm(cfg.d_model)},
+        "decoder": {"blocks": [_init_block(k, cfg, cross=True) for k in jax.random.split(kdec, cfg.n_layer)],
+                    "ln_f": init_layer_norm(cfg.d_model)},
+    }
+    if not cfg.tie_embeddings:
+        params["head"] = init_linear(kh, cfg.d_model, cfg.vocab_size, bias=False)
+    return params
+
+
+def encode(params, src_BxS, *, cfg: ModelConfig, train=False, key=None):
+    """Encoder memory BxSxD; PAD_ID positions are masked out as keys."""
+    k_emb, *k_blocks = _keys(key, cfg.n_layer + 1)
+    x = dropout(k_emb, _embed(params["embed"], _table_names(cfg)[0], src_BxS, 0, cfg), cfg.dropout, train=train)
+    mask = padding_mask(src_BxS != PAD_ID)
+    for i, p in enumerate(params["encoder"]["blocks"]):
+        x, _, _ = _block(p, x, cfg=cfg, mask=mask, key=k_blocks[i], train=train)
+    return layer_norm(params["encoder"]["ln_f"], x, cfg.ln_eps)
+
+
+def memory_kv(params, memory_BxSxD, cfg: ModelConfig):
+    """Cross-attention keys/values of every decoder layer, computed once per source."""
+    return [cross_kv(p["cross"], memory_BxSxD, cfg.n_head) for p in params["decoder"]["blocks"]]
+
+
+def decode(params, tgt_BxT, kvs, src_valid_BxS, *, cfg: ModelConfig, train=False, key=None,
+           cache=None, pos=0):
+    """Decoder logits BxTxV given the memory's keys/values. Returns (logits, cache, probs)
+    where probs is the list of per-layer cross-attention weights BxHxTxS."""
+    t = tgt_BxT.shape[1]
+    k_emb, *k_blocks = _keys(key, cfg.n_layer + 1)
+    x = dropout(k_emb, _embed(params["embed"], _table_names(cfg)[1], tgt_BxT, pos, cfg), cfg.dropout, train=train)
+    self_mask = causal_mask(t) if cache is None else cache_mask(t, cache[0]["k"].shape[1], pos)
+    cross_mask = padding_mask(src_valid_BxS)
+    new_cache, probs = [], []
+    for i, p in enumerate(params["decoder"]["blocks"]):
+        x, c, pr = _block(p, x, cfg=cfg, mask=self_mask, key=k_blocks[i], train=train,
+                          cache=None if cache is None else cache[i], pos=pos, cross=(kvs[i], cross_mask))
+        new_cache.append(c)
+        probs.append(pr)
+    x = layer_norm(params["decoder"]["ln_f"], x, cfg.ln_eps)
+    return _head(params, _table_names(cfg)[1], x, cfg), (None if cache is None else new_cache), probs
+
+
+def encdec_forward(params, src_BxS, tgt_BxT, *, cfg: ModelConfig, train=False, key=None):
+    """Teacher-forced logits BxTxV."""
+    k_enc, k_dec = _keys(key, 2)
+    memory = encode(params, src_BxS, cfg=cfg, train=train, key=k_enc)
+    logits, _, _ = decode(params, tgt_BxT, memory_kv(params, memory, cfg), src_BxS != PAD_ID,
+                          cfg=cfg, train=train, key=k_dec)
+    return logits
+
+
+def init_model(key, cfg: ModelConfig, task: str) -> dict:
+    return init_encdec(key, cfg) if task == "reverse" else init_lm(key, cfg)

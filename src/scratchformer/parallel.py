@@ -1,0 +1,95 @@
+"""Scale-out on JAX's own machinery: a 1-D device mesh over axis "data", shardings for
+batches (split along "data") and for the training state (replicated, or FSDP-sharded
+on each array's largest divisible axis), and multi-process start-up.
+
+XLA inserts every collective; there is no hand-written communication here.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+AXIS = "data"
+
+
+def make_mesh() -> Mesh:
+    """A 1-D mesh over every visible device (all processes' devices)."""
+    return Mesh(np.asarray(jax.devices()), (AXIS,))
+
+
+def check_batch(batch_size: int, grad_accum: int, mesh: Mesh) -> None:
+    n = mesh.size
+    micro = batch_size // grad_accum
+    if micro % n:
+        what = (f"train.batch_size={batch_size}" if grad_accum == 1 else
+                f"the micro-batch train.batch_size/train.grad_accum={micro}")
+        raise ValueError(f"{what} is not divisible by the {n} devices; use a multiple of {n}")
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P(AXIS))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def fsdp_spec(shape, n: int) -> P:
+    """Shard the largest axis that divides by n devices; replicate if none does."""
+    axes = sorted(range(len(shape)), key=lambda i: -shape[i])
+    for i in axes:
+        if shape[i] % n == 0 and shape[i] >= n:
+            spec = [None] * len(shape)
+            spec[i] = AXIS
+            return P(*spec)
+    return P()
+
+
+def state_shardings(state_shapes, mesh: Mesh, *, fsdp: bool):
+    """Shardings for a TrainState-shaped pytree (of arrays or ShapeDtypeStructs)."""
+    if not fsdp:
+        return jax.tree.map(lambda _: replicated(mesh), state_shapes)
+    return jax.tree.map(lambda x: NamedSharding(mesh, fsdp_spec(x.shape, mesh.size)), state_shapes)
+
+
+def bytes_per_device(tree) -> dict:
+    """Bytes of `tree` held by each device (to report what FSDP saves)."""
+    out: dict = {}
+    for leaf in jax.tree.leaves(tree):
+        for shard in leaf.addressable_shards:
+            out[shard.device.id] = out.get(shard.device.id, 0) + shard.data.nbytes
+    return out
+
+
+def initialize_distributed(coordinator: str | None, num_processes: int | None, process_id: int | None) -> bool:
+    """Start jax.distributed from flags, else from the environment that JAX's
+    launchers set (JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID).
+    Returns True if several processes take part. Must run before any JAX computation."""
+    coordinator = coordinator or os.environ.get("JAX_COORDINATOR_ADDRESS")
+    if num_processes is None and os.environ.get("JAX_NUM_PROCESSES"):
+        num_processes = int(os.environ["JAX_NUM_PROCESSES"])
+    if process_id is None and os.environ.get("JAX_PROCESS_ID"):
+        process_id = int(os.environ["JAX_PROCESS_ID"])
+    if not coordinator:
+        if num_processes not in (None, 1) or process_id not in (None, 0):
+            raise ValueError("--num-processes/--process-id need --coordinator HOST:PORT")
+        return False
+    if num_processes is None or process_id is None:
+        raise ValueError(f"--coordinator {coordinator} needs --num-processes and --process-id")
+    if not 0 <= process_id < num_processes:
+        raise ValueError(f"--process-id={process_id} must be in [0, --num-processes={num_processes})")
+    # Collectives between CPU devices of different processes go through gloo; the
+    # setting is ignored on GPU, where NCCL is used.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
+                               process_id=process_id)
+    return num_processes > 1
+
+
+def is_main() -> bool:
+    return jax.process_index() == 0

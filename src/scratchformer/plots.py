@@ -1,0 +1,123 @@
+"""Pictures of a run: loss curves (loss.png) and, for reversal, the decoder's
+cross-attention on one held-out example (attention.png)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+
+def _matplotlib():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def read_metrics(run_dir) -> tuple[list[dict], list[dict]]:
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist; is {run_dir} a run folder?")
+    train, evals = [], []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if "loss" in row and row["loss"] is not None:
+            train.append(row)
+        elif "val_loss" in row:
+            evals.append(row)
+    return train, evals
+
+
+def _smooth(y: np.ndarray, window: int) -> np.ndarray:
+    if window <= 1 or len(y) < window:
+        return y
+    c = np.cumsum(np.insert(y, 0, 0.0))
+    head = c[1:window] / np.arange(1, window)
+    return np.concatenate([head, (c[window:] - c[:-window]) / window])
+
+
+def plot_loss(run_dir, tokens_per_step: int, unit: str) -> Path:
+    plt = _matplotlib()
+    train, evals = read_metrics(run_dir)
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
+    if train:
+        steps = np.array([r["step"] for r in train])
+        loss = np.array([r["loss"] for r in train], np.float64)
+        ax.plot(steps, loss, color="tab:blue", alpha=0.25, lw=0.8, label="train loss (per step)")
+        w = max(1, len(steps) // 50)
+        ax.plot(steps, _smooth(loss, w), color="tab:blue", lw=1.8, label=f"train loss ({w}-step mean)")
+    if evals:
+        ax.plot([r["step"] for r in evals], [r["val_loss"] for r in evals], "o-", color="tab:orange",
+                lw=1.8, label="validation loss")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("cross-entropy (nats / token)")
+    ax.set_yscale("log")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    top = ax.secondary_xaxis("top", functions=(lambda s: s * tokens_per_step / 1e6,
+                                               lambda t: t * 1e6 / tokens_per_step))
+    top.set_xlabel(f"{'tokens' if unit == 'tok' else 'sequences'} seen (millions)")
+    ax.set_title(f"{Path(run_dir).name}: loss", pad=12)
+    out = Path(run_dir) / "loss.png"
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+def plot_attention(run_dir, task, params) -> Path:
+    """Decoder cross-attention (every layer and head) for the first held-out example,
+    with the model's own output as the decoder input."""
+    import jax.numpy as jnp
+
+    from .data.reverse import BOS, OFFSET, output_symbols
+    from .decode import greedy
+    from .models import PAD_ID, decode, encode, memory_kv
+
+    plt = _matplotlib()
+    cfg = task.cfg.model
+    ev = task.eval_set()
+    i = int(np.argmax((ev["src"] != PAD_ID).sum(1) >= min(12, task.cfg.data.max_len)))  # a longish example
+    src = jnp.asarray(ev["src"][i:i + 1])
+    out = np.asarray(greedy(params, src, cfg=cfg, max_out=src.shape[1] + 1))
+    n_src = int((ev["src"][i] != PAD_ID).sum())
+    n_out = len(output_symbols(out[0])) + 1  # + EOS
+    tgt_in = jnp.concatenate([jnp.full((1, 1), BOS, jnp.int32), jnp.asarray(out[:, :-1])], axis=1)
+    kvs = memory_kv(params, encode(params, src, cfg=cfg), cfg)
+    _, _, probs = decode(params, tgt_in, kvs, src != PAD_ID, cfg=cfg)
+    n_l, n_h = cfg.n_layer, cfg.n_head
+    fig, axes = plt.subplots(n_l, n_h, figsize=(2.6 * n_h, 2.6 * n_l + 0.6), dpi=120, squeeze=False)
+    src_labels = [str(t - OFFSET) for t in ev["src"][i][:n_src]]
+    out_labels = [str(t - OFFSET) for t in out[0][:n_out - 1]] + ["EOS"]
+    for layer in range(n_l):
+        for head in range(n_h):
+            a = np.asarray(probs[layer][0, head, :n_out, :n_src])
+            ax = axes[layer][head]
+            ax.imshow(a, cmap="viridis", vmin=0, vmax=1, aspect="auto")
+            ax.set_title(f"layer {layer + 1}, head {head + 1}", fontsize=8)
+            ax.set_xticks(range(n_src), src_labels, fontsize=6)
+            ax.set_yticks(range(n_out), out_labels, fontsize=6)
+            if head == 0:
+                ax.set_ylabel("output symbol")
+            if layer == n_l - 1:
+                ax.set_xlabel("source symbol")
+    fig.suptitle("decoder cross-attention on a held-out example (reversal: expect the anti-diagonal)")
+    fig.tight_layout()
+    path = Path(run_dir) / "attention.png"
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_run(run_dir) -> list[Path]:
+    from . import runs
+    task, params, _ = runs.load(run_dir)
+    paths = [plot_loss(run_dir, task.tokens_per_step(), task.unit)]
+    if task.name == "reverse":
+        paths.append(plot_attention(run_dir, task, params))
+    return paths

@@ -1,0 +1,53 @@
+"""Opening a saved run folder: its config, its checkpoint and its task (with the data
+the task needs), checked before anything is used."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import checkpoint as ckpt
+from .config import ConfigError, from_dict
+from .data import text
+from .data.errors import DataError
+from .tasks import LMTask, task_from_meta
+from .train import state_template
+
+
+def data_meta(path) -> dict:
+    """What a run records about its text file so that `eval` can find and verify it."""
+    p = Path(path).resolve()
+    return {"path": str(p), "sha256": text.sha256_file(p)}
+
+
+def checkpoint_path(run_dir, which: str = "best") -> Path:
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ckpt.CheckpointError(f"run folder {run_dir} does not exist")
+    path = (ckpt.best(run_dir) if which == "best" else None) or ckpt.latest(run_dir)
+    if path is None:
+        raise ckpt.CheckpointError(f"{run_dir} has no checkpoint (expected {run_dir}/{ckpt.CKPT_DIR}/*.safetensors)")
+    return path
+
+
+def load(run_dir, *, which: str = "best", with_data: bool = False):
+    """Returns (task, params, meta). with_data also reloads an LM's text for evaluation."""
+    path = checkpoint_path(run_dir, which)
+    tensors, meta = ckpt.read(path)
+    try:
+        cfg = from_dict(meta.get("config"))
+    except ConfigError as e:
+        raise ckpt.CheckpointError(f"checkpoint {path} has an invalid config: {e}") from None
+    task = task_from_meta(cfg, meta.get("task_meta") or {})
+    state = ckpt.restore(tensors, state_template(task.cfg), source=str(path))
+    if with_data and isinstance(task, LMTask):
+        d = meta.get("data") or {}
+        src = Path(str(d.get("path", "")))
+        if not src.is_file():
+            raise DataError(f"the run's text file {src} is gone; evaluation needs it")
+        if text.sha256_file(src) != d.get("sha256"):
+            raise DataError(f"the run's text file {src} changed since training (sha256 differs)")
+        fresh = LMTask.from_text(task.cfg, text.read_text(src))
+        if fresh.tokenizer.chars != task.tokenizer.chars:
+            raise DataError(f"the vocabulary of {src} differs from the checkpoint's")
+        task = fresh
+    return task, state.params, meta

@@ -1,0 +1,141 @@
+"""The two experiments as objects the training loop can drive: where the data comes
+from, how a batch is drawn on device, how the model is evaluated, and what must be
+saved with a checkpoint to use the model again (the vocabulary)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .config import RunConfig
+from .data import reverse, text
+from .data.errors import DataError
+from .loss import task_loss
+
+EVAL_CHUNK = 256  # sequences per jitted evaluation call
+
+
+def _eval_loss(loss_fn, params, arrays: dict, chunk: int):
+    """Sum a loss over fixed-size chunks (the last one zero-weighted padding), so the
+    evaluation compiles once whatever the set's size. Returns the mean."""
+    n = len(next(iter(arrays.values())))
+    total, weight = 0.0, 0.0
+    for i in range(0, n, chunk):
+        part = {k: v[i:i + chunk] for k, v in arrays.items()}
+        m = len(next(iter(part.values())))
+        if m < chunk:
+            part = {k: np.concatenate([v, np.zeros((chunk - m,) + v.shape[1:], v.dtype)]) for k, v in part.items()}
+        s, w = loss_fn(params, part)
+        total += float(s)
+        weight += float(w)
+    return total / max(weight, 1.0), int(weight)
+
+
+class LMTask:
+    """Character language model on a text file (Tiny Shakespeare by default)."""
+
+    name = "lm"
+    unit = "tok"
+
+    def __init__(self, cfg: RunConfig, tokenizer: text.CharTokenizer, ids: np.ndarray | None = None):
+        self.tokenizer = tokenizer
+        self.cfg = replace(cfg, model=replace(cfg.model, vocab_size=len(tokenizer)))
+        if ids is not None:
+            self.train_ids, self.val_ids = text.split(ids, cfg.data.val_fraction)
+            block = cfg.model.block_size
+            if len(self.train_ids) <= block + 1:
+                raise DataError(f"the text gives {len(self.train_ids)} training characters, fewer than one "
+                                f"block (model.block_size={block}) plus one; use a longer text or a smaller block")
+            text.eval_windows(self.val_ids, block)  # raises if validation is shorter than a block
+        self._loss = jax.jit(lambda p, b: task_loss("lm")(p, b, cfg=self.cfg.model))
+
+    @classmethod
+    def from_text(cls, cfg: RunConfig, corpus: str) -> "LMTask":
+        tok = text.CharTokenizer.from_text(corpus)
+        return cls(cfg, tok, tok.encode(corpus))
+
+    @classmethod
+    def from_meta(cls, cfg: RunConfig, meta: dict) -> "LMTask":
+        vocab = meta.get("vocab")
+        if not isinstance(vocab, str):
+            raise DataError("checkpoint metadata has no character vocabulary")
+        return cls(cfg, text.CharTokenizer(vocab))
+
+    def meta(self) -> dict:
+        return {"vocab": self.tokenizer.chars}
+
+    def tokens_per_step(self) -> int:
+        return self.cfg.train.batch_size * self.cfg.model.block_size
+
+    def device_data(self) -> dict:
+        return {"train": jnp.asarray(self.train_ids)}
+
+    def sample_batch(self, data: dict, key, batch: int):
+        return text.sample_batch(key, data["train"], batch=batch, block=self.cfg.model.block_size)
+
+    def evaluate(self, params, *, full: bool) -> dict:
+        limit = 0 if full else self.cfg.train.eval_windows
+        windows = text.eval_windows(self.val_ids, self.cfg.model.block_size, limit)
+        loss, n = _eval_loss(self._loss, params, windows, EVAL_CHUNK)
+        return {"val_loss": loss, "val_perplexity": float(np.exp(loss)), "val_tokens": n}
+
+
+class ReverseTask:
+    """Encoder-decoder sequence reversal on generated data."""
+
+    name = "reverse"
+    unit = "seq"
+
+    def __init__(self, cfg: RunConfig):
+        d = cfg.data
+        self.cfg = replace(cfg, model=replace(cfg.model, vocab_size=reverse.model_vocab(d.vocab_size)))
+        self._eval = None
+        self._loss = jax.jit(lambda p, b: task_loss("reverse")(p, b, cfg=self.cfg.model))
+
+    @classmethod
+    def from_meta(cls, cfg: RunConfig, meta: dict) -> "ReverseTask":
+        return cls(cfg)
+
+    def meta(self) -> dict:
+        return {}
+
+    def tokens_per_step(self) -> int:
+        return self.cfg.train.batch_size
+
+    def device_data(self) -> dict:
+        return {}
+
+    def sample_batch(self, data: dict, key, batch: int):
+        d = self.cfg.data
+        return reverse.sample_batch(key, batch=batch, n_symbols=d.vocab_size, min_len=d.min_len, max_len=d.max_len)
+
+    def eval_set(self) -> dict:
+        if self._eval is None:
+            d = self.cfg.data
+            self._eval = reverse.eval_set(size=d.eval_size, seed=d.eval_seed, n_symbols=d.vocab_size,
+                                          min_len=d.min_len, max_len=d.max_len)
+        return self._eval
+
+    def evaluate(self, params, *, full: bool, beam: int = 1) -> dict:
+        ev = self.eval_set()
+        loss, _ = _eval_loss(self._loss, params, ev, EVAL_CHUNK * 4)
+        out = {"val_loss": loss}
+        if full:
+            from .decode import seq2seq_accuracy
+            out.update(seq2seq_accuracy(params, self.cfg.model, ev, beam=beam))
+        return out
+
+
+def make_task(cfg: RunConfig, data_path=None):
+    """Build the task for a fresh run, loading its data."""
+    if cfg.task == "reverse":
+        return ReverseTask(cfg)
+    path = data_path if data_path is not None else text.shakespeare_path()
+    return LMTask.from_text(cfg, text.read_text(path))
+
+
+def task_from_meta(cfg: RunConfig, meta: dict):
+    return ReverseTask.from_meta(cfg, meta) if cfg.task == "reverse" else LMTask.from_meta(cfg, meta)

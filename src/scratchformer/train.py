@@ -1,0 +1,300 @@
+"""Training: the TrainState pytree, the jitted step, and the loop around it.
+
+`train_step(state, batch) -> (state, metrics)` is the one training path. The loop
+calls it through `make_train_call`, which draws each batch on device from the step
+number and runs `steps_per_call` steps in a `lax.scan` per jitted call (with the
+state donated) - a speed option that gives the same numbers as one step per call.
+
+Randomness is a pure function of (seed, step): the batch of step s uses
+fold_in(fold_in(rng, s), 0), its dropout fold_in(fold_in(rng, s), 1). A resumed run
+therefore draws exactly what an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import checkpoint as ckpt
+from .config import RunConfig
+from .loss import task_loss
+from .models import init_model
+from .optim import AdamWState, adamw_init, adamw_update, clip_by_global_norm, decay_mask
+from .parallel import batch_sharding, check_batch, is_main, make_mesh, replicated, state_shardings
+from .schedule import warmup_cosine
+
+
+class TrainState(NamedTuple):
+    step: jax.Array        # int32 scalar: optimizer steps taken
+    params: Any
+    opt_state: AdamWState
+    rng: jax.Array         # uint32[2] PRNG key of the run
+
+
+class TrainingDiverged(RuntimeError):
+    """Loss or gradient norm became NaN/inf."""
+
+
+def init_state(cfg: RunConfig) -> TrainState:
+    k_init, k_run = jax.random.split(jax.random.PRNGKey(cfg.train.seed))
+    params = init_model(k_init, cfg.model, cfg.task)
+    return TrainState(jnp.zeros((), jnp.int32), params, adamw_init(params), k_run)
+
+
+def state_template(cfg: RunConfig):
+    """Shapes and dtypes of the TrainState, without allocating it."""
+    return jax.eval_shape(lambda: init_state(cfg))
+
+
+def lr_at(cfg: RunConfig, step):
+    o = cfg.optim
+    return warmup_cosine(step, peak=o.lr, min_lr=o.min_lr, warmup_steps=o.warmup_steps,
+                         total_steps=cfg.train.steps)
+
+
+def make_train_step(cfg: RunConfig, micro_sharding=None):
+    """The pure training step for this config: train_step(state, batch) -> (state, metrics)."""
+    o, t = cfg.optim, cfg.train
+    loss_fn = partial(task_loss(cfg.task), cfg=cfg.model, train=True, label_smoothing=t.label_smoothing)
+    grad_fn = jax.value_and_grad(lambda p, b, k: loss_fn(p, b, key=k), has_aux=True)
+    mask = decay_mask(state_template(cfg).params, decay_embeddings=o.decay_embeddings)
+
+    def summed_grads(params, batch, key):
+        """(sum of token losses, sum of weights, gradient of the sum) over the batch,
+        accumulated over grad_accum micro-batches of consecutive rows."""
+        if t.grad_accum == 1:
+            (s, w), g = grad_fn(params, batch, key)
+            return s, w, g
+        micro = jax.tree.map(lambda x: x.reshape(t.grad_accum, -1, *x.shape[1:]), batch)
+
+        def body(carry, inp):
+            i, mb = inp
+            if micro_sharding is not None:
+                mb = jax.lax.with_sharding_constraint(mb, micro_sharding)
+            (s, w), g = grad_fn(params, mb, jax.random.fold_in(key, i))
+            return (carry[0] + s, carry[1] + w, jax.tree.map(jnp.add, carry[2], g)), None
+
+        zero = jnp.zeros((), jnp.float32)
+        init = (zero, zero, jax.tree.map(jnp.zeros_like, params))
+        (s, w, g), _ = jax.lax.scan(body, init, (jnp.arange(t.grad_accum), micro))
+        return s, w, g
+
+    def train_step(state: TrainState, batch):
+        key = jax.random.fold_in(jax.random.fold_in(state.rng, state.step), 1)
+        s, w, g = summed_grads(state.params, batch, key)
+        w = jnp.maximum(w, 1.0)
+        loss = s / w
+        grads, norm = clip_by_global_norm(jax.tree.map(lambda x: x / w, g), o.clip_norm)
+        lr = lr_at(cfg, state.step)
+        params, opt = adamw_update(grads, state.opt_state, state.params, lr=lr, b1=o.b1, b2=o.b2,
+                                   eps=o.eps, weight_decay=o.weight_decay, mask=mask)
+        if t.skip_nonfinite:
+            ok = jnp.isfinite(loss) & jnp.isfinite(norm)
+            params, opt = jax.tree.map(lambda new, old: jnp.where(ok, new, old),
+                                       (params, opt), (state.params, state.opt_state))
+        return (TrainState(state.step + 1, params, opt, state.rng),
+                {"loss": loss, "grad_norm": norm, "lr": lr})
+
+    return train_step
+
+
+def make_train_call(cfg: RunConfig, task, n_steps: int, mesh=None, *, fsdp: bool = False):
+    """Jitted call running `n_steps` training steps, drawing each batch on device.
+    Returns (fn, state_shardings); fn(state, data) -> (state, metrics of n_steps)."""
+    mesh = mesh or make_mesh()
+    check_batch(cfg.train.batch_size, cfg.train.grad_accum, mesh)
+    bs = batch_sharding(mesh)
+    step_fn = make_train_step(cfg, micro_sharding=bs if cfg.train.grad_accum > 1 else None)
+
+    def call(state, data):
+        def body(st, _):
+            key = jax.random.fold_in(jax.random.fold_in(st.rng, st.step), 0)
+            batch = task.sample_batch(data, key, cfg.train.batch_size)
+            batch = jax.lax.with_sharding_constraint(batch, bs)
+            return step_fn(st, batch)
+        return jax.lax.scan(body, state, None, length=n_steps)
+
+    shardings = state_shardings(state_template(cfg), mesh, fsdp=fsdp)
+    fn = jax.jit(call, donate_argnums=0, in_shardings=(shardings, replicated(mesh)),
+                 out_shardings=(shardings, replicated(mesh)))
+    return fn, shardings
+
+
+def steps_per_call(cfg: RunConfig) -> int:
+    """Largest k <= train.steps_per_call that divides every boundary where the loop must
+    stop (evaluation, checkpoint, end), so one compiled call serves the whole run."""
+    t = cfg.train
+    g = math.gcd(math.gcd(t.eval_every, t.checkpoint_every), t.steps)
+    return max(d for d in range(1, min(t.steps_per_call, g) + 1) if g % d == 0)
+
+
+def _json_float(x) -> float | None:
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+class RunFolder:
+    """The files of one run: config.json, metrics.jsonl, summary.json, checkpoints/."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.metrics = self.path / "metrics.jsonl"
+
+    def prepare(self, *, resume: bool) -> None:
+        try:
+            (self.path / ckpt.CKPT_DIR).mkdir(parents=True, exist_ok=True)
+            probe = self.path / ".write-test"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as e:
+            raise ValueError(f"--out {self.path} cannot be written ({e.strerror})") from None
+        if not resume and (ckpt.latest(self.path) or self.metrics.exists()):
+            raise ValueError(f"--out {self.path} already holds a run; pass --resume to continue it "
+                             "or choose another --out")
+
+    def write_json(self, name: str, obj) -> None:
+        ckpt.atomic_write_bytes(self.path / name, (json.dumps(obj, indent=2) + "\n").encode())
+
+    def truncate_metrics(self, step: int) -> None:
+        """Keep only rows up to `step` (those covered by the checkpoint being resumed)."""
+        if not self.metrics.exists():
+            return
+        keep = []
+        for line in self.metrics.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue  # a line cut short by a kill
+            if isinstance(row, dict) and row.get("step", step + 1) <= step:
+                keep.append(line + "\n")
+        ckpt.atomic_write_bytes(self.metrics, "".join(keep).encode())
+
+    def append(self, rows: list[dict]) -> None:
+        with open(self.metrics, "a") as f:
+            f.write("".join(json.dumps(r) + "\n" for r in rows))
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def _progress(total: int, initial: int, enabled: bool):
+    from tqdm.auto import tqdm
+    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, disable=not enabled,
+                file=sys.stderr, mininterval=0.5, smoothing=0.1)
+
+
+def fit(cfg: RunConfig, task, out_dir, *, resume: bool = False, fsdp: bool = False,
+        progress: bool = True, data_meta: dict | None = None, log=print) -> dict:
+    """Train `task` under `cfg`, writing the run to `out_dir`. Returns the summary."""
+    cfg = task.cfg
+    run = RunFolder(out_dir)
+    main = is_main()
+    if main:
+        run.prepare(resume=resume)
+    mesh = make_mesh()
+    k = steps_per_call(cfg)
+    call, shardings = make_train_call(cfg, task, k, mesh, fsdp=fsdp)
+    meta_base = {"config": cfg.to_dict(), "task_meta": task.meta(), "data": data_meta or {}}
+
+    best_val = math.inf
+    if resume:
+        path = ckpt.latest(run.path)
+        if path is None:
+            raise ckpt.CheckpointError(f"--resume: {run.path} has no checkpoint to resume from")
+        tensors, meta = ckpt.read(path)
+        if meta.get("config") != cfg.to_dict():
+            raise ckpt.CheckpointError(f"--resume: {path} was saved with a different config")
+        host_state = ckpt.restore(tensors, state_template(cfg), source=str(path))
+        state = jax.device_put(host_state, shardings)
+        best_val = meta.get("best_val_loss") or math.inf
+        if main:
+            run.truncate_metrics(int(host_state.step))
+    else:
+        state = jax.jit(lambda: init_state(cfg), out_shardings=shardings)()
+        if main:
+            run.write_json("config.json", cfg.to_dict())
+
+    data = jax.device_put(task.device_data(), replicated(mesh))
+    start = int(state.step)
+    t = cfg.train
+    bar = _progress(t.steps, start, progress and main)
+    rate_t0, rate_step0 = None, start
+    t_start = time.perf_counter()
+
+    def save(state, step, name=None):
+        meta = {**meta_base, "step": step, "best_val_loss": _json_float(best_val)}
+        path = (run.path / ckpt.CKPT_DIR / name) if name else ckpt.step_path(run.path, step)
+        ckpt.save(path, state, meta) if main else ckpt.to_host(state)  # every process joins a gather
+        if main and not name:
+            ckpt.prune(run.path, t.keep_checkpoints)
+
+    def consume(first_step, metrics) -> None:
+        m = {key: np.asarray(v) for key, v in metrics.items()}
+        rows = []
+        for i in range(len(m["loss"])):
+            s = first_step + i + 1
+            bad = not (np.isfinite(m["loss"][i]) and np.isfinite(m["grad_norm"][i]))
+            rows.append({"step": s, "loss": _json_float(m["loss"][i]),
+                         "grad_norm": _json_float(m["grad_norm"][i]), "lr": float(m["lr"][i]),
+                         **({"skipped": True} if bad and t.skip_nonfinite else {})})
+            if bad and not t.skip_nonfinite:
+                if main:
+                    run.append(rows)
+                last = ckpt.latest(run.path)
+                raise TrainingDiverged(
+                    f"loss or gradient norm is not finite at step {s} (loss={m['loss'][i]}, "
+                    f"grad_norm={m['grad_norm'][i]}); stopped. Last good checkpoint: "
+                    f"{last if last else 'none'} (train.skip_nonfinite=true skips such steps)")
+        if main:
+            run.append(rows)
+        bar.set_postfix(loss=f"{m['loss'][-1]:.4f}", lr=f"{m['lr'][-1]:.2e}", refresh=False)
+
+    step = start
+    pending = None
+    try:
+        while step < t.steps:
+            state, metrics = call(state, data)
+            if pending is not None:
+                consume(*pending)
+            pending = (step, metrics)
+            step += k
+            bar.update(k)
+            if rate_t0 is None:
+                jax.block_until_ready(metrics)  # first call includes compilation
+                rate_t0, rate_step0 = time.perf_counter(), step
+            elif step > rate_step0:
+                per_s = (step - rate_step0) * task.tokens_per_step() / (time.perf_counter() - rate_t0)
+                bar.set_postfix_str(f"{bar.postfix or ''} {task.unit}/s={per_s:,.0f}", refresh=False)
+            at_eval, at_ckpt = step % t.eval_every == 0, step % t.checkpoint_every == 0
+            if at_eval or at_ckpt or step == t.steps:
+                consume(*pending)
+                pending = None
+                if at_eval:
+                    ev = task.evaluate(state.params, full=False)
+                    if main:
+                        run.append([{"step": step, **{k_: v for k_, v in ev.items() if k_ == "val_loss"}}])
+                    if main:
+                        bar.write(f"step {step}: val_loss {ev['val_loss']:.4f}", file=sys.stderr)
+                    if ev["val_loss"] < best_val:
+                        best_val = ev["val_loss"]
+                        save(state, step, ckpt.BEST)
+                if at_ckpt or step == t.steps:
+                    save(state, step)
+    finally:
+        bar.close()
+    train_time = time.perf_counter() - t_start
+    final = task.evaluate(state.params, full=True)
+    summary = {"task": cfg.task, "steps": t.steps, "resumed_from": start if resume else None,
+               "train_time_s": round(train_time, 2), **final}
+    if main:
+        run.write_json("summary.json", summary)
+    return summary

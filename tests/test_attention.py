@@ -1,0 +1,72 @@
+"""Multi-head attention against a naive per-head, per-position numpy loop."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from scratchformer.attention import (causal_mask, cross_attention, cross_kv, init_cross_attention,
+                                     init_self_attention, padding_mask, self_attention)
+
+
+def naive_attention(x_q, x_kv, wq, bq, wk, bk, wv, bv, wo, bo, n_head, allowed):
+    """allowed[b, t, s]: may query t of batch b look at key s."""
+    b_, t_, d = x_q.shape
+    s_ = x_kv.shape[1]
+    k_ = d // n_head
+    q = x_q @ wq + bq
+    k = x_kv @ wk + bk
+    v = x_kv @ wv + bv
+    y = np.zeros((b_, t_, d))
+    for b in range(b_):
+        for h in range(n_head):
+            sl = slice(h * k_, (h + 1) * k_)
+            for t in range(t_):
+                scores = [q[b, t, sl] @ k[b, s, sl] / np.sqrt(k_) for s in range(s_)]
+                scores = np.array([sc if allowed[b, t, s] else -np.inf for s, sc in enumerate(scores)])
+                if np.all(np.isinf(scores)):
+                    scores = np.zeros(s_)  # fully masked: uniform (our documented behaviour)
+                p = np.exp(scores - scores.max())
+                p /= p.sum()
+                y[b, t, sl] = sum(p[s] * v[b, s, sl] for s in range(s_))
+    return y @ wo + bo
+
+
+def _np(p):
+    return {k: np.asarray(v, np.float64) for k, v in p.items()}
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_self_attention_causal_and_padding(fused):
+    b, t, d, h = 2, 5, 8, 2
+    key = jax.random.PRNGKey(0)
+    p = init_self_attention(key, d, fused=fused, bias=True, n_layer=1)
+    p = jax.tree.map(lambda a: a + 0.3 * jax.random.normal(jax.random.PRNGKey(9), a.shape), p)  # nonzero biases
+    x = jax.random.normal(jax.random.PRNGKey(1), (b, t, d))
+    valid = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], bool)
+    mask = causal_mask(t) & padding_mask(jnp.asarray(valid))
+    y, _ = self_attention(p, x, n_head=h, mask=mask)
+    if fused:
+        w, bias = np.asarray(p["qkv"]["w"]), np.asarray(p["qkv"]["b"])
+        parts = [(w[:, i * d:(i + 1) * d], bias[i * d:(i + 1) * d]) for i in range(3)]
+    else:
+        parts = [(np.asarray(p[n]["w"]), np.asarray(p[n]["b"])) for n in "qkv"]
+    allowed = np.tril(np.ones((t, t), bool))[None] & valid[:, None, :]
+    want = naive_attention(np.asarray(x), np.asarray(x), *parts[0], *parts[1], *parts[2],
+                           np.asarray(p["out"]["w"]), np.asarray(p["out"]["b"]), h, allowed)
+    np.testing.assert_allclose(np.asarray(y), want, rtol=1e-4, atol=1e-5)
+
+
+def test_cross_attention_with_padding_and_fully_masked_row():
+    b, t, s, d, h = 2, 3, 4, 8, 4
+    p = init_cross_attention(jax.random.PRNGKey(2), d, fused=False, bias=True, n_layer=1)
+    x = jax.random.normal(jax.random.PRNGKey(3), (b, t, d))
+    mem = jax.random.normal(jax.random.PRNGKey(4), (b, s, d))
+    valid = np.array([[1, 1, 0, 0], [0, 0, 0, 0]], bool)  # second source entirely padding
+    y, probs = cross_attention(p, x, cross_kv(p, mem, h), n_head=h, mask=padding_mask(jnp.asarray(valid)))
+    assert np.all(np.isfinite(np.asarray(y))) and np.all(np.isfinite(np.asarray(probs)))
+    allowed = np.broadcast_to(valid[:, None, :], (b, t, s))
+    want = naive_attention(np.asarray(x), np.asarray(mem), *[np.asarray(p[n][k]) for n in "qkv" for k in "wb"],
+                           np.asarray(p["out"]["w"]), np.asarray(p["out"]["b"]), h, allowed)
+    np.testing.assert_allclose(np.asarray(y), want, rtol=1e-4, atol=1e-5)
+    assert np.allclose(np.asarray(probs)[0, :, :, 2:], 0.0)  # padded keys get no weight
