@@ -142,7 +142,7 @@ def _saved_config(out: str, task: str):
     from .config import ConfigError, from_dict
     path = Path(out) / "config.json"
     if not path.is_file():
-        raise CheckpointError(f"--resume: {out} has no run to resume (no config.json)")
+        raise CheckpointError(f"--resume: {out} has no checkpoint to resume from (no config.json)")
     try:
         cfg = from_dict(json.loads(path.read_text()))
     except ValueError as e:

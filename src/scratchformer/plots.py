@@ -91,7 +91,7 @@ def plot_attention(run_dir, task, params) -> Path:
     kvs = memory_kv(params, encode(params, src, cfg=cfg), cfg)
     _, _, probs = decode(params, tgt_in, kvs, src != PAD_ID, cfg=cfg)
     n_l, n_h = cfg.n_layer, cfg.n_head
-    fig, axes = plt.subplots(n_l, n_h, figsize=(2.6 * n_h, 2.6 * n_l + 0.6), dpi=120, squeeze=False)
+    fig, axes = plt.subplots(n_l, n_h, figsize=(3.4 * n_h, 3.0 * n_l + 0.6), dpi=120, squeeze=False)
     src_labels = [str(t - OFFSET) for t in ev["src"][i][:n_src]]
     out_labels = [str(t - OFFSET) for t in out[0][:n_out - 1]] + ["EOS"]
     for layer in range(n_l):

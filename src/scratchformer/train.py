@@ -51,6 +51,12 @@ def init_state(cfg: RunConfig) -> TrainState:
     return TrainState(jnp.zeros((), jnp.int32), params, adamw_init(params), k_run)
 
 
+def init_sharded_state(cfg: RunConfig, shardings) -> TrainState:
+    """init_state created directly in its shardings (committed, as the train call returns it,
+    so the first and later calls share one compiled executable)."""
+    return jax.jit(lambda: init_state(cfg), out_shardings=shardings)()
+
+
 def state_template(cfg: RunConfig):
     """Shapes and dtypes of the TrainState, without allocating it."""
     return jax.eval_shape(lambda: init_state(cfg))
@@ -198,11 +204,11 @@ def fit(cfg: RunConfig, task, out_dir, *, resume: bool = False, fsdp: bool = Fal
     cfg = task.cfg
     run = RunFolder(out_dir)
     main = is_main()
-    if main:
-        run.prepare(resume=resume)
     mesh = make_mesh()
     k = steps_per_call(cfg)
-    call, shardings = make_train_call(cfg, task, k, mesh, fsdp=fsdp)
+    call, shardings = make_train_call(cfg, task, k, mesh, fsdp=fsdp)  # validates before anything is written
+    if main:
+        run.prepare(resume=resume)
     meta_base = {"config": cfg.to_dict(), "task_meta": task.meta(), "data": data_meta or {}}
 
     best_val = math.inf
@@ -219,7 +225,7 @@ def fit(cfg: RunConfig, task, out_dir, *, resume: bool = False, fsdp: bool = Fal
         if main:
             run.truncate_metrics(int(host_state.step))
     else:
-        state = jax.jit(lambda: init_state(cfg), out_shardings=shardings)()
+        state = init_sharded_state(cfg, shardings)
         if main:
             run.write_json("config.json", cfg.to_dict())
 

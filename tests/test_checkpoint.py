@@ -1,0 +1,89 @@
+"""Checkpoint format: round trip, and every way a file can be wrong is a clear error."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from scratchformer import checkpoint as ckpt
+from scratchformer.config import ConfigError, from_dict, make_config
+from scratchformer.tasks import ReverseTask
+from scratchformer.train import init_state, state_template
+
+OVER = {"model.n_layer": 1, "model.d_model": 16, "model.d_ff": 32, "model.n_head": 2}
+
+
+@pytest.fixture
+def cfg():
+    return ReverseTask(make_config("reverse", None, OVER)).cfg
+
+
+def test_round_trip(cfg, tmp_path):
+    state = init_state(cfg)
+    path = tmp_path / "c.safetensors"
+    ckpt.save(path, state, {"config": cfg.to_dict(), "step": 0})
+    tensors, meta = ckpt.read(path)
+    assert meta["config"] == cfg.to_dict()
+    back = ckpt.restore(tensors, state_template(cfg))
+    for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(back)):
+        np.testing.assert_array_equal(np.asarray(a), b)
+    assert "params.encoder.blocks.0.attn.qkv.w" in tensors and "opt_state.mu.embed.tokens" in tensors
+    assert [p.name for p in tmp_path.iterdir()] == ["c.safetensors"]  # no temp file left
+
+
+def test_truncated_and_corrupted_files(cfg, tmp_path):
+    path = tmp_path / "c.safetensors"
+    ckpt.save(path, init_state(cfg), {"config": cfg.to_dict()})
+    raw = path.read_bytes()
+    for name, data in [("trunc", raw[: len(raw) // 2]), ("header", raw[:20]), ("empty", b"")]:
+        p = tmp_path / f"{name}.safetensors"
+        p.write_bytes(data)
+        with pytest.raises(ckpt.CheckpointError, match="truncated or corrupted"):
+            ckpt.read(p)
+    flipped = bytearray(raw)
+    flipped[-5] ^= 0xFF  # inside the tensor data: only the checksum can see it
+    p = tmp_path / "flip.safetensors"
+    p.write_bytes(bytes(flipped))
+    with pytest.raises(ckpt.CheckpointError, match="checksum"):
+        ckpt.read(p)
+    with pytest.raises(ckpt.CheckpointError, match="does not exist"):
+        ckpt.read(tmp_path / "missing.safetensors")
+
+
+def test_shape_mismatch_is_an_error(cfg, tmp_path):
+    path = tmp_path / "c.safetensors"
+    ckpt.save(path, init_state(cfg), {"config": cfg.to_dict()})
+    tensors, _ = ckpt.read(path)
+    other = ReverseTask(make_config("reverse", None, {**OVER, "model.d_model": 32})).cfg
+    with pytest.raises(ckpt.CheckpointError, match="shape"):
+        ckpt.restore(tensors, state_template(other))
+    deeper = ReverseTask(make_config("reverse", None, {**OVER, "model.n_layer": 2})).cfg
+    with pytest.raises(ckpt.CheckpointError, match="missing"):
+        ckpt.restore(tensors, state_template(deeper))
+
+
+@pytest.mark.parametrize("mutate,match", [
+    (lambda d: d["model"].update(d_model=10**12), "larger than the limit"),
+    (lambda d: d["model"].update(n_layer="4"), "type str"),
+    (lambda d: d["model"].update(n_layer=4.5), "type float"),
+    (lambda d: d["train"].update(batch_size=True), "type bool"),
+    (lambda d: d["model"].update(surprise=1), "unknown config key"),
+    (lambda d: d.update(extra={}), "unknown config section"),
+    (lambda d: d.update(task="translate"), "task="),
+    (lambda d: d["optim"].update(lr=-1.0), "optim.lr"),
+])
+def test_tampered_config_rejected_before_allocation(cfg, mutate, match):
+    d = json.loads(cfg.to_json())
+    mutate(d)
+    with pytest.raises(ConfigError, match=match):
+        from_dict(d)
+
+
+def test_prune_keeps_latest(tmp_path):
+    (tmp_path / ckpt.CKPT_DIR).mkdir()
+    for s in (10, 20, 30, 40):
+        ckpt.step_path(tmp_path, s).write_bytes(b"x")
+    ckpt.prune(tmp_path, 2)
+    assert ckpt.list_steps(tmp_path) == [30, 40]
+    assert ckpt.latest(tmp_path).name == "step_00000040.safetensors"

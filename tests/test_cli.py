@@ -1,0 +1,176 @@
+"""The command line as a person uses it: help, a tiny train/eval/sample/plot of each
+task, and a table of bad inputs that must each give one line on stderr, exit code 2,
+no traceback and nothing half-written."""
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from scratchformer.cli import main
+
+from conftest import run_cli
+
+LM_TINY = ["--set", "model.n_layer=1", "--set", "model.d_model=32", "--set", "model.n_head=2",
+           "--set", "model.d_ff=64", "--set", "model.block_size=16", "--set", "train.batch_size=8",
+           "--set", "optim.warmup_steps=5", "--set", "train.eval_every=20", "--set", "train.checkpoint_every=20",
+           "--set", "train.eval_windows=8"]
+REV_TINY = ["--set", "model.n_layer=1", "--set", "model.d_model=32", "--set", "data.max_len=6",
+            "--set", "model.block_size=8", "--set", "data.eval_size=200", "--set", "train.batch_size=16",
+            "--set", "optim.warmup_steps=5", "--set", "train.eval_every=20", "--set", "train.checkpoint_every=20"]
+
+
+def cli(capsys, *args):
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    p = tmp_path_factory.mktemp("data") / "tiny.txt"
+    p.write_text("the quick brown fox jumps over the lazy dog.\n" * 80)
+    return p
+
+
+@pytest.fixture(scope="module")
+def lm_run(tmp_path_factory, corpus):
+    out = tmp_path_factory.mktemp("runs") / "lm"
+    assert main(["train", "lm", "--data", str(corpus), "--steps", "40", "--out", str(out), "--no-progress",
+                 *LM_TINY]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def rev_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "rev"
+    assert main(["train", "reverse", "--steps", "40", "--out", str(out), "--no-progress", *REV_TINY]) == 0
+    return out
+
+
+def test_help_reads_well(capsys):
+    for args in (["--help"], ["train", "--help"], ["sample", "--help"]):
+        with pytest.raises(SystemExit) as e:
+            main(args)
+        assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "scratchformer train reverse" in out and "model.n_layer" in out and "cpu-quick" in out
+
+
+def test_lm_run_folder(lm_run, capsys):
+    assert {"config.json", "metrics.jsonl", "summary.json", "checkpoints"} <= {p.name for p in lm_run.iterdir()}
+    rows = [json.loads(line) for line in (lm_run / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in rows if "loss" in r]
+    evals = [r for r in rows if "val_loss" in r]
+    assert [r["step"] for r in train] == list(range(1, 41)) and [r["step"] for r in evals] == [20, 40]
+    code, out, _ = cli(capsys, "eval", lm_run, "--json")
+    r = json.loads(out)
+    assert code == 0 and r["task"] == "lm" and r["val_tokens"] > 0
+    assert abs(r["val_perplexity"] - 2.718281828 ** r["val_loss"]) < 1e-6 * r["val_perplexity"]
+
+
+def test_lm_sample_is_deterministic(lm_run, capsys):
+    a = cli(capsys, "sample", lm_run, "--prompt", "the ", "--tokens", "40", "--seed", "1")
+    b = cli(capsys, "sample", lm_run, "--prompt", "the ", "--tokens", "40", "--seed", "1", "--no-cache")
+    assert a[0] == 0 and a[1] == b[1] and a[1].startswith("the ") and len(a[1]) == 45
+
+
+def test_reverse_cli(rev_run, capsys):
+    code, out, _ = cli(capsys, "eval", rev_run, "--json")
+    r = json.loads(out)
+    assert code == 0 and r["task"] == "reverse" and r["sequences"] == 200 and 0 <= r["exact_match"] <= 1
+    code, out, _ = cli(capsys, "sample", rev_run, "--input", "1 2 3")
+    assert code == 0 and all(s.isdigit() for s in out.split())
+
+
+def test_plots(lm_run, rev_run, capsys):
+    assert cli(capsys, "plot", lm_run)[0] == 0 and (lm_run / "loss.png").stat().st_size > 10_000
+    assert cli(capsys, "plot", rev_run)[0] == 0 and (rev_run / "attention.png").stat().st_size > 10_000
+
+
+def _bad_inputs(tmp: Path, lm_run: Path, rev_run: Path, corpus: Path):
+    (tmp / "empty.txt").write_bytes(b"")
+    (tmp / "binary.txt").write_bytes(b"\x89PNG\x00\x00\x01")
+    (tmp / "latin1.txt").write_bytes("café au lait ".encode("latin-1") * 50)
+    (tmp / "short.txt").write_text("to be or not")
+    (tmp / "nockpt").mkdir()
+    trunc = tmp / "trunc"
+    trunc.mkdir()
+    (trunc / "checkpoints").mkdir()
+    raw = (lm_run / "checkpoints" / "best.safetensors").read_bytes()
+    (trunc / "checkpoints" / "step_00000040.safetensors").write_bytes(raw[: len(raw) // 3])
+    locked = tmp / "locked"
+    locked.mkdir()
+    os.chmod(locked, stat.S_IRUSR | stat.S_IXUSR)
+    lm = ["train", "lm", "--data", corpus, "--no-progress", *LM_TINY]
+    return [
+        ("missing data", ["train", "lm", "--data", tmp / "nope.txt"], "no such file"),
+        ("empty data", ["train", "lm", "--data", tmp / "empty.txt"], "empty"),
+        ("binary data", ["train", "lm", "--data", tmp / "binary.txt"], "binary"),
+        ("non-utf8 data", ["train", "lm", "--data", tmp / "latin1.txt"], "not UTF-8"),
+        ("text shorter than a block", ["train", "lm", "--data", tmp / "short.txt"], "block"),
+        ("prompt char out of vocab", ["sample", lm_run, "--prompt", "hello Z"], "'Z'"),
+        ("unknown symbol", ["sample", rev_run, "--input", "1 2 99"], "'99'"),
+        ("negative symbol", ["sample", rev_run, "--input", "1 -2"], "'-2'"),
+        ("input too long", ["sample", rev_run, "--input", "1 2 3 4 5 6 7"], "at most 6"),
+        ("eval without checkpoint", ["eval", tmp / "nockpt"], "no checkpoint"),
+        ("sample without checkpoint", ["sample", tmp / "nockpt"], "no checkpoint"),
+        ("eval of a missing folder", ["eval", tmp / "missing"], "does not exist"),
+        ("resume without checkpoint", [*lm, "--resume", "--out", tmp / "nockpt"], "no checkpoint to resume"),
+        ("resume, saved config", ["train", "lm", "--resume", "--out", tmp / "nockpt"], "no checkpoint to resume"),
+        ("resume with another config", [*lm, "--resume", "--out", lm_run, "--set", "model.n_layer=2"],
+         "different config"),
+        ("truncated checkpoint", ["eval", trunc], "truncated or corrupted"),
+        ("d_model not divisible", [*lm, "--set", "model.d_model=30", "--set", "model.n_head=4"], "not divisible"),
+        ("zero lr", [*lm, "--set", "optim.lr=0"], "optim.lr=0.0"),
+        ("negative lr", [*lm, "--set", "optim.lr=-1e-3"], "optim.lr"),
+        ("warmup longer than training", [*lm, "--steps", "10", "--set", "optim.warmup_steps=50"], "warmup"),
+        ("dropout 1", [*lm, "--set", "model.dropout=1.0"], "model.dropout"),
+        ("negative dropout", [*lm, "--set", "model.dropout=-0.1"], "model.dropout"),
+        ("block size 0", [*lm, "--set", "model.block_size=0"], "model.block_size"),
+        ("batch size 0", [*lm, "--set", "train.batch_size=0"], "train.batch_size"),
+        ("unknown preset", ["train", "lm", "--preset", "huge"], "unknown preset 'huge'"),
+        ("unknown --set key", [*lm, "--set", "model.width=3"], "unknown config key 'model.width'"),
+        ("wrong --set type", [*lm, "--set", "model.n_layer=two"], "'two' is not a valid int"),
+        ("malformed --set", [*lm, "--set", "model.n_layer"], "section.key=value"),
+        ("derived key", [*lm, "--set", "model.vocab_size=3"], "derived"),
+        ("unwritable out", [*lm, "--out", locked / "run"], "cannot be written"),
+        ("existing run without --resume", [*lm, "--out", lm_run], "already holds a run"),
+        ("unknown task", ["train", "translate"], "invalid choice"),
+        ("bad temperature", ["sample", lm_run, "--temperature", "-1"], "--temperature"),
+        ("bad top-p", ["sample", lm_run, "--top-p", "0"], "--top-p"),
+    ]
+
+
+def test_bad_inputs_give_one_clear_line(tmp_path, lm_run, rev_run, corpus, capsys):
+    if os.geteuid() == 0:
+        pass  # root ignores directory permissions; the unwritable case is checked below by a file
+    failures = []
+    before = sorted(p.name for p in lm_run.rglob("*"))
+    for name, args, match in _bad_inputs(tmp_path, lm_run, rev_run, corpus):
+        if name == "unwritable out" and os.geteuid() == 0:
+            blocker = tmp_path / "a-file"
+            blocker.write_text("x")
+            args = [*args[:-1], blocker / "run"]  # a path below a regular file cannot be created, even by root
+        code, out, err = cli(capsys, *args)
+        lines = err.strip().splitlines()
+        if code != 2 or len(lines) != 1 or match not in lines[0] or "Traceback" in err:
+            failures.append(f"{name}: exit {code}, stderr {err!r}")
+    assert not failures, "\n".join(failures)
+    assert sorted(p.name for p in lm_run.rglob("*")) == before  # nothing written into the existing run
+    assert not (tmp_path / "nockpt" / "config.json").exists()
+
+
+def test_a_real_process_exits_2_without_traceback(tmp_path):
+    r = run_cli("train", "lm", "--data", tmp_path / "nope.txt")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+    assert "no such file" in r.stderr
+
+
+def test_batch_not_divisible_by_devices(tmp_path, corpus):
+    r = run_cli("train", "lm", "--data", corpus, "--out", tmp_path / "run", *LM_TINY, "--set", "train.batch_size=6",
+                env={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
+    assert r.returncode == 2 and "train.batch_size=6 is not divisible by the 4 devices" in r.stderr, r.stderr
+    assert not (tmp_path / "run").exists()

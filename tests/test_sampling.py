@@ -1,0 +1,70 @@
+"""LM sampling: the KV cache changes nothing, sliding windows past the block size,
+top-k and top-p do what they say."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from scratchformer.config import ModelConfig
+from scratchformer.decode import filter_logits, generate
+from scratchformer.models import init_lm, lm_forward
+
+CFG = ModelConfig(n_layer=2, n_head=2, d_model=32, d_ff=64, block_size=8, vocab_size=13)
+
+
+@pytest.fixture(scope="module")
+def params():
+    # Larger-than-default weights so that the distribution is far from uniform.
+    p = init_lm(jax.random.PRNGKey(0), CFG)
+    return jax.tree.map(lambda a: a * 4.0 if a.ndim == 2 else a, p)
+
+
+@pytest.mark.parametrize("prompt_len,n_new", [(1, 30), (5, 4), (12, 20)])  # past the block size (8)
+@pytest.mark.parametrize("temperature,top_k,top_p", [(0.0, 0, 1.0), (0.8, 0, 1.0), (1.0, 5, 0.9)])
+def test_cached_equals_uncached(params, prompt_len, n_new, temperature, top_k, top_p):
+    prompt = np.arange(prompt_len) % 13
+    kw = dict(seed=3, temperature=temperature, top_k=top_k, top_p=top_p)
+    a = generate(params, CFG, prompt, n_new, use_cache=True, **kw)
+    b = generate(params, CFG, prompt, n_new, use_cache=False, **kw)
+    np.testing.assert_array_equal(a, b)
+    assert len(a) == prompt_len + n_new and (a[:prompt_len] == prompt).all()
+
+
+def test_greedy_matches_a_naive_loop(params):
+    """Greedy generation = argmax of a plain forward over the sliding window each step."""
+    prompt, n_new, t, keep = [1, 2, 3], 15, CFG.block_size, CFG.block_size // 2
+    out = generate(params, CFG, prompt, n_new, temperature=0.0)
+    seq, s = list(prompt), 0
+    for _ in range(n_new):
+        window = jnp.asarray(seq[s:])[None]
+        logits, _ = lm_forward(params, window, cfg=CFG)
+        seq.append(int(jnp.argmax(logits[0, -1])))
+        if len(seq) - s > t:
+            s = len(seq) - keep
+    assert out.tolist() == seq
+
+
+def test_same_seed_same_text_other_seed_other_text(params):
+    a = generate(params, CFG, [0], 40, seed=1)
+    assert np.array_equal(a, generate(params, CFG, [0], 40, seed=1))
+    assert not np.array_equal(a, generate(params, CFG, [0], 40, seed=2))
+
+
+def test_top_k_one_is_greedy(params):
+    np.testing.assert_array_equal(generate(params, CFG, [4], 25, temperature=0.9, top_k=1, seed=5),
+                                  generate(params, CFG, [4], 25, temperature=0.0))
+
+
+def test_top_p_keeps_smallest_set_reaching_p():
+    probs = np.array([0.05, 0.4, 0.1, 0.3, 0.15])
+    logits = jnp.log(jnp.asarray(probs))
+    for p, want in [(0.35, {1}), (0.39, {1}), (0.41, {1, 3}), (0.69, {1, 3}), (0.71, {1, 3, 4}), (1.0, {0, 1, 2, 3, 4})]:
+        kept = set(np.flatnonzero(np.isfinite(np.asarray(filter_logits(logits, temperature=1.0, top_p=p)))).tolist())
+        assert kept == want, (p, kept)
+
+
+def test_top_k_keeps_k_largest():
+    logits = jnp.asarray([0.1, 3.0, -1.0, 2.0, 0.5])
+    kept = np.isfinite(np.asarray(filter_logits(logits, temperature=1.0, top_k=2)))
+    assert kept.tolist() == [False, True, False, True, False]

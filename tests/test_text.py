@@ -1,0 +1,133 @@
+"""Text data: the download (against a real HTTP server on 127.0.0.1), reading, the
+tokenizer and the batching windows, with property-based tests."""
+
+import hashlib
+import http.server
+import threading
+
+import jax
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from scratchformer.data import text
+from scratchformer.data.errors import DataError
+
+
+@pytest.fixture
+def server():
+    """Serves /good (known bytes), /bad (other bytes) and /error (HTTP 500) on 127.0.0.1."""
+    body = b"First Citizen:\nBefore we proceed any further, hear me speak.\n" * 50
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            if self.path == "/error":
+                self.send_error(500, "boom")
+                return
+            data = body if self.path == "/good" else body[:-7] + b"garbage"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *a):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}", hashlib.sha256(body).hexdigest()
+    httpd.shutdown()
+
+
+def test_download_success_and_cache(server, tmp_path):
+    url, sha = server
+    dest = tmp_path / "cache" / "corpus.txt"
+    assert text.download(url + "/good", dest, sha) == dest
+    assert text.sha256_file(dest) == sha
+    assert text.download(url + "/error", dest, sha) == dest  # cached: no second fetch
+    assert [p.name for p in dest.parent.iterdir()] == ["corpus.txt"]  # no temp files left
+
+
+def test_download_checksum_mismatch_leaves_nothing(server, tmp_path):
+    url, sha = server
+    dest = tmp_path / "corpus.txt"
+    with pytest.raises(DataError, match="sha256"):
+        text.download(url + "/bad", dest, sha)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_download_server_error(server, tmp_path):
+    url, sha = server
+    with pytest.raises(DataError, match="HTTP 500"):
+        text.download(url + "/error", tmp_path / "corpus.txt", sha)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_corrupted_cache_is_an_error(server, tmp_path):
+    url, sha = server
+    dest = tmp_path / "corpus.txt"
+    dest.write_text("not the corpus")
+    with pytest.raises(DataError, match="delete it"):
+        text.download(url + "/good", dest, sha)
+
+
+def test_shakespeare_from_seeded_cache(shakespeare_path, tmp_path, monkeypatch):
+    monkeypatch.setenv("SCRATCHFORMER_CACHE", str(tmp_path))
+    (tmp_path / text.SHAKESPEARE_NAME).write_bytes(shakespeare_path.read_bytes())
+    p = text.shakespeare_path(url="http://127.0.0.1:9/unreachable")
+    corpus = text.read_text(p)
+    assert len(corpus) == 1_115_394 and len(set(corpus)) == 65
+
+
+@pytest.mark.parametrize("content,match", [(b"", "empty"), (b"ab\x00cd", "binary"), (b"caf\xe9", "not UTF-8")])
+def test_read_text_rejects_bad_files(tmp_path, content, match):
+    p = tmp_path / "f.txt"
+    p.write_bytes(content)
+    with pytest.raises(DataError, match=match):
+        text.read_text(p)
+    with pytest.raises(DataError, match="no such file"):
+        text.read_text(tmp_path / "missing.txt")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(min_size=1, max_size=200))
+def test_tokenizer_round_trip(s):
+    tok = text.CharTokenizer.from_text(s)
+    ids = tok.encode(s)
+    assert tok.decode(ids) == s
+    assert ids.min() >= 0 and ids.max() < len(tok)
+    assert list(tok.chars) == sorted(set(s))
+
+
+def test_unknown_character_names_it():
+    tok = text.CharTokenizer.from_text("abc")
+    with pytest.raises(DataError, match="'z'"):
+        tok.encode("abz")
+
+
+@settings(max_examples=50, deadline=None)
+@given(n=st.integers(20, 300), block=st.integers(1, 16), seed=st.integers(0, 2**31 - 1))
+def test_batch_windows_are_real_slices(n, block, seed):
+    data = np.random.default_rng(seed).integers(0, 50, n).astype(np.int32)
+    b = text.sample_batch(jax.random.PRNGKey(seed), data, batch=8, block=block)
+    inputs, targets = np.asarray(b["inputs"]), np.asarray(b["targets"])
+    np.testing.assert_array_equal(inputs[:, 1:], targets[:, :-1])  # targets = inputs shifted by one
+    s = data.tobytes()
+    for row_in, row_t in zip(inputs, targets):
+        window = np.concatenate([row_in, row_t[-1:]])
+        assert window.tobytes() in s  # a contiguous slice of the data
+
+
+@settings(max_examples=50, deadline=None)
+@given(n=st.integers(2, 400), block=st.integers(1, 32))
+def test_eval_windows_score_every_target_once(n, block):
+    val = np.arange(n, dtype=np.int32)
+    if n - 1 < block:
+        with pytest.raises(DataError):
+            text.eval_windows(val, block)
+        return
+    w = text.eval_windows(val, block)
+    scored = w["targets"][w["weights"] > 0]
+    assert sorted(scored.tolist()) == list(range(1, n))  # each target exactly once
+    np.testing.assert_array_equal(w["targets"], w["inputs"] + 1)

@@ -1,0 +1,126 @@
+"""The training step: compiles once, gradient accumulation is exact, runs are
+reproducible from the seed, the package imports no NN library."""
+
+import dataclasses
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from scratchformer.config import make_config
+from scratchformer.tasks import LMTask, ReverseTask
+from scratchformer.parallel import make_mesh, replicated
+from scratchformer.train import init_sharded_state, init_state, make_train_call, make_train_step, steps_per_call
+
+from conftest import TINY_MODEL
+
+
+def _lm_task(text, **over):
+    cfg = make_config("lm", "cpu-quick", {**TINY_MODEL, "train.batch_size": 8, "train.steps": 40,
+                                          "optim.warmup_steps": 5, **over})
+    return LMTask.from_text(cfg, text)
+
+
+def test_train_call_compiles_once_over_many_steps(tiny_text):
+    task = _lm_task(tiny_text, **{"train.steps_per_call": 1})
+    compiles = []
+    jax.monitoring.register_event_duration_secs_listener(
+        lambda name, *a, **k: compiles.append(name) if name == "/jax/core/compile/backend_compile_duration"
+        else None)
+    call, shardings = make_train_call(task.cfg, task, 1)
+    state = init_sharded_state(task.cfg, shardings)
+    data = jax.device_put(task.device_data(), replicated(make_mesh()))
+    n_before = None
+    for i in range(25):
+        state, m = call(state, data)
+        if i == 0:
+            n_before = len(compiles)
+    assert call._cache_size() == 1
+    assert len(compiles) == n_before, "the train step recompiled after the first step"
+    assert int(state.step) == 25
+
+
+def test_gradient_accumulation_equals_big_batch(tiny_text):
+    base = _lm_task(tiny_text, **{"model.dropout": 0.0, "train.batch_size": 8})
+    acc_cfg = dataclasses.replace(base.cfg, train=dataclasses.replace(base.cfg.train, grad_accum=4))
+    key = jax.random.PRNGKey(7)
+    batch = base.sample_batch(base.device_data(), key, 8)
+    s1, m1 = jax.jit(make_train_step(base.cfg))(init_state(base.cfg), batch)
+    s4, m4 = jax.jit(make_train_step(acc_cfg))(init_state(acc_cfg), batch)
+    np.testing.assert_allclose(float(m1["loss"]), float(m4["loss"]), rtol=1e-6)
+    np.testing.assert_allclose(float(m1["grad_norm"]), float(m4["grad_norm"]), rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(s1.params), jax.tree.leaves(s4.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_gradient_accumulation_with_padding_weights():
+    """Reversal batches have different numbers of real tokens per micro-batch; the
+    accumulated step still equals the big-batch step (token-weighted mean)."""
+    cfg = make_config("reverse", None, {"model.n_layer": 1, "model.d_model": 16, "model.d_ff": 32,
+                                        "model.n_head": 2, "data.max_len": 6, "model.block_size": 8,
+                                        "train.batch_size": 8})
+    task = ReverseTask(cfg)
+    batch = task.sample_batch({}, jax.random.PRNGKey(0), 8)
+    acc = dataclasses.replace(task.cfg, train=dataclasses.replace(task.cfg.train, grad_accum=2))
+    _, m1 = jax.jit(make_train_step(task.cfg))(init_state(task.cfg), batch)
+    _, m2 = jax.jit(make_train_step(acc))(init_state(acc), batch)
+    np.testing.assert_allclose(float(m1["loss"]), float(m2["loss"]), rtol=1e-6)
+
+
+def test_same_seed_same_run_and_scan_equals_single_steps(tiny_text):
+    def run(k, seed):
+        task = _lm_task(tiny_text, **{"model.dropout": 0.1, "train.steps_per_call": k, "train.seed": seed})
+        call, _ = make_train_call(task.cfg, task, k)
+        state, data, losses = init_state(task.cfg), task.device_data(), []
+        for _ in range(20 // k):
+            state, m = call(state, data)
+            losses += list(np.asarray(m["loss"]))
+        return np.array(losses), state
+    a, sa = run(5, 0)
+    b, sb = run(5, 0)
+    c, sc = run(1, 0)
+    d, _ = run(5, 1)
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(a, c, rtol=1e-5)    # scan over steps = one step per call
+    assert not np.allclose(a, d)                   # another seed, another run
+    for x, y in zip(jax.tree.leaves(sa.params), jax.tree.leaves(sb.params)):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_dropout_masks_differ_between_steps(tiny_text):
+    task = _lm_task(tiny_text, **{"model.dropout": 0.5})
+    step = jax.jit(make_train_step(task.cfg))
+    batch = task.sample_batch(task.device_data(), jax.random.PRNGKey(0), 8)
+    s0 = init_state(task.cfg)
+    _, m_a = step(s0, batch)
+    s1 = s0._replace(step=jnp.int32(1))  # same params, next step number
+    _, m_b = step(s1, batch)
+    assert float(m_a["loss"]) != float(m_b["loss"])
+
+
+def test_steps_per_call_divides_boundaries():
+    cfg = make_config("lm", "cpu-quick", {"train.steps": 1000, "train.eval_every": 250,
+                                          "train.checkpoint_every": 500, "train.steps_per_call": 40})
+    k = steps_per_call(cfg)
+    assert k <= 40 and 250 % k == 0 and 1000 % k == 0 and k == 25
+
+
+def test_package_imports_no_nn_library():
+    code = ("import sys, scratchformer, scratchformer.cli, scratchformer.train, scratchformer.decode, "
+            "scratchformer.plots, scratchformer.checkpoint, scratchformer.parallel, scratchformer.bench\n"
+            "bad = [m for m in sys.modules if m.split('.')[0] in "
+            "('flax', 'optax', 'haiku', 'equinox', 'torch', 'tensorflow')]\n"
+            "print(bad); sys.exit(1 if bad else 0)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_train_step_under_strict_dtype_promotion(tiny_text):
+    """Our own code never relies on implicit dtype promotion."""
+    task = _lm_task(tiny_text, **{"model.dropout": 0.1})
+    with jax.numpy_dtype_promotion("strict"):
+        batch = task.sample_batch(task.device_data(), jax.random.PRNGKey(0), 8)
+        state, m = jax.jit(make_train_step(task.cfg))(init_state(task.cfg), batch)
+    assert np.isfinite(float(m["loss"]))
