@@ -167,6 +167,10 @@ class RunFolder:
         if not resume and (ckpt.latest(self.path) or self.metrics.exists()):
             raise ValueError(f"--out {self.path} already holds a run; pass --resume to continue it "
                              "or choose another --out")
+        # Temp files of saves that a kill interrupted (the renamed files are complete).
+        for d in (self.path, self.path / ckpt.CKPT_DIR):
+            for stale in d.glob(".*.tmp"):
+                stale.unlink(missing_ok=True)
 
     def write_json(self, name: str, obj) -> None:
         ckpt.atomic_write_bytes(self.path / name, (json.dumps(obj, indent=2) + "\n").encode())
@@ -212,10 +216,10 @@ def fit(cfg: RunConfig, task, out_dir, *, resume: bool = False, fsdp: bool = Fal
     meta_base = {"config": cfg.to_dict(), "task_meta": task.meta(), "data": data_meta or {}}
 
     best_val = math.inf
-    if resume:
-        path = ckpt.latest(run.path)
-        if path is None:
-            raise ckpt.CheckpointError(f"--resume: {run.path} has no checkpoint to resume from")
+    path = ckpt.latest(run.path) if resume else None
+    if resume and path is None and not (run.path / "config.json").is_file():
+        raise ckpt.CheckpointError(f"--resume: {run.path} has no checkpoint to resume from")
+    if path is not None:
         tensors, meta = ckpt.read(path)
         if meta.get("config") != cfg.to_dict():
             raise ckpt.CheckpointError(f"--resume: {path} was saved with a different config")
@@ -225,8 +229,11 @@ def fit(cfg: RunConfig, task, out_dir, *, resume: bool = False, fsdp: bool = Fal
         if main:
             run.truncate_metrics(int(host_state.step))
     else:
+        # A fresh run, or a resumed one that was killed before its first checkpoint:
+        # the initial state is a function of the seed, so starting over is exact.
         state = init_sharded_state(cfg, shardings)
         if main:
+            run.truncate_metrics(0)
             run.write_json("config.json", cfg.to_dict())
 
     data = jax.device_put(task.device_data(), replicated(mesh))

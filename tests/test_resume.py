@@ -1,0 +1,123 @@
+"""Reliability through the CLI: a run killed with SIGKILL at random moments (one of
+them while a checkpoint is being written) and resumed each time ends with the same
+metrics.jsonl, byte for byte, and the same parameters as an uninterrupted run.
+Also: a NaN stops training with a clear message and keeps the last good checkpoint."""
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from scratchformer import checkpoint as ckpt
+
+from conftest import run_cli
+
+ARGS = ["--steps", "200", "--no-progress", "--set", "model.n_layer=1", "--set", "model.d_model=32",
+        "--set", "model.n_head=2", "--set", "model.d_ff=64", "--set", "model.block_size=16",
+        "--set", "train.batch_size=8", "--set", "optim.warmup_steps=5", "--set", "train.eval_every=20",
+        "--set", "train.checkpoint_every=10", "--set", "train.steps_per_call=5", "--set", "model.dropout=0.1",
+        "--set", "train.eval_windows=8"]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    p = tmp_path_factory.mktemp("data") / "tiny.txt"
+    p.write_text("It is a far, far better thing that I do, than I have ever done.\n" * 60)
+    return p
+
+
+def _start(corpus, out, resume):
+    cmd = [sys.executable, "-m", "scratchformer.cli", "train", "lm", "--data", str(corpus), "--out", str(out),
+           *ARGS, *(["--resume"] if resume else [])]
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def _rows(out):
+    path = out / "metrics.jsonl"
+    return path.read_text().count("\n") if path.exists() else 0
+
+
+def _kill_when(proc, ready, limit_s=120.0):
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < limit_s and proc.poll() is None and not ready():
+        time.sleep(0.0005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+def _saving(out):
+    d = out / ckpt.CKPT_DIR
+    return d.is_dir() and any(p.name.endswith(".tmp") for p in d.iterdir())
+
+
+def test_kill9_and_resume_is_exact(corpus, tmp_path):
+    ref = tmp_path / "ref"
+    r = run_cli("train", "lm", "--data", corpus, "--out", ref, *ARGS)
+    assert r.returncode == 0, r.stderr
+
+    out = tmp_path / "killed"
+    rng = random.Random(0)
+    kills, resume = 0, False
+    for attempt in range(8):
+        proc = _start(corpus, out, resume)
+        if attempt == 0:  # while a checkpoint is being written (else soon after the first rows)
+            _kill_when(proc, lambda: _saving(out) or _rows(out) > 45)
+        elif attempt < 4:  # at a random point of the remaining steps
+            target = _rows(out) + rng.randint(5, 50)
+            _kill_when(proc, lambda: _rows(out) >= target)
+        else:
+            proc.wait(timeout=300)
+        if proc.returncode == 0:
+            break
+        assert proc.returncode == -signal.SIGKILL, proc.stderr.read()
+        kills += 1
+        resume = True
+    assert proc.returncode == 0 and kills >= 3, kills
+    assert (out / "metrics.jsonl").read_bytes() == (ref / "metrics.jsonl").read_bytes()
+    a, _ = ckpt.read(ckpt.latest(ref))
+    b, _ = ckpt.read(ckpt.latest(out))
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    assert not [p for p in (out / ckpt.CKPT_DIR).iterdir() if p.name.endswith(".tmp")]
+
+
+def test_nan_stops_with_message_and_keeps_last_good_checkpoint(corpus, tmp_path):
+    out = tmp_path / "nan"
+    # A learning rate of 1e30 overflows the weights to inf within a few steps.
+    args = [a if a != "optim.warmup_steps=5" else "optim.warmup_steps=0" for a in ARGS]
+    r = run_cli("train", "lm", "--data", corpus, "--out", out, *args, "--set", "optim.lr=1e30",
+                "--set", "optim.min_lr=0")
+    assert r.returncode == 1, r.stderr
+    assert "not finite at step" in r.stderr and "Traceback" not in r.stderr
+    last = ckpt.latest(out)
+    if last is not None:  # every checkpoint left is loadable and finite
+        tensors, _ = ckpt.read(last)
+        assert all(np.all(np.isfinite(v)) for v in tensors.values() if v.dtype.kind == "f")
+
+
+def test_skip_nonfinite_option_keeps_going(corpus, tmp_path):
+    """With train.skip_nonfinite, a bad step leaves params unchanged and is marked."""
+    import jax
+    import jax.numpy as jnp
+
+    from scratchformer.config import make_config
+    from scratchformer.tasks import LMTask
+    from scratchformer.train import init_state, make_train_step
+    cfg = make_config("lm", "cpu-quick", {"model.n_layer": 1, "model.d_model": 16, "model.n_head": 2,
+                                          "model.d_ff": 32, "model.block_size": 8, "train.skip_nonfinite": True})
+    task = LMTask.from_text(cfg, corpus.read_text())
+    state = init_state(task.cfg)
+    batch = task.sample_batch(task.device_data(), jax.random.PRNGKey(0), 4)
+    poisoned = jax.tree.map(lambda a: a, state.params)
+    poisoned["ln_f"]["scale"] = poisoned["ln_f"]["scale"].at[0].set(jnp.nan)
+    new, m = jax.jit(make_train_step(task.cfg))(state._replace(params=poisoned), batch)
+    assert not np.isfinite(float(m["loss"]))
+    for a, b in zip(jax.tree.leaves(new.params), jax.tree.leaves(poisoned)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
