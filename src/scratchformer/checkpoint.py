@@ -87,13 +87,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def to_host(tree) -> dict[str, np.ndarray]:
     """Gather every leaf to this host as numpy (sharded arrays are gathered whole)."""
-    out = {}
-    for name, leaf in flatten(tree).items():
-        if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
-            from jax.experimental import multihost_utils
-            leaf = multihost_utils.process_allgather(leaf, tiled=True)
-        out[name] = np.asarray(jax.device_get(leaf))
-    return out
+    from .parallel import host_value
+    return {name: host_value(leaf) for name, leaf in flatten(tree).items()}
 
 
 def save(path: Path, state, meta: dict) -> None:

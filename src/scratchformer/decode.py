@@ -201,9 +201,13 @@ def seq2seq_decode(params, cfg: ModelConfig, src_BxS, *, beam: int = 1):
     return greedy(params, jnp.asarray(src_BxS), cfg=cfg, max_out=max_out)
 
 
-def seq2seq_accuracy(params, cfg: ModelConfig, ev: dict, *, beam: int = 1, chunk: int = 1000) -> dict:
+def seq2seq_accuracy(params, cfg: ModelConfig, ev: dict, *, beam: int = 1, chunk: int = 1000, mesh=None) -> dict:
     """Exact match (the whole output, EOS included, nothing after it) and token accuracy
-    over a held-out set {"src","tgt_out"}; decoded in fixed-size chunks."""
+    over a held-out set {"src","tgt_out"}; decoded in fixed-size chunks split over the
+    mesh's devices."""
+    from .parallel import batch_sharding, host_value, make_mesh, put_global
+    mesh = mesh or make_mesh()
+    chunk = -(-chunk // mesh.size) * mesh.size
     src, tgt = np.asarray(ev["src"]), np.asarray(ev["tgt_out"])
     n = len(src)
     exact = correct = total = 0
@@ -212,7 +216,7 @@ def seq2seq_accuracy(params, cfg: ModelConfig, ev: dict, *, beam: int = 1, chunk
         m = len(part)
         if m < chunk:
             part = np.concatenate([part, np.tile(part[:1], (chunk - m, 1))])
-        pred = np.asarray(seq2seq_decode(params, cfg, part, beam=beam))[:m]
+        pred = host_value(seq2seq_decode(params, cfg, put_global(part, batch_sharding(mesh)), beam=beam))[:m]
         t = tgt[i:i + m]
         exact += int(np.all(pred == t, axis=1).sum())
         real = t != PAD

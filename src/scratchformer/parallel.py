@@ -57,6 +57,26 @@ def state_shardings(state_shapes, mesh: Mesh, *, fsdp: bool):
     return jax.tree.map(lambda x: NamedSharding(mesh, fsdp_spec(x.shape, mesh.size)), state_shapes)
 
 
+def put_global(tree, sharding):
+    """Host numpy arrays -> global jax.Arrays laid out by `sharding` (one sharding, or a
+    matching tree of them). Every process passes the same full arrays and keeps only
+    the pieces its own devices hold, so this works for one process or many."""
+    if isinstance(sharding, NamedSharding):
+        sharding = jax.tree.map(lambda _: sharding, tree)
+    return jax.tree.map(lambda x, s: jax.make_array_from_callback(np.shape(x), s, lambda idx: np.asarray(x)[idx]),
+                        tree, sharding)
+
+
+def host_value(x) -> np.ndarray:
+    """A jax.Array as numpy on this host, gathering pieces held by other processes."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        if x.sharding.is_fully_replicated:
+            return np.asarray(x.addressable_data(0))
+        from jax.experimental import multihost_utils
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)
+
+
 def bytes_per_device(tree) -> dict:
     """Bytes of `tree` held by each device (to report what FSDP saves)."""
     out: dict = {}

@@ -14,13 +14,17 @@ from .config import RunConfig
 from .data import reverse, text
 from .data.errors import DataError
 from .loss import task_loss
+from .parallel import batch_sharding, host_value, make_mesh, put_global
 
 EVAL_CHUNK = 256  # sequences per jitted evaluation call
 
 
-def _eval_loss(loss_fn, params, arrays: dict, chunk: int):
+def _eval_loss(loss_fn, params, arrays: dict, chunk: int, mesh=None):
     """Sum a loss over fixed-size chunks (the last one zero-weighted padding), so the
-    evaluation compiles once whatever the set's size. Returns the mean."""
+    evaluation compiles once whatever the set's size. Chunks are split over the mesh's
+    devices along the batch. Returns (mean loss, total weight)."""
+    mesh = mesh or make_mesh()
+    chunk = -(-chunk // mesh.size) * mesh.size
     n = len(next(iter(arrays.values())))
     total, weight = 0.0, 0.0
     for i in range(0, n, chunk):
@@ -28,9 +32,9 @@ def _eval_loss(loss_fn, params, arrays: dict, chunk: int):
         m = len(next(iter(part.values())))
         if m < chunk:
             part = {k: np.concatenate([v, np.zeros((chunk - m,) + v.shape[1:], v.dtype)]) for k, v in part.items()}
-        s, w = loss_fn(params, part)
-        total += float(s)
-        weight += float(w)
+        s, w = loss_fn(params, put_global(part, batch_sharding(mesh)))
+        total += float(host_value(s))
+        weight += float(host_value(w))
     return total / max(weight, 1.0), int(weight)
 
 
@@ -39,6 +43,7 @@ class LMTask:
 
     name = "lm"
     unit = "tok"
+    mesh = None  # set by the training loop; None: all visible devices
 
     def __init__(self, cfg: RunConfig, tokenizer: text.CharTokenizer, ids: np.ndarray | None = None):
         self.tokenizer = tokenizer
@@ -79,7 +84,7 @@ class LMTask:
     def evaluate(self, params, *, full: bool) -> dict:
         limit = 0 if full else self.cfg.train.eval_windows
         windows = text.eval_windows(self.val_ids, self.cfg.model.block_size, limit)
-        loss, n = _eval_loss(self._loss, params, windows, EVAL_CHUNK)
+        loss, n = _eval_loss(self._loss, params, windows, EVAL_CHUNK, self.mesh)
         return {"val_loss": loss, "val_perplexity": float(np.exp(loss)), "val_tokens": n}
 
 
@@ -88,6 +93,7 @@ class ReverseTask:
 
     name = "reverse"
     unit = "seq"
+    mesh = None
 
     def __init__(self, cfg: RunConfig):
         d = cfg.data
@@ -125,11 +131,11 @@ class ReverseTask:
         ev = self.eval_set()
         if not full:
             ev = {k: v[:1000] for k, v in ev.items()}
-        loss, _ = _eval_loss(self._loss, params, ev, 1000)
+        loss, _ = _eval_loss(self._loss, params, ev, 1000, self.mesh)
         out = {"val_loss": loss}
         if full:
             from .decode import seq2seq_accuracy
-            out.update(seq2seq_accuracy(params, self.cfg.model, ev, beam=beam))
+            out.update(seq2seq_accuracy(params, self.cfg.model, ev, beam=beam, mesh=self.mesh))
         return out
 
 

@@ -30,7 +30,8 @@ from .config import RunConfig
 from .loss import task_loss
 from .models import init_model
 from .optim import AdamWState, adamw_init, adamw_update, clip_by_global_norm, decay_mask
-from .parallel import batch_sharding, check_batch, is_main, make_mesh, replicated, state_shardings
+from .parallel import (batch_sharding, bytes_per_device, check_batch, host_value, is_main, make_mesh, put_global,
+                       replicated, state_shardings)
 from .schedule import warmup_cosine
 
 
@@ -224,7 +225,7 @@ def fit(cfg: RunConfig, task, out_dir, *, resume: bool = False, fsdp: bool = Fal
         if meta.get("config") != cfg.to_dict():
             raise ckpt.CheckpointError(f"--resume: {path} was saved with a different config")
         host_state = ckpt.restore(tensors, state_template(cfg), source=str(path))
-        state = jax.device_put(host_state, shardings)
+        state = put_global(host_state, shardings)  # any device count: the file holds whole arrays
         best_val = meta.get("best_val_loss") or math.inf
         if main:
             run.truncate_metrics(int(host_state.step))
@@ -236,8 +237,9 @@ def fit(cfg: RunConfig, task, out_dir, *, resume: bool = False, fsdp: bool = Fal
             run.truncate_metrics(0)
             run.write_json("config.json", cfg.to_dict())
 
-    data = jax.device_put(task.device_data(), replicated(mesh))
-    start = int(state.step)
+    data = put_global(task.device_data(), replicated(mesh))
+    task.mesh = mesh
+    start = int(host_value(state.step))
     t = cfg.train
     bar = _progress(t.steps, start, progress and main)
     rate_t0, rate_step0 = None, start
@@ -251,7 +253,7 @@ def fit(cfg: RunConfig, task, out_dir, *, resume: bool = False, fsdp: bool = Fal
             ckpt.prune(run.path, t.keep_checkpoints)
 
     def consume(first_step, metrics) -> None:
-        m = {key: np.asarray(v) for key, v in metrics.items()}
+        m = {key: host_value(v) for key, v in metrics.items()}
         rows = []
         for i in range(len(m["loss"])):
             s = first_step + i + 1
@@ -306,8 +308,12 @@ def fit(cfg: RunConfig, task, out_dir, *, resume: bool = False, fsdp: bool = Fal
         bar.close()
     train_time = time.perf_counter() - t_start
     final = task.evaluate(state.params, full=True)
+    per_device = bytes_per_device(state)
     summary = {"task": cfg.task, "steps": t.steps, "resumed_from": start if resume else None,
-               "train_time_s": round(train_time, 2), **final}
+               "train_time_s": round(train_time, 2), **final, "devices": mesh.size, "processes": jax.process_count(),
+               "fsdp": fsdp, "state_bytes_total": sum(int(np.prod(x.shape)) * x.dtype.itemsize
+                                                      for x in jax.tree.leaves(state)),
+               "state_bytes_per_device_max": max(per_device.values())}
     if main:
         run.write_json("summary.json", summary)
     return summary
