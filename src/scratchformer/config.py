@@ -215,19 +215,21 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         },
     },
     "lm": {
+        # Tuned on a 2-core CPU for validation loss <= 1.88 in <= 45 s (see README).
         "cpu-quick": {
-            "model.n_layer": 4, "model.n_head": 4, "model.d_model": 128, "model.d_ff": 512,
+            "model.n_layer": 3, "model.n_head": 4, "model.d_model": 128, "model.d_ff": 512,
             "model.block_size": 64, "model.dropout": 0.0,
-            "optim.lr": 2e-3, "optim.min_lr": 2e-4, "optim.warmup_steps": 50,
-            "train.batch_size": 32, "train.steps": 1000, "train.eval_every": 250,
+            "optim.lr": 5e-3, "optim.min_lr": 5e-4, "optim.warmup_steps": 30,
+            "train.batch_size": 16, "train.steps": 1000, "train.eval_every": 250,
             "train.checkpoint_every": 500, "train.steps_per_call": 25,
         },
+        # Tuned on a 2-core CPU for validation loss <= 1.60 within 10 minutes (see README).
         "cpu": {
-            "model.n_layer": 6, "model.n_head": 6, "model.d_model": 192, "model.d_ff": 768,
-            "model.block_size": 128, "model.dropout": 0.1,
-            "optim.lr": 1.5e-3, "optim.min_lr": 1e-4, "optim.warmup_steps": 100,
-            "train.batch_size": 32, "train.steps": 5000, "train.eval_every": 500,
-            "train.checkpoint_every": 500, "train.steps_per_call": 25,
+            "model.n_layer": 4, "model.n_head": 4, "model.d_model": 192, "model.d_ff": 768,
+            "model.block_size": 128, "model.dropout": 0.0,
+            "optim.lr": 3e-3, "optim.min_lr": 1e-4, "optim.warmup_steps": 100,
+            "train.batch_size": 32, "train.steps": 1800, "train.eval_every": 300,
+            "train.checkpoint_every": 600, "train.steps_per_call": 20,
         },
         # nanoGPT's shakespeare_char GPU settings.
         "gpu": {

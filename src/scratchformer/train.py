@@ -298,7 +298,8 @@ def fit(cfg: RunConfig, task, out_dir, *, resume: bool = False, fsdp: bool = Fal
                     if main:
                         run.append([{"step": step, **{k_: v for k_, v in ev.items() if k_ == "val_loss"}}])
                     if main:
-                        bar.write(f"step {step}: val_loss {ev['val_loss']:.4f}", file=sys.stderr)
+                        bar.write(f"step {step}: val_loss {ev['val_loss']:.4f} "
+                                  f"({time.perf_counter() - t_start:.1f} s)", file=sys.stderr)
                     if ev["val_loss"] < best_val:
                         best_val = ev["val_loss"]
                         save(state, step, ckpt.BEST)
