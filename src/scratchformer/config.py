@@ -228,8 +228,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "model.n_layer": 4, "model.n_head": 4, "model.d_model": 192, "model.d_ff": 768,
             "model.block_size": 128, "model.dropout": 0.0,
             "optim.lr": 3e-3, "optim.min_lr": 1e-4, "optim.warmup_steps": 100,
-            "train.batch_size": 32, "train.steps": 1800, "train.eval_every": 300,
-            "train.checkpoint_every": 600, "train.steps_per_call": 20,
+            "train.batch_size": 32, "train.steps": 2100, "train.eval_every": 300,
+            "train.checkpoint_every": 700, "train.steps_per_call": 20,
         },
         # nanoGPT's shakespeare_char GPU settings.
         "gpu": {

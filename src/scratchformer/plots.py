@@ -56,7 +56,9 @@ def plot_loss(run_dir, tokens_per_step: int, unit: str) -> Path:
                 lw=1.8, label="validation loss")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("cross-entropy (nats / token)")
-    ax.set_yscale("log")
+    values = [r["loss"] for r in train] + [r["val_loss"] for r in evals]
+    if values and min(values) < 0.3:  # losses that go to ~0 (reversal) read better on a log axis
+        ax.set_yscale("log")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     top = ax.secondary_xaxis("top", functions=(lambda s: s * tokens_per_step / 1e6,

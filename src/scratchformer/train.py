@@ -311,7 +311,8 @@ def fit(cfg: RunConfig, task, out_dir, *, resume: bool = False, fsdp: bool = Fal
     final = task.evaluate(state.params, full=True)
     per_device = bytes_per_device(state)
     summary = {"task": cfg.task, "steps": t.steps, "resumed_from": start if resume else None,
-               "train_time_s": round(train_time, 2), **final, "devices": mesh.size, "processes": jax.process_count(),
+               "train_time_s": round(train_time, 2), **final, "best_periodic_val_loss": _json_float(best_val),
+               "devices": mesh.size, "processes": jax.process_count(),
                "fsdp": fsdp, "state_bytes_total": sum(int(np.prod(x.shape)) * x.dtype.itemsize
                                                       for x in jax.tree.leaves(state)),
                "state_bytes_per_device_max": max(per_device.values())}
