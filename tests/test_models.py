@@ -7,6 +7,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from scratchformer.config import ModelConfig, make_config
 from scratchformer.data import reverse
@@ -139,3 +141,30 @@ def test_encdec_overfits_a_fixed_batch():
                                 "model.block_size": "8", "model.positions": "sinusoidal"}, batch,
                     reverse.model_vocab(8))
     assert loss < 0.05, loss
+
+
+@settings(max_examples=20, deadline=None)
+@given(lengths=st.lists(st.integers(0, 6), min_size=1, max_size=3), seed=st.integers(0, 2**16))
+def test_padding_never_leaks_property(lengths, seed):
+    """For any lengths (0 = a fully padded source) and any vector behind the padding,
+    encoder outputs at real positions and all decoder logits stay the same, and finite."""
+    params = _PARAMS_ED
+    rng = np.random.default_rng(seed)
+    syms = jnp.asarray(rng.integers(0, 8, (len(lengths), 6)))
+    b = reverse.make_examples(jnp.asarray(lengths), syms)
+    other = jax.tree.map(lambda a: a, params)
+    other["embed"]["tokens"] = params["embed"]["tokens"].at[PAD_ID].set(jnp.asarray(rng.normal(0, 3, 16),
+                                                                                   jnp.float32))
+    real = np.asarray(b["src"] != PAD_ID)
+    m1, m2 = encode(params, b["src"], cfg=ED_CFG), encode(other, b["src"], cfg=ED_CFG)
+    np.testing.assert_allclose(np.asarray(m1)[real], np.asarray(m2)[real], rtol=1e-4, atol=1e-5)
+    tgt = jnp.full_like(b["tgt_in"], 4)  # decoder input without PAD, so only the source padding varies
+    l1 = encdec_forward(params, b["src"], tgt, cfg=ED_CFG)
+    l2 = encdec_forward(other, b["src"], tgt, cfg=ED_CFG)
+    assert np.all(np.isfinite(np.asarray(l1))) and np.all(np.isfinite(np.asarray(l2)))
+    # (the PAD column itself changes: the output head is tied to the edited table)
+    keep = real.any(1)
+    np.testing.assert_allclose(np.asarray(l1)[keep][..., 1:], np.asarray(l2)[keep][..., 1:], rtol=1e-4, atol=1e-5)
+
+
+_PARAMS_ED = init_encdec(jax.random.PRNGKey(11), ED_CFG)

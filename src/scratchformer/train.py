@@ -271,7 +271,11 @@ def fit(cfg: RunConfig, task, out_dir, *, resume: bool = False, fsdp: bool = Fal
                     f"{last if last else 'none'} (train.skip_nonfinite=true skips such steps)")
         if main:
             run.append(rows)
-        bar.set_postfix(loss=f"{m['loss'][-1]:.4f}", lr=f"{m['lr'][-1]:.2e}", refresh=False)
+        rate = ""
+        if rate_t0 is not None and first_step + len(rows) > rate_step0:
+            done = first_step + len(rows) - rate_step0  # steps finished since compilation
+            rate = f", {task.unit}/s={done * task.tokens_per_step() / (time.perf_counter() - rate_t0):,.0f}"
+        bar.set_postfix_str(f"loss={m['loss'][-1]:.4f}, lr={m['lr'][-1]:.2e}{rate}", refresh=False)
 
     step = start
     pending = None
@@ -284,11 +288,8 @@ def fit(cfg: RunConfig, task, out_dir, *, resume: bool = False, fsdp: bool = Fal
             step += k
             bar.update(k)
             if rate_t0 is None:
-                jax.block_until_ready(metrics)  # first call includes compilation
+                jax.block_until_ready(metrics)  # the first call includes compilation
                 rate_t0, rate_step0 = time.perf_counter(), step
-            elif step > rate_step0:
-                per_s = (step - rate_step0) * task.tokens_per_step() / (time.perf_counter() - rate_t0)
-                bar.set_postfix_str(f"{bar.postfix or ''} {task.unit}/s={per_s:,.0f}", refresh=False)
             at_eval, at_ckpt = step % t.eval_every == 0, step % t.checkpoint_every == 0
             if at_eval or at_ckpt or step == t.steps:
                 consume(*pending)
