@@ -25,8 +25,33 @@ def init_linear(key, d_in: int, d_out: int, *, bias: bool = True, std: float = I
     return p
 
 
+@jax.custom_vjp
+def matmul(x_BxTxD, w_DxE):
+    """x @ w with a hand-written backward pass.
+
+    The gradients are the textbook ones (dx = g w^T, dw = x^T g), but the forward pass
+    hands x to the backward pass explicitly. With plain autodiff, XLA's CPU backend
+    fused each weight gradient's transpose of x with a recomputation of the ops that
+    produced x; this version measured 41% faster per training step at the nano-cpu
+    shape and 30% at gpt-small (BENCHMARKS.md), with the same numbers."""
+    return x_BxTxD @ w_DxE
+
+
+def _matmul_fwd(x, w):
+    return x @ w, (x, w)
+
+
+def _matmul_bwd(res, g):
+    x, w = res
+    dw = jnp.einsum("nd,ne->de", x.reshape(-1, x.shape[-1]), g.reshape(-1, g.shape[-1]))
+    return g @ w.T, dw
+
+
+matmul.defvjp(_matmul_fwd, _matmul_bwd)
+
+
 def linear(p: dict, x_BxTxD):
-    y = x_BxTxD @ p["w"].astype(x_BxTxD.dtype)
+    y = matmul(x_BxTxD, p["w"].astype(x_BxTxD.dtype))
     if "b" in p:
         y = y + p["b"].astype(y.dtype)
     return y

@@ -23,7 +23,7 @@ from .attention import (cache_mask, causal_mask, cross_attention, cross_kv, init
                         init_self_attention, padding_mask, self_attention)
 from .config import ModelConfig
 from .layers import (dropout, embed, feed_forward, init_embedding, init_feed_forward, init_layer_norm,
-                     init_linear, layer_norm, sinusoidal_positions)
+                     init_linear, layer_norm, matmul, sinusoidal_positions)
 
 PAD_ID = 0  # encoder-decoder token id reserved for padding
 
@@ -96,8 +96,8 @@ def _embed(p_embed, table_name, ids_BxT, pos, cfg: ModelConfig):
 
 def _head(params, table_name, x_BxTxD, cfg: ModelConfig):
     if "head" in params:
-        return x_BxTxD @ params["head"]["w"].astype(x_BxTxD.dtype)
-    return x_BxTxD @ params["embed"][table_name].T.astype(x_BxTxD.dtype)
+        return matmul(x_BxTxD, params["head"]["w"].astype(x_BxTxD.dtype))
+    return matmul(x_BxTxD, params["embed"][table_name].T.astype(x_BxTxD.dtype))
 
 
 def init_cache(cfg: ModelConfig, batch: int, length: int, n_layer: int | None = None):
