@@ -1,15 +1,13 @@
 """Test set-up: one CPU device (sharding tests start their own processes with fake
-devices), strict dtype promotion, tiny configs and deterministic keys."""
+devices), tiny configs, deterministic keys. Strict dtype promotion is checked by a
+test of its own (test_train.py): optax, the oracle, relies on standard promotion."""
 
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-import jax
 import pytest
-
-
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAKESPEARE = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"

@@ -3,7 +3,6 @@ on 127.0.0.1 train exactly like one device; checkpoints move between device coun
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -96,7 +95,7 @@ def test_two_processes_on_localhost_equal_one(corpus, single, tmp_path):
         procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                       env={**os.environ, **devices(2)}))
     results = [p.communicate(timeout=600) for p in procs]
-    for p, (o, e) in zip(procs, results):
+    for p, (_, e) in zip(procs, results):
         assert p.returncode == 0, e
     assert "run folder" in results[0][0] and "run folder" not in results[1][0]  # only process 0 reports
     assert_same_run(single, out)

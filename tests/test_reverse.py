@@ -22,7 +22,7 @@ def trained(tmp_path_factory):
     cfg = make_config("reverse", None, SMALL)
     task = ReverseTask(cfg)
     out = tmp_path_factory.mktemp("rev")
-    summary = fit(cfg, task, out, progress=False)
+    summary = fit(task, out, progress=False)
     from scratchformer import runs
     task, params, _ = runs.load(out)
     return summary, task, params, out

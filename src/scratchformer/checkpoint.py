@@ -132,7 +132,7 @@ def restore(tensors: dict[str, np.ndarray], template, *, source="checkpoint"):
         raise CheckpointError(f"{source} does not match the config: missing {missing[:3]}, "
                               f"unexpected {extra[:3]}")
     out = []
-    for (path, leaf), name in zip(leaves, names):
+    for (_, leaf), name in zip(leaves, names):
         a = tensors[name]
         if tuple(a.shape) != tuple(leaf.shape) or np.dtype(a.dtype) != np.dtype(leaf.dtype):
             raise CheckpointError(f"{source}: {name} has shape {tuple(a.shape)} {a.dtype}, "

@@ -11,16 +11,16 @@ import json
 import sys
 import time
 
-from .config import DEFAULT_PRESET, PRESETS, all_keys
+from .config import DEFAULT_PRESET, PRESETS, describe_keys
 
 EXAMPLES = """examples:
-  scratchformer train reverse                      # encoder-decoder learns to reverse sequences
-  scratchformer train lm --preset cpu-quick        # Tiny Shakespeare character LM, ~45 s
+  scratchformer train reverse --out runs/rev       # encoder-decoder learns to reverse sequences (~35 s)
+  scratchformer sample runs/rev --input "7 3 9 1"  # -> 1 9 3 7
+  scratchformer train lm --preset cpu-quick --out runs/quick   # Tiny Shakespeare char LM (~40 s)
+  scratchformer eval runs/quick --json
+  scratchformer sample runs/quick --prompt "ROMEO:" --tokens 300
+  scratchformer plot runs/quick                    # runs/quick/loss.png
   scratchformer train lm --data my.txt --set model.n_layer=2 --steps 500
-  scratchformer eval runs/lm-cpu --json
-  scratchformer sample runs/lm-cpu --prompt "ROMEO:" --tokens 300
-  scratchformer sample runs/reverse-default --input "7 3 9 1"
-  scratchformer plot runs/lm-cpu
   scratchformer bench
 """
 
@@ -49,10 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
                 "sample and plot.", epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
-    presets = "; ".join(f"{t}: {', '.join(ps)} (default {DEFAULT_PRESET[t]})" for t, ps in PRESETS.items())
+    presets = "; ".join(f"{t}: " + ", ".join(p + (" (default)" if p == DEFAULT_PRESET[t] else "") for p in ps)
+                        for t, ps in PRESETS.items())
     t = sub.add_parser("train", help="train a model", description="Train a model and write a run folder "
                        "(config.json, metrics.jsonl, summary.json, checkpoints/).",
-                       epilog=f"presets: {presets}\n\nconfig keys for --set:\n  " + "\n  ".join(all_keys()),
+                       epilog=f"presets: {presets}\n\nconfig keys for --set (type, default before presets):\n  "
+                       + "\n  ".join(describe_keys()),
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     t.add_argument("task", choices=list(PRESETS), help="reverse (encoder-decoder) or lm (character LM)")
     t.add_argument("--preset", help="named settings (see below)")
@@ -127,7 +129,7 @@ def cmd_train(a) -> int:
         if a.data is not None:
             raise UsageError("--data is for the lm task; reverse generates its data")
         task = ReverseTask(cfg)
-    summary = fit(cfg, task, out, resume=a.resume, fsdp=a.fsdp, progress=not a.no_progress, data_meta=meta)
+    summary = fit(task, out, resume=a.resume, fsdp=a.fsdp, progress=not a.no_progress, data_meta=meta)
     from .parallel import is_main
     if is_main():
         print(f"run folder: {out}")

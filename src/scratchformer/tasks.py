@@ -16,7 +16,7 @@ from .data.errors import DataError
 from .loss import task_loss
 from .parallel import batch_sharding, host_value, make_mesh, put_global
 
-EVAL_CHUNK = 256  # sequences per jitted evaluation call
+EVAL_CHUNK = 256  # LM windows per jitted evaluation call
 
 
 def _eval_loss(loss_fn, params, arrays: dict, chunk: int, mesh=None):
@@ -137,14 +137,6 @@ class ReverseTask:
             from .decode import seq2seq_accuracy
             out.update(seq2seq_accuracy(params, self.cfg.model, ev, beam=beam, mesh=self.mesh))
         return out
-
-
-def make_task(cfg: RunConfig, data_path=None):
-    """Build the task for a fresh run, loading its data."""
-    if cfg.task == "reverse":
-        return ReverseTask(cfg)
-    path = data_path if data_path is not None else text.shakespeare_path()
-    return LMTask.from_text(cfg, text.read_text(path))
 
 
 def task_from_meta(cfg: RunConfig, meta: dict):

@@ -203,9 +203,10 @@ def _progress(total: int, initial: int, enabled: bool):
                 file=sys.stderr, mininterval=0.5, smoothing=0.1)
 
 
-def fit(cfg: RunConfig, task, out_dir, *, resume: bool = False, fsdp: bool = False,
-        progress: bool = True, data_meta: dict | None = None, log=print) -> dict:
-    """Train `task` under `cfg`, writing the run to `out_dir`. Returns the summary."""
+def fit(task, out_dir, *, resume: bool = False, fsdp: bool = False, progress: bool = True,
+        data_meta: dict | None = None) -> dict:
+    """Train `task` under its config (`task.cfg`), writing the run to `out_dir`.
+    Returns the summary (also written to summary.json)."""
     cfg = task.cfg
     run = RunFolder(out_dir)
     main = is_main()
@@ -248,7 +249,10 @@ def fit(cfg: RunConfig, task, out_dir, *, resume: bool = False, fsdp: bool = Fal
     def save(state, step, name=None):
         meta = {**meta_base, "step": step, "best_val_loss": _json_float(best_val)}
         path = (run.path / ckpt.CKPT_DIR / name) if name else ckpt.step_path(run.path, step)
-        ckpt.save(path, state, meta) if main else ckpt.to_host(state)  # every process joins a gather
+        if main:
+            ckpt.save(path, state, meta)
+        else:
+            ckpt.to_host(state)  # every process takes part in gathering sharded arrays
         if main and not name:
             ckpt.prune(run.path, t.keep_checkpoints)
 
@@ -297,8 +301,7 @@ def fit(cfg: RunConfig, task, out_dir, *, resume: bool = False, fsdp: bool = Fal
                 if at_eval:
                     ev = task.evaluate(state.params, full=False)
                     if main:
-                        run.append([{"step": step, **{k_: v for k_, v in ev.items() if k_ == "val_loss"}}])
-                    if main:
+                        run.append([{"step": step, "val_loss": ev["val_loss"]}])
                         bar.write(f"step {step}: val_loss {ev['val_loss']:.4f} "
                                   f"({time.perf_counter() - t_start:.1f} s)", file=sys.stderr)
                     if ev["val_loss"] < best_val:
