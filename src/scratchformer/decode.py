@@ -73,30 +73,56 @@ def _generate(params, tokens_L, key, *, cfg: ModelConfig, n_prompt: int, n_new: 
         return logits[0, n - s - 1]
 
     s0 = max(0, n_prompt - big_t)
-    if use_cache:
-        logits0, cache0 = prefill(buf, s0, n_prompt)
-    else:
-        logits0, cache0 = full(buf, s0, n_prompt), None
 
-    def body(i, carry):
-        buf, s, logits, cache = carry
-        n = n_prompt + i
+    def sample_at(buf, i, logits):
+        """Draw the token of step i (position n_prompt + i) and write it into buf."""
         tok = sample_token(jax.random.fold_in(key, i), logits, temperature=temperature, top_k=top_k, top_p=top_p)
-        buf = buf.at[n].set(tok)
-        n = n + 1
-        slide = n - s > big_t
-        s = jnp.where(slide, n - keep, s)
-        if not use_cache:
-            return buf, s, full(buf, s, n), cache
+        return buf.at[n_prompt + i].set(tok), tok
 
-        def step(_):
-            out, c = lm_forward(params, tok[None, None], cfg=cfg, cache=cache, pos=n - 1 - s)
-            return out[0, 0], c
+    if not use_cache:
+        def body(i, carry):
+            buf, s, logits = carry
+            buf, _ = sample_at(buf, i, logits)
+            n = n_prompt + i + 1
+            s = jnp.where(n - s > big_t, n - keep, s)  # the sliding-window rule
+            return buf, s, full(buf, s, n)
 
-        logits, cache = jax.lax.cond(slide, lambda _: prefill(buf, s, n), step, None)
+        buf, _, _ = jax.lax.fori_loop(0, n_new, body, (buf, jnp.int32(s0), full(buf, s0, n_prompt)))
+        return buf[: n_prompt + n_new]
+
+    # With the cache the same rule has a static schedule: after a (re-)prefill that
+    # leaves `filled` tokens in the cache, T - filled single-token steps fit, then the
+    # next token triggers a re-prefill of the last `keep` tokens. Laying the loop out
+    # that way (no lax.cond inside it) keeps XLA from copying the cache every token.
+    def single(i, carry):
+        buf, s, logits, cache = carry
+        buf, tok = sample_at(buf, i, logits)
+        out, cache = lm_forward(params, tok[None, None], cfg=cfg, cache=cache, pos=n_prompt + i - s)
+        return buf, s, out[0, 0], cache
+
+    def slide(i, carry):
+        buf, _, logits, _ = carry
+        buf, _ = sample_at(buf, i, logits)
+        n = n_prompt + i + 1
+        s = n - keep
+        logits, cache = prefill(buf, s, n)
         return buf, s, logits, cache
 
-    buf, _, _, _ = jax.lax.fori_loop(0, n_new, body, (buf, jnp.int32(s0), logits0, cache0))
+    def period(j, carry, start, length):
+        i = start + j * (1 + length)
+        carry = slide(i, carry)
+        return jax.lax.fori_loop(i + 1, i + 1 + length, single, carry)
+
+    logits0, cache0 = prefill(buf, s0, n_prompt)
+    carry = (buf, jnp.int32(s0), logits0, cache0)
+    first = min(n_new, big_t - (n_prompt - s0))        # single steps until the cache is full
+    carry = jax.lax.fori_loop(0, first, single, carry)
+    per = big_t - keep                                 # single steps after each re-prefill
+    n_periods, rest = divmod(n_new - first, 1 + per)
+    carry = jax.lax.fori_loop(0, n_periods, partial(period, start=first, length=per), carry)
+    if rest:
+        carry = period(0, carry, first + n_periods * (1 + per), rest - 1)
+    buf = carry[0]
     return buf[: n_prompt + n_new]
 
 

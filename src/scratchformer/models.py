@@ -101,10 +101,10 @@ def _head(params, table_name, x_BxTxD, cfg: ModelConfig):
 
 
 def init_cache(cfg: ModelConfig, batch: int, length: int, n_layer: int | None = None):
-    """Empty KV cache: one {"k","v"} of BxSxHxK per decoder layer."""
-    shape = (batch, length, cfg.n_head, cfg.head_dim)
-    dt = compute_dtype(cfg)
-    return [{"k": jnp.zeros(shape, dt), "v": jnp.zeros(shape, dt)}
+    """Empty KV cache, per decoder layer {"k": BxHxKxS, "v": BxHxSxK} (S = length slots):
+    the layouts the two attention matmuls read without transposing the cache."""
+    b, h, k, dt = batch, cfg.n_head, cfg.head_dim, compute_dtype(cfg)
+    return [{"k": jnp.zeros((b, h, k, length), dt), "v": jnp.zeros((b, h, length, k), dt)}
             for _ in range(n_layer or cfg.n_layer)]
 
 
@@ -128,7 +128,7 @@ def lm_forward(params, ids_BxT, *, cfg: ModelConfig, train=False, key=None, cach
     t = ids_BxT.shape[1]
     k_emb, *k_blocks = _keys(key, cfg.n_layer + 1)
     x = dropout(k_emb, _embed(params["embed"], "tokens", ids_BxT, pos, cfg), cfg.dropout, train=train)
-    mask = causal_mask(t) if cache is None else cache_mask(t, cache[0]["k"].shape[1], pos)
+    mask = causal_mask(t) if cache is None else cache_mask(t, cache[0]["v"].shape[2], pos)
     new_cache = []
     for i, p in enumerate(params["blocks"]):
         x, c, _ = _block(p, x, cfg=cfg, mask=mask, key=k_blocks[i], train=train,
@@ -182,7 +182,7 @@ def decode(params, tgt_BxT, kvs, src_valid_BxS, *, cfg: ModelConfig, train=False
     t = tgt_BxT.shape[1]
     k_emb, *k_blocks = _keys(key, cfg.n_layer + 1)
     x = dropout(k_emb, _embed(params["embed"], _table_names(cfg)[1], tgt_BxT, pos, cfg), cfg.dropout, train=train)
-    self_mask = causal_mask(t) if cache is None else cache_mask(t, cache[0]["k"].shape[1], pos)
+    self_mask = causal_mask(t) if cache is None else cache_mask(t, cache[0]["v"].shape[2], pos)
     cross_mask = padding_mask(src_valid_BxS)
     new_cache, probs = [], []
     for i, p in enumerate(params["decoder"]["blocks"]):
