@@ -231,19 +231,14 @@ def seq2seq_accuracy(params, cfg: ModelConfig, ev: dict, *, beam: int = 1, chunk
     """Exact match (the whole output, EOS included, nothing after it) and token accuracy
     over a held-out set {"src","tgt_out"}; decoded in fixed-size chunks split over the
     mesh's devices."""
-    from .parallel import batch_sharding, host_value, make_mesh, put_global
-    mesh = mesh or make_mesh()
-    chunk = -(-chunk // mesh.size) * mesh.size
-    src, tgt = np.asarray(ev["src"]), np.asarray(ev["tgt_out"])
-    n = len(src)
-    exact = correct = total = 0
-    for i in range(0, n, chunk):
-        part = src[i:i + chunk]
-        m = len(part)
-        if m < chunk:
-            part = np.concatenate([part, np.tile(part[:1], (chunk - m, 1))])
-        pred = host_value(seq2seq_decode(params, cfg, put_global(part, batch_sharding(mesh)), beam=beam))[:m]
+    from .parallel import chunks_on_mesh, host_value, make_mesh
+    tgt = np.asarray(ev["tgt_out"])
+    n = len(tgt)
+    exact = correct = total = i = 0
+    for m, part in chunks_on_mesh({"src": ev["src"]}, chunk, mesh or make_mesh()):
+        pred = host_value(seq2seq_decode(params, cfg, part["src"], beam=beam))[:m]
         t = tgt[i:i + m]
+        i += m
         exact += int(np.all(pred == t, axis=1).sum())
         real = t != PAD
         correct += int(((pred == t) & real).sum())

@@ -77,6 +77,21 @@ def host_value(x) -> np.ndarray:
     return np.asarray(x)
 
 
+def chunks_on_mesh(arrays: dict, chunk: int, mesh: Mesh):
+    """Walk host arrays (same leading length) in fixed-size chunks, each split over the
+    mesh along the batch, so one compiled function serves every chunk. The chunk is
+    rounded up to a multiple of the device count and the last one is zero-padded.
+    Yields (number of real rows, global arrays)."""
+    chunk = -(-chunk // mesh.size) * mesh.size
+    n = len(next(iter(arrays.values())))
+    for i in range(0, n, chunk):
+        part = {k: np.asarray(v[i:i + chunk]) for k, v in arrays.items()}
+        m = len(next(iter(part.values())))
+        if m < chunk:
+            part = {k: np.concatenate([v, np.zeros((chunk - m,) + v.shape[1:], v.dtype)]) for k, v in part.items()}
+        yield m, put_global(part, batch_sharding(mesh))
+
+
 def bytes_per_device(tree) -> dict:
     """Bytes of `tree` held by each device (to report what FSDP saves)."""
     out: dict = {}

@@ -14,25 +14,18 @@ from .config import RunConfig
 from .data import reverse, text
 from .data.errors import DataError
 from .loss import task_loss
-from .parallel import batch_sharding, host_value, make_mesh, put_global
+from .parallel import chunks_on_mesh, host_value, make_mesh
 
 EVAL_CHUNK = 256  # LM windows per jitted evaluation call
 
 
 def _eval_loss(loss_fn, params, arrays: dict, chunk: int, mesh=None):
-    """Sum a loss over fixed-size chunks (the last one zero-weighted padding), so the
-    evaluation compiles once whatever the set's size. Chunks are split over the mesh's
-    devices along the batch. Returns (mean loss, total weight)."""
-    mesh = mesh or make_mesh()
-    chunk = -(-chunk // mesh.size) * mesh.size
-    n = len(next(iter(arrays.values())))
+    """Sum a loss over fixed-size chunks split over the mesh (zero-weighted padding in
+    the last), so the evaluation compiles once whatever the set's size.
+    Returns (mean loss, total weight)."""
     total, weight = 0.0, 0.0
-    for i in range(0, n, chunk):
-        part = {k: v[i:i + chunk] for k, v in arrays.items()}
-        m = len(next(iter(part.values())))
-        if m < chunk:
-            part = {k: np.concatenate([v, np.zeros((chunk - m,) + v.shape[1:], v.dtype)]) for k, v in part.items()}
-        s, w = loss_fn(params, put_global(part, batch_sharding(mesh)))
+    for _, part in chunks_on_mesh(arrays, chunk, mesh or make_mesh()):
+        s, w = loss_fn(params, part)
         total += float(host_value(s))
         weight += float(host_value(w))
     return total / max(weight, 1.0), int(weight)
