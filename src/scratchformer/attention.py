@@ -101,32 +101,44 @@ def attend(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, mask, *, rate=0.0, key=None, train=F
     return y_BxTxHxK.reshape(b, t, h * k), probs
 
 
-def _attend_cached(q_BxTxHxK, k_BxHxKxS, v_BxHxSxK, mask):
-    """Attention over a KV cache kept in the layouts a matmul reads directly (keys as
-    K x S, values as S x K per head), so no step transposes the whole cache."""
-    scale = 1.0 / math.sqrt(q_BxTxHxK.shape[-1])
+def _attend_cached(q_BxTxHxK, k_NxKxS, v_NxSxK, mask):
+    """Attention over a KV cache kept in the layouts a matmul reads directly: keys
+    K x S and values S x K for each of the N = B*H (sequence, head) pairs. One flat
+    batch axis matters on XLA's CPU backend: with separate B and H axes it reshaped
+    the freshly written cache for each matmul and copied every layer's cache at
+    every decoded token (BENCHMARKS.md)."""
+    b, t, h, k = q_BxTxHxK.shape
+    scale = 1.0 / math.sqrt(k)
     dt = jnp.promote_types(q_BxTxHxK.dtype, jnp.float32)
-    att_BxHxTxS = jnp.einsum("bthk,bhks->bhts", q_BxTxHxK, k_BxHxKxS, preferred_element_type=dt) * scale
-    att_BxHxTxS = jnp.where(mask, att_BxHxTxS, jnp.finfo(dt).min)
-    probs = jax.nn.softmax(att_BxHxTxS, axis=-1).astype(v_BxHxSxK.dtype)
-    y_BxTxHxK = jnp.einsum("bhts,bhsk->bthk", probs, v_BxHxSxK)
-    b, t, h, k = y_BxTxHxK.shape
-    return y_BxTxHxK.reshape(b, t, h * k)
+    q_NxTxK = q_BxTxHxK.transpose(0, 2, 1, 3).reshape(b * h, t, k)
+    att_NxTxS = jnp.einsum("ntk,nks->nts", q_NxTxK, k_NxKxS, preferred_element_type=dt) * scale
+    att_BxHxTxS = jnp.where(mask, att_NxTxS.reshape(b, h, t, -1), jnp.finfo(dt).min)
+    probs = jax.nn.softmax(att_BxHxTxS, axis=-1).astype(v_NxSxK.dtype).reshape(b * h, t, -1)
+    y_NxTxK = jnp.einsum("nts,nsk->ntk", probs, v_NxSxK)
+    return y_NxTxK.reshape(b, h, t, k).transpose(0, 2, 1, 3).reshape(b, t, h * k)
+
+
+def cache_slots(cache) -> int:
+    """Number of slots S of a cache from models.init_cache (one layer's or all)."""
+    layer = cache[0] if isinstance(cache, (list, tuple)) else cache
+    return layer["v"].shape[1]
 
 
 def self_attention(p: dict, x_BxTxD, *, n_head: int, mask, cache=None, pos=0,
                    rate=0.0, key=None, train=False):
-    """Self-attention. With `cache` ({"k": BxHxKxS, "v": BxHxSxK}, see models.init_cache)
-    the new keys/values are written at slots pos..pos+T-1 and the queries attend over
-    the whole cache (the mask must hide unwritten slots). Returns (y_BxTxD, new_cache)."""
+    """Self-attention. With `cache` ({"k": NxKxS, "v": NxSxK}, N = B*H, see
+    models.init_cache) the new keys/values are written at slots pos..pos+T-1 and the
+    queries attend over the whole cache (the mask must hide unwritten slots).
+    Returns (y_BxTxD, new_cache)."""
     q, k, v = self_qkv(p, x_BxTxD, n_head)
     if cache is None:
         y, _ = attend(q, k, v, mask, rate=rate, key=key, train=train)
         return linear(p["out"], y), None
-    k_BxHxKxT = k.transpose(0, 2, 3, 1).astype(cache["k"].dtype)
-    v_BxHxTxK = v.transpose(0, 2, 1, 3).astype(cache["v"].dtype)
-    cache = {"k": jax.lax.dynamic_update_slice(cache["k"], k_BxHxKxT, (0, 0, 0, pos)),
-             "v": jax.lax.dynamic_update_slice(cache["v"], v_BxHxTxK, (0, 0, pos, 0))}
+    b, t, h, kw = k.shape
+    k_NxKxT = k.transpose(0, 2, 3, 1).reshape(b * h, kw, t).astype(cache["k"].dtype)
+    v_NxTxK = v.transpose(0, 2, 1, 3).reshape(b * h, t, kw).astype(cache["v"].dtype)
+    cache = {"k": jax.lax.dynamic_update_slice(cache["k"], k_NxKxT, (0, 0, pos)),
+             "v": jax.lax.dynamic_update_slice(cache["v"], v_NxTxK, (0, pos, 0))}
     return linear(p["out"], _attend_cached(q, cache["k"], cache["v"], mask)), cache
 
 

@@ -44,11 +44,16 @@ def filter_logits(logits_V, *, temperature: float, top_k: int = 0, top_p: float 
     return logits_V
 
 
-def sample_token(key, logits_V, *, temperature: float, top_k: int, top_p: float):
+def sample_token(gumbel_V, logits_V, *, temperature: float, top_k: int, top_p: float):
+    """One token id from softmax(filtered logits) by the Gumbel-max trick: the argmax of
+    logits + standard Gumbel noise (what jax.random.categorical does inside). The noise
+    is passed in so that a decoding loop can draw all of it before the loop starts;
+    drawing it token by token ran XLA's CPU random-bits loop (~100 small ops) at
+    every token. temperature 0 is greedy and ignores the noise."""
     if temperature == 0.0:
         return jnp.argmax(logits_V).astype(jnp.int32)
-    return jax.random.categorical(key, filter_logits(logits_V, temperature=temperature, top_k=top_k,
-                                                     top_p=top_p)).astype(jnp.int32)
+    filtered = filter_logits(logits_V, temperature=temperature, top_k=top_k, top_p=top_p)
+    return jnp.argmax(filtered + gumbel_V).astype(jnp.int32)
 
 
 # ---------------------------------------------------------------- LM generation
@@ -60,13 +65,14 @@ def _generate(params, tokens_L, key, *, cfg: ModelConfig, n_prompt: int, n_new: 
     # Room for a full window read past the last token.
     buf = jnp.concatenate([tokens_L, jnp.zeros((big_t,), jnp.int32)])
 
-    def window(buf, s):
-        return jax.lax.dynamic_slice_in_dim(buf, s, big_t)[None]
+    def window(buf, s, length=big_t):
+        return jax.lax.dynamic_slice_in_dim(buf, s, length)[None]
 
-    def prefill(buf, s, n):
-        """Encode tokens s..n-1 into a fresh cache; logits after the last of them."""
-        logits, cache = lm_forward(params, window(buf, s), cfg=cfg, cache=init_cache(cfg, 1, big_t), pos=0)
-        return logits[0, n - s - 1], cache
+    def prefill(buf, s, length: int):
+        """Encode the `length` tokens from s on (a static count: the prompt's part in
+        the window, or `keep`) into a fresh cache; logits after the last of them."""
+        logits, cache = lm_forward(params, window(buf, s, length), cfg=cfg, cache=init_cache(cfg, 1, big_t), pos=0)
+        return logits[0, -1], cache
 
     def full(buf, s, n):
         logits, _ = lm_forward(params, window(buf, s), cfg=cfg)
@@ -74,9 +80,12 @@ def _generate(params, tokens_L, key, *, cfg: ModelConfig, n_prompt: int, n_new: 
 
     s0 = max(0, n_prompt - big_t)
 
+    # All the sampling noise at once: n_new x V floats, row i for step i.
+    noise = jax.random.gumbel(key, (n_new, cfg.vocab_size), jnp.float32)
+
     def sample_at(buf, i, logits):
         """Draw the token of step i (position n_prompt + i) and write it into buf."""
-        tok = sample_token(jax.random.fold_in(key, i), logits, temperature=temperature, top_k=top_k, top_p=top_p)
+        tok = sample_token(noise[i], logits, temperature=temperature, top_k=top_k, top_p=top_p)
         return buf.at[n_prompt + i].set(tok), tok
 
     if not use_cache:
@@ -103,9 +112,8 @@ def _generate(params, tokens_L, key, *, cfg: ModelConfig, n_prompt: int, n_new: 
     def slide(i, carry):
         buf, _, logits, _ = carry
         buf, _ = sample_at(buf, i, logits)
-        n = n_prompt + i + 1
-        s = n - keep
-        logits, cache = prefill(buf, s, n)
+        s = n_prompt + i + 1 - keep
+        logits, cache = prefill(buf, s, keep)
         return buf, s, logits, cache
 
     def period(j, carry, start, length):
@@ -113,7 +121,7 @@ def _generate(params, tokens_L, key, *, cfg: ModelConfig, n_prompt: int, n_new: 
         carry = slide(i, carry)
         return jax.lax.fori_loop(i + 1, i + 1 + length, single, carry)
 
-    logits0, cache0 = prefill(buf, s0, n_prompt)
+    logits0, cache0 = prefill(buf, s0, n_prompt - s0)
     carry = (buf, jnp.int32(s0), logits0, cache0)
     first = min(n_new, big_t - (n_prompt - s0))        # single steps until the cache is full
     carry = jax.lax.fori_loop(0, first, single, carry)
@@ -210,7 +218,8 @@ def beam_search(params, src_BxS, *, cfg: ModelConfig, max_out: int, beam: int, a
         lengths = pick(lengths) + (~was_done).astype(jnp.int32)
         done = was_done | (tok == EOS)
         flat_idx = (src_beam + jnp.arange(b)[:, None] * w).reshape(-1)
-        cache = jax.tree.map(lambda a: a[flat_idx], cache)
+        # cache arrays are (B*W*H) x ...: move whole (sequence, all heads) groups
+        cache = jax.tree.map(lambda a: a.reshape(b * w, -1, *a.shape[1:])[flat_idx].reshape(a.shape), cache)
         return i + 1, tokens, scores, lengths, tok.reshape(-1), cache, done
 
     _, tokens, scores, lengths, _, _, _ = jax.lax.while_loop(

@@ -19,7 +19,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from .attention import (cache_mask, causal_mask, cross_attention, cross_kv, init_cross_attention,
+from .attention import (cache_mask, cache_slots, causal_mask, cross_attention, cross_kv, init_cross_attention,
                         init_self_attention, padding_mask, self_attention)
 from .config import ModelConfig
 from .layers import (dropout, embed, feed_forward, init_embedding, init_feed_forward, init_layer_norm,
@@ -101,10 +101,11 @@ def _head(params, table_name, x_BxTxD, cfg: ModelConfig):
 
 
 def init_cache(cfg: ModelConfig, batch: int, length: int, n_layer: int | None = None):
-    """Empty KV cache, per decoder layer {"k": BxHxKxS, "v": BxHxSxK} (S = length slots):
-    the layouts the two attention matmuls read without transposing the cache."""
-    b, h, k, dt = batch, cfg.n_head, cfg.head_dim, compute_dtype(cfg)
-    return [{"k": jnp.zeros((b, h, k, length), dt), "v": jnp.zeros((b, h, length, k), dt)}
+    """Empty KV cache, per decoder layer {"k": NxKxS, "v": NxSxK}, N = batch * heads
+    (sequence-major), S = length slots: the layouts the two attention matmuls read
+    without transposing or reshaping the cache (attention._attend_cached)."""
+    n, k, dt = batch * cfg.n_head, cfg.head_dim, compute_dtype(cfg)
+    return [{"k": jnp.zeros((n, k, length), dt), "v": jnp.zeros((n, length, k), dt)}
             for _ in range(n_layer or cfg.n_layer)]
 
 
@@ -128,7 +129,7 @@ def lm_forward(params, ids_BxT, *, cfg: ModelConfig, train=False, key=None, cach
     t = ids_BxT.shape[1]
     k_emb, *k_blocks = _keys(key, cfg.n_layer + 1)
     x = dropout(k_emb, _embed(params["embed"], "tokens", ids_BxT, pos, cfg), cfg.dropout, train=train)
-    mask = causal_mask(t) if cache is None else cache_mask(t, cache[0]["v"].shape[2], pos)
+    mask = causal_mask(t) if cache is None else cache_mask(t, cache_slots(cache), pos)
     new_cache = []
     for i, p in enumerate(params["blocks"]):
         x, c, _ = _block(p, x, cfg=cfg, mask=mask, key=k_blocks[i], train=train,
@@ -182,7 +183,7 @@ def decode(params, tgt_BxT, kvs, src_valid_BxS, *, cfg: ModelConfig, train=False
     t = tgt_BxT.shape[1]
     k_emb, *k_blocks = _keys(key, cfg.n_layer + 1)
     x = dropout(k_emb, _embed(params["embed"], _table_names(cfg)[1], tgt_BxT, pos, cfg), cfg.dropout, train=train)
-    self_mask = causal_mask(t) if cache is None else cache_mask(t, cache[0]["v"].shape[2], pos)
+    self_mask = causal_mask(t) if cache is None else cache_mask(t, cache_slots(cache), pos)
     cross_mask = padding_mask(src_valid_BxS)
     new_cache, probs = [], []
     for i, p in enumerate(params["decoder"]["blocks"]):
