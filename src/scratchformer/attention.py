@@ -101,6 +101,27 @@ def attend(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, mask, *, rate=0.0, key=None, train=F
     return y_BxTxHxK.reshape(b, t, h * k), probs
 
 
+def attend_causal(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, *, block: int, rate=0.0, key=None, train=False):
+    """Causal self-attention computed in query blocks of `block` positions: block i
+    attends to keys 0..(i+1)*block-1 only, so the score blocks above the diagonal,
+    which the causal mask would zero anyway, are never computed (with 2 blocks a
+    quarter of the score matrix, with 4 three-eighths). Same result as `attend` with
+    causal_mask(T); T must be a multiple of `block`. Returns y_BxTxD."""
+    t = q_BxTxHxK.shape[1]
+    if t % block or t <= block:
+        y, _ = attend(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, causal_mask(t), rate=rate, key=key, train=train)
+        return y
+    mask = causal_mask(t)
+    ys = []
+    for i in range(t // block):
+        lo, hi = i * block, (i + 1) * block
+        k_i = None if key is None else jax.random.fold_in(key, i)
+        y, _ = attend(q_BxTxHxK[:, lo:hi], k_BxTxHxK[:, :hi], v_BxTxHxK[:, :hi], mask[..., lo:hi, :hi],
+                      rate=rate, key=k_i, train=train)
+        ys.append(y)
+    return jnp.concatenate(ys, axis=1)
+
+
 def _attend_cached(q_BxTxHxK, k_NxKxS, v_NxSxK, mask):
     """Attention over a KV cache kept in the layouts a matmul reads directly: keys
     K x S and values S x K for each of the N = B*H (sequence, head) pairs. One flat
@@ -125,12 +146,14 @@ def cache_slots(cache) -> int:
 
 
 def self_attention(p: dict, x_BxTxD, *, n_head: int, mask, cache=None, pos=0,
-                   rate=0.0, key=None, train=False):
+                   rate=0.0, key=None, train=False, causal_block: int = 0):
     """Self-attention. With `cache` ({"k": NxKxS, "v": NxSxK}, N = B*H, see
     models.init_cache) the new keys/values are written at slots pos..pos+T-1 and the
     queries attend over the whole cache (the mask must hide unwritten slots).
     Returns (y_BxTxD, new_cache)."""
     q, k, v = self_qkv(p, x_BxTxD, n_head)
+    if cache is None and causal_block:
+        return linear(p["out"], attend_causal(q, k, v, block=causal_block, rate=rate, key=key, train=train)), None
     if cache is None:
         y, _ = attend(q, k, v, mask, rate=rate, key=key, train=train)
         return linear(p["out"], y), None

@@ -70,6 +70,8 @@ class ModelConfig:
     bias: bool = True
     ln_eps: float = 1e-5
     dtype: str = "float32"    # activation / matmul dtype; params and optimizer stay float32
+    attn_block: int = 128     # causal self-attention in query blocks of this many positions
+                              # (skips the masked half) when T is a multiple >= 2x; 0 = off
 
     def __post_init__(self):
         _positive(self, "n_layer", "n_head", "d_model", "d_ff", "block_size")
@@ -81,6 +83,7 @@ class ModelConfig:
         _check(self.positions in POSITIONS,
                f"model.positions={self.positions!r} is not one of {', '.join(POSITIONS)}")
         _check(self.dtype in DTYPES, f"model.dtype={self.dtype!r} is not one of {', '.join(DTYPES)}")
+        _check(self.attn_block >= 0, f"model.attn_block={self.attn_block} must be >= 0 (0 turns it off)")
         _check(0.0 < self.ln_eps < 1.0, f"model.ln_eps={self.ln_eps!r} must be in (0, 1)")
 
     @property

@@ -51,12 +51,15 @@ def _init_block(key, cfg: ModelConfig, *, cross: bool) -> dict:
 
 
 def _block(p, x_BxTxD, *, cfg: ModelConfig, mask, key=None, train=False, cache=None, pos=0,
-           cross=None):
-    """One pre-LN block. `cross` = (kv, mask) adds cross-attention. Returns (x, cache, probs)."""
+           cross=None, causal: bool = False):
+    """One pre-LN block. `cross` = (kv, mask) adds cross-attention. causal=True says
+    `mask` is the plain causal mask (no cache), so attention may skip its masked
+    blocks (cfg.attn_block). Returns (x, cache, probs)."""
     rate = cfg.dropout
     k_att, k_res1, k_cross, k_res2, k_res3 = _keys(key, 5)
     h, cache = self_attention(p["attn"], layer_norm(p["ln1"], x_BxTxD, cfg.ln_eps), n_head=cfg.n_head,
-                              mask=mask, cache=cache, pos=pos, rate=rate, key=k_att, train=train)
+                              mask=mask, cache=cache, pos=pos, rate=rate, key=k_att, train=train,
+                              causal_block=cfg.attn_block if causal else 0)
     x_BxTxD = x_BxTxD + dropout(k_res1, h, rate, train=train)
     probs = None
     if cross is not None:
@@ -133,7 +136,7 @@ def lm_forward(params, ids_BxT, *, cfg: ModelConfig, train=False, key=None, cach
     new_cache = []
     for i, p in enumerate(params["blocks"]):
         x, c, _ = _block(p, x, cfg=cfg, mask=mask, key=k_blocks[i], train=train,
-                         cache=None if cache is None else cache[i], pos=pos)
+                         cache=None if cache is None else cache[i], pos=pos, causal=cache is None)
         new_cache.append(c)
     x = layer_norm(params["ln_f"], x, cfg.ln_eps)
     return _head(params, "tokens", x, cfg), (None if cache is None else new_cache)
@@ -188,7 +191,8 @@ def decode(params, tgt_BxT, kvs, src_valid_BxS, *, cfg: ModelConfig, train=False
     new_cache, probs = [], []
     for i, p in enumerate(params["decoder"]["blocks"]):
         x, c, pr = _block(p, x, cfg=cfg, mask=self_mask, key=k_blocks[i], train=train,
-                          cache=None if cache is None else cache[i], pos=pos, cross=(kvs[i], cross_mask))
+                          cache=None if cache is None else cache[i], pos=pos, cross=(kvs[i], cross_mask),
+                          causal=cache is None)
         new_cache.append(c)
         probs.append(pr)
     x = layer_norm(params["decoder"]["ln_f"], x, cfg.ln_eps)
