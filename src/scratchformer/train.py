@@ -24,6 +24,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from . import checkpoint as ckpt
 from .config import RunConfig
@@ -123,13 +124,22 @@ def make_train_call(cfg: RunConfig, task, n_steps: int, mesh=None, *, fsdp: bool
     bs = batch_sharding(mesh)
     step_fn = make_train_step(cfg, micro_sharding=bs if cfg.train.grad_accum > 1 else None)
 
+    steps_bs = NamedSharding(mesh, P(None, *bs.spec))  # n_steps x batch x ..., batch split
+
     def call(state, data):
-        def body(st, _):
-            key = jax.random.fold_in(jax.random.fold_in(st.rng, st.step), 0)
-            batch = task.sample_batch(data, key, cfg.train.batch_size)
-            batch = jax.lax.with_sharding_constraint(batch, bs)
-            return step_fn(st, batch)
-        return jax.lax.scan(body, state, None, length=n_steps)
+        # The batches of all n_steps steps drawn at once, before the loop: the same
+        # numbers as drawing each inside its step (batch i depends on rng and step
+        # only), but one vectorised random-bits computation instead of one per step
+        # (on the CPU each is a loop of ~100 small ops): nano-cpu 18.5 -> 17.9 ms/step.
+        def draw(step):
+            key = jax.random.fold_in(jax.random.fold_in(state.rng, step), 0)
+            return task.sample_batch(data, key, cfg.train.batch_size)
+        batches = jax.vmap(draw)(state.step + jnp.arange(n_steps))
+        batches = jax.lax.with_sharding_constraint(batches, steps_bs)
+
+        def body(st, batch):
+            return step_fn(st, jax.lax.with_sharding_constraint(batch, bs))
+        return jax.lax.scan(body, state, batches)
 
     shardings = state_shardings(state_template(cfg), mesh, fsdp=fsdp)
     fn = jax.jit(call, donate_argnums=0, in_shardings=(shardings, replicated(mesh)),
