@@ -230,6 +230,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "cpu": {
             "model.n_layer": 4, "model.n_head": 4, "model.d_model": 192, "model.d_ff": 768,
             "model.block_size": 128, "model.dropout": 0.0,
+            "model.attn_block": 64,  # two query blocks at T=128: ~3% faster per step here
             "optim.lr": 3e-3, "optim.min_lr": 1e-4, "optim.warmup_steps": 100,
             "train.batch_size": 32, "train.steps": 2500, "train.eval_every": 500,
             "train.checkpoint_every": 500, "train.steps_per_call": 20,
