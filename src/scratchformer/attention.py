@@ -106,7 +106,8 @@ def attend_causal(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, *, block: int, rate=0.0, key=
     attends to keys 0..(i+1)*block-1 only, so the score blocks above the diagonal,
     which the causal mask would zero anyway, are never computed (with 2 blocks a
     quarter of the score matrix, with 4 three-eighths). Same result as `attend` with
-    causal_mask(T); T must be a multiple of `block`. Returns y_BxTxD."""
+    causal_mask(T); when T is not a multiple of `block`, or is a single block, it is
+    that masked version. Returns y_BxTxD."""
     t = q_BxTxHxK.shape[1]
     if t % block or t <= block:
         y, _ = attend(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, causal_mask(t), rate=rate, key=key, train=train)
@@ -150,6 +151,8 @@ def self_attention(p: dict, x_BxTxD, *, n_head: int, mask, cache=None, pos=0,
     """Self-attention. With `cache` ({"k": NxKxS, "v": NxSxK}, N = B*H, see
     models.init_cache) the new keys/values are written at slots pos..pos+T-1 and the
     queries attend over the whole cache (the mask must hide unwritten slots).
+    Without a cache, causal_block > 0 means plain causal attention computed by
+    `attend_causal` in query blocks of that size (`mask` is then not used).
     Returns (y_BxTxD, new_cache)."""
     q, k, v = self_qkv(p, x_BxTxD, n_head)
     if cache is None and causal_block:
