@@ -4,7 +4,8 @@ Times, in one process, at the bench's gpt-small shape (6 layers, width 384):
   * floor: a jitted loop doing nothing but the 24 weight matrix-vector products of
     one decoding step (qkv, out, fc, proj per layer: 42.5 MB of f32 weights read per
     token) plus a residual add, 1,000 times;
-  * cached: scratchformer's sampler (KV cache, temperature 0.8), 1,000 tokens;
+  * cached: scratchformer's sampler (KV cache, temperature 0.8), 1,000 tokens, timed by
+    the bench's own bench_sample;
   * uncached: the same without the cache (a full forward over the window per token).
 and prints ms/token for each and the ratio uncached/floor: the largest cached
 speed-up any implementation could show with f32 weights on this machine.
@@ -15,22 +16,17 @@ speed-up any implementation could show with f32 weights on this machine.
 from __future__ import annotations
 
 import statistics
-import time
-from dataclasses import replace
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from scratchformer.bench import SHAPES, VOCAB
-from scratchformer.config import make_config
-from scratchformer.decode import generate
-from scratchformer.models import init_lm
+from scratchformer.bench import _timed, bench_sample, sampling_model
 
 N = 1000
 
 
-def floor_ms(params) -> float:
+def floor_ms(params, reps: int = 3) -> float:
     mats = [(b["attn"]["qkv"]["w"], b["attn"]["out"]["w"], b["mlp"]["fc"]["w"], b["mlp"]["proj"]["w"])
             for b in params["blocks"]]
     d = mats[0][1].shape[0]
@@ -46,28 +42,17 @@ def floor_ms(params) -> float:
 
     x = jnp.ones((1, d), jnp.float32)
     run(mats, x).block_until_ready()
-    return _median_ms(lambda: run(mats, x).block_until_ready())
-
-
-def _median_ms(fn, reps=3) -> float:
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
+    times = [_timed(lambda: run(mats, x).block_until_ready()) for _ in range(reps)]
     return statistics.median(times) / N * 1e3
 
 
 def main():
-    cfg = replace(make_config("lm", "cpu", SHAPES["gpt-small"]).model, vocab_size=VOCAB, dropout=0.0)
-    params = init_lm(jax.random.PRNGKey(0), cfg)
-    n_bytes = sum(int(np.prod(b[k][n]["w"].shape)) * 4 for b in params["blocks"]
-                  for k, n in (("attn", "qkv"), ("attn", "out"), ("mlp", "fc"), ("mlp", "proj")))
-    prompt = np.zeros((1,), np.int32)
-    out = {"floor": floor_ms(params)}
-    for label, cache in (("cached", True), ("uncached", False)):
-        generate(params, cfg, prompt, N, use_cache=cache)
-        out[label] = _median_ms(lambda: generate(params, cfg, prompt, N, use_cache=cache))
+    _, params = sampling_model()
+    n_bytes = sum(int(np.prod(m.shape)) * m.dtype.itemsize for b in params["blocks"]
+                  for m in (b["attn"]["qkv"]["w"], b["attn"]["out"]["w"], b["mlp"]["fc"]["w"], b["mlp"]["proj"]["w"]))
+    s = bench_sample(n_tokens=N, reps=3)
+    out = {"floor": floor_ms(params), "cached": 1e3 / s["cached_tokens_per_s"],
+           "uncached": 1e3 / s["uncached_tokens_per_s"]}
     print(f"weights read per token: {n_bytes / 1e6:.1f} MB")
     for k, v in out.items():
         print(f"{k:>9}: {v:.3f} ms/token")

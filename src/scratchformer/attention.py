@@ -141,9 +141,8 @@ def _attend_cached(q_BxTxHxK, k_NxKxS, v_NxSxK, mask):
 
 
 def cache_slots(cache) -> int:
-    """Number of slots S of a cache from models.init_cache (one layer's or all)."""
-    layer = cache[0] if isinstance(cache, (list, tuple)) else cache
-    return layer["v"].shape[1]
+    """Number of slots S of a cache from models.init_cache (the list of layers)."""
+    return cache[0]["v"].shape[1]
 
 
 def self_attention(p: dict, x_BxTxD, *, n_head: int, mask, cache=None, pos=0,

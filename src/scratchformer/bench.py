@@ -107,9 +107,14 @@ def bench_train(name: str, *, steps_per_call: int, calls: int, peak: float, dtyp
             "steps_per_call": steps_per_call, "steps_timed": steps_per_call * calls}
 
 
-def bench_sample(*, n_tokens: int, reps: int) -> dict:
+def sampling_model():
+    """(model config, parameters) of the gpt-small LM that sampling is timed on."""
     cfg = replace(make_config("lm", "cpu", SHAPES["gpt-small"]).model, vocab_size=VOCAB, dropout=0.0)
-    params = init_lm(jax.random.PRNGKey(0), cfg)
+    return cfg, init_lm(jax.random.PRNGKey(0), cfg)
+
+
+def bench_sample(*, n_tokens: int, reps: int) -> dict:
+    cfg, params = sampling_model()
     prompt = np.zeros((1,), np.int32)
     out = {}
     for label, cache in (("cached", True), ("uncached", False)):
