@@ -17,6 +17,7 @@ from .loss import task_loss
 from .parallel import chunks_on_mesh, host_value, make_mesh
 
 EVAL_CHUNK = 256  # LM windows per jitted evaluation call
+EVAL_SEQS = 1000  # reversal: sequences per evaluation call, and the periodic evaluation's subset
 
 
 def _eval_loss(loss_fn, params, arrays: dict, chunk: int, mesh=None):
@@ -123,8 +124,8 @@ class ReverseTask:
         full: all of them, plus exact match and token accuracy of decoded outputs)."""
         ev = self.eval_set()
         if not full:
-            ev = {k: v[:1000] for k, v in ev.items()}
-        loss, _ = _eval_loss(self._loss, params, ev, 1000, self.mesh)
+            ev = {k: v[:EVAL_SEQS] for k, v in ev.items()}
+        loss, _ = _eval_loss(self._loss, params, ev, EVAL_SEQS, self.mesh)
         out = {"val_loss": loss}
         if full:
             from .decode import seq2seq_accuracy
