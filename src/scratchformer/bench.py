@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import hugepages
 from .config import make_config
 from .decode import generate
 from .models import init_lm
@@ -138,7 +139,7 @@ def run(quick: bool = False, dtypes=None) -> dict:
         train.append(bench_train("gpt-small", steps_per_call=2, calls=2 if quick else 10, peak=peak, dtype=dt))
     sample = bench_sample(n_tokens=200 if quick else 1000, reps=1 if quick else 3)
     return {"device": str(jax.devices()[0].device_kind), "backend": jax.default_backend(),
-            "devices": jax.device_count(), "matmul_peak_gflops": round(peak, 1), "train": train, "sample": sample}
+            "devices": jax.device_count(), "hugepages": hugepages.status(), "matmul_peak_gflops": round(peak, 1), "train": train, "sample": sample}
 
 
 def main(as_json: bool = False, quick: bool = False) -> int:
@@ -146,7 +147,7 @@ def main(as_json: bool = False, quick: bool = False) -> int:
     if as_json:
         print(json.dumps(r))
         return 0
-    print(f"device: {r['device']} ({r['backend']}, {r['devices']} device(s)); "
+    print(f"device: {r['device']} ({r['backend']}, {r['devices']} device(s)); huge pages: {r['hugepages']}; "
           f"matmul peak {r['matmul_peak_gflops']:.1f} GFLOP/s (f32, 2048^2)")
     print(f"{'shape':<10} {'dtype':<9} {'ms/step':>9} {'tokens/s':>10} {'GFLOP/s':>9} {'of peak':>8} {'compile s':>10} "
           f"{'1st call s':>10}")

@@ -219,6 +219,9 @@ def cmd_bench(a) -> int:
 
 
 def main(argv=None) -> int:
+    if argv is None:  # run as the program (not called from Python): huge pages for XLA's buffers
+        from .hugepages import reexec_if_wanted
+        reexec_if_wanted()
     parser = build_parser()
     from .checkpoint import CheckpointError
     from .train import TrainingDiverged
