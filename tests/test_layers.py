@@ -1,10 +1,12 @@
-"""Layers: LayerNorm and sinusoids against closed forms, dropout's statistics."""
+"""Layers: LayerNorm and sinusoids against closed forms, the hand-written backward
+passes (LayerNorm, bias) against autodiff of the plain formulas and finite
+differences, dropout's statistics."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from scratchformer.layers import dropout, gelu, init_layer_norm, layer_norm, sinusoidal_positions
+from scratchformer.layers import dropout, gelu, init_layer_norm, layer_norm, linear, sinusoidal_positions
 
 
 def test_layer_norm_matches_numpy():
@@ -14,6 +16,46 @@ def test_layer_norm_matches_numpy():
         + np.asarray(p["bias"])
     np.testing.assert_allclose(np.asarray(layer_norm(p, jnp.asarray(x), 1e-5)), want, rtol=1e-5, atol=1e-5)
     assert init_layer_norm(4)["scale"].shape == (4,)
+
+
+def _plain_layer_norm(p, x, eps):
+    mean = x.mean(-1, keepdims=True)
+    return (x - mean) / jnp.sqrt(jnp.square(x - mean).mean(-1, keepdims=True) + eps) * p["scale"] + p["bias"]
+
+
+def test_layer_norm_and_linear_gradients_match_autodiff_and_finite_differences():
+    rng = np.random.default_rng(1)
+    with jax.enable_x64(True):
+        x = jnp.asarray(rng.normal(3.0, 2.0, (2, 5, 8)))
+        ln = {"scale": jnp.asarray(rng.normal(1.0, 0.3, 8)), "bias": jnp.asarray(rng.normal(0.0, 0.3, 8))}
+        lin = {"w": jnp.asarray(rng.normal(0.0, 0.3, (8, 6))), "b": jnp.asarray(rng.normal(0.0, 0.3, 6))}
+        g = jnp.asarray(rng.normal(size=(2, 5, 6)))
+
+        def ours(x, ln, lin):
+            return jnp.sum(linear(lin, layer_norm(ln, x, 1e-5)) * g)
+
+        def plain(x, ln, lin):
+            return jnp.sum((_plain_layer_norm(ln, x, 1e-5) @ lin["w"] + lin["b"]) * g)
+
+        got = jax.grad(ours, argnums=(0, 1, 2))(x, ln, lin)
+        want = jax.grad(plain, argnums=(0, 1, 2))(x, ln, lin)
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12), got, want)
+        # and one direction by central differences, independent of autodiff
+        d = [jnp.asarray(rng.normal(size=a.shape)) for a in (x, ln["scale"], lin["b"])]
+
+        def along(t):
+            return ours(x + t * d[0], {**ln, "scale": ln["scale"] + t * d[1]}, {**lin, "b": lin["b"] + t * d[2]})
+        fd = (along(1e-6) - along(-1e-6)) / 2e-6
+        analytic = jnp.sum(got[0] * d[0]) + jnp.sum(got[1]["scale"] * d[1]) + jnp.sum(got[2]["b"] * d[2])
+        np.testing.assert_allclose(fd, analytic, rtol=1e-7)
+
+
+def test_layer_norm_gradient_dtypes_in_bfloat16():
+    x = jnp.asarray(np.random.default_rng(2).normal(size=(4, 8)), jnp.bfloat16)
+    p = init_layer_norm(8)
+    dx, dp = jax.grad(lambda x, p: jnp.sum(layer_norm(p, x, 1e-5).astype(jnp.float32) ** 2), argnums=(0, 1))(x, p)
+    assert dx.dtype == jnp.bfloat16 and dp["scale"].dtype == jnp.float32 and dp["bias"].dtype == jnp.float32
+    assert layer_norm(p, x, 1e-5).dtype == jnp.bfloat16
 
 
 def test_sinusoidal_formula():
