@@ -139,7 +139,8 @@ def run(quick: bool = False, dtypes=None) -> dict:
         train.append(bench_train("gpt-small", steps_per_call=2, calls=2 if quick else 10, peak=peak, dtype=dt))
     sample = bench_sample(n_tokens=200 if quick else 1000, reps=1 if quick else 3)
     return {"device": str(jax.devices()[0].device_kind), "backend": jax.default_backend(),
-            "devices": jax.device_count(), "hugepages": hugepages.status(), "matmul_peak_gflops": round(peak, 1), "train": train, "sample": sample}
+            "devices": jax.device_count(), "hugepages": hugepages.status(), "matmul_peak_gflops": round(peak, 1),
+            "train": train, "sample": sample}
 
 
 def main(as_json: bool = False, quick: bool = False) -> int:

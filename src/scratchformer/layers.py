@@ -132,10 +132,9 @@ def _layer_norm_fwd(x_BxTxD, scale_D, bias_D, eps):
 
 def _layer_norm_bwd(eps, res, g_BxTxD):
     """The textbook LayerNorm backward: two row means for dx, and the parameters'
-    gradients as `_column_sums`. Autodiff of the forward gave XLA's CPU backend more
-    row reductions and three reduce calls for the two parameter gradients; this
-    version measured ~7% faster per training step at gpt-small, ~3% at nano-cpu
-    (with add_bias; BENCHMARKS.md)."""
+    gradients as `_column_sums` (under autodiff each was a row reduction, a YNNPACK
+    reduce call on XLA's CPU backend). With add_bias: ~7% faster per training step at
+    gpt-small, ~3% at nano-cpu (BENCHMARKS.md)."""
     xhat, rstd, scale = res
     g = at_least_f32(g_BxTxD)
     d = g.shape[-1]
