@@ -19,16 +19,19 @@ import statistics
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from scratchformer.bench import _timed, bench_sample, sampling_model
 
 N = 1000
 
 
-def floor_ms(params, reps: int = 3) -> float:
-    mats = [(b["attn"]["qkv"]["w"], b["attn"]["out"]["w"], b["mlp"]["fc"]["w"], b["mlp"]["proj"]["w"])
+def step_weights(params):
+    """Per layer, the four weight matrices a decoding step multiplies by: qkv, out, fc, proj."""
+    return [(b["attn"]["qkv"]["w"], b["attn"]["out"]["w"], b["mlp"]["fc"]["w"], b["mlp"]["proj"]["w"])
             for b in params["blocks"]]
+
+
+def floor_ms(mats, reps: int = 3) -> float:
     d = mats[0][1].shape[0]
 
     @jax.jit
@@ -47,11 +50,10 @@ def floor_ms(params, reps: int = 3) -> float:
 
 
 def main():
-    _, params = sampling_model()
-    n_bytes = sum(int(np.prod(m.shape)) * m.dtype.itemsize for b in params["blocks"]
-                  for m in (b["attn"]["qkv"]["w"], b["attn"]["out"]["w"], b["mlp"]["fc"]["w"], b["mlp"]["proj"]["w"]))
+    mats = step_weights(sampling_model()[1])
+    n_bytes = sum(m.nbytes for layer in mats for m in layer)
     s = bench_sample(n_tokens=N, reps=3)
-    out = {"floor": floor_ms(params), "cached": 1e3 / s["cached_tokens_per_s"],
+    out = {"floor": floor_ms(mats), "cached": 1e3 / s["cached_tokens_per_s"],
            "uncached": 1e3 / s["uncached_tokens_per_s"]}
     print(f"weights read per token: {n_bytes / 1e6:.1f} MB")
     for k, v in out.items():

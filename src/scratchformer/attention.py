@@ -109,10 +109,10 @@ def attend_causal(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, *, block: int, rate=0.0, key=
     causal_mask(T); when T is not a multiple of `block`, or is a single block, it is
     that masked version. Returns y_BxTxD."""
     t = q_BxTxHxK.shape[1]
-    if t % block or t <= block:
-        y, _ = attend(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, causal_mask(t), rate=rate, key=key, train=train)
-        return y
     mask = causal_mask(t)
+    if t % block or t <= block:
+        y, _ = attend(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, mask, rate=rate, key=key, train=train)
+        return y
     ys = []
     for i in range(t // block):
         lo, hi = i * block, (i + 1) * block
