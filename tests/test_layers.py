@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from scratchformer.layers import dropout, gelu, init_layer_norm, layer_norm, linear, sinusoidal_positions
+from scratchformer.layers import add_bias, dropout, gelu, init_layer_norm, layer_norm, linear, sinusoidal_positions
 
 
 def test_layer_norm_matches_numpy():
@@ -48,6 +48,20 @@ def test_layer_norm_and_linear_gradients_match_autodiff_and_finite_differences()
         fd = (along(1e-6) - along(-1e-6)) / 2e-6
         analytic = jnp.sum(got[0] * d[0]) + jnp.sum(got[1]["scale"] * d[1]) + jnp.sum(got[2]["b"] * d[2])
         np.testing.assert_allclose(fd, analytic, rtol=1e-7)
+
+
+def test_add_bias_gradients_for_a_vector_and_a_table():
+    """The bias gradient is a sum over all leading axes, for a bias E and for a TxD
+    position table against BxTxD alike; checked against autodiff of plain y + b."""
+    rng = np.random.default_rng(3)
+    with jax.enable_x64(True):
+        y = jnp.asarray(rng.normal(size=(3, 5, 4)))
+        g = jnp.asarray(rng.normal(size=(3, 5, 4)))
+        for b in (jnp.asarray(rng.normal(size=(4,))), jnp.asarray(rng.normal(size=(5, 4)))):
+            got = jax.grad(lambda y, b: jnp.sum(add_bias(y, b) * g), argnums=(0, 1))(y, b)
+            want = jax.grad(lambda y, b: jnp.sum((y + b) * g), argnums=(0, 1))(y, b)
+            assert got[1].shape == b.shape
+            jax.tree.map(lambda a, w: np.testing.assert_allclose(a, w, rtol=1e-12), got, want)
 
 
 def test_layer_norm_gradient_dtypes_in_bfloat16():

@@ -61,17 +61,20 @@ def _column_sums(g_NxE, dtype):
 
 
 @jax.custom_vjp
-def add_bias(y_BxTxE, b_E):
-    """y + b whose gradient for b is `_column_sums` of the incoming gradient."""
-    return y_BxTxE + b_E
+def add_bias(y, b):
+    """y + b for a b shaped like y's trailing axes (a bias E against BxTxE, a position
+    table TxD against BxTxD), whose gradient for b is `_column_sums` of the incoming
+    gradient over y's leading axes. For the TxD position table of gpt-small the plain
+    autodiff sum over the batch was a 2.4 ms YNNPACK reduce call per step."""
+    return y + b
 
 
 def _add_bias_fwd(y, b):
-    return y + b, None
+    return y + b, b  # b only for its shape (a parameter or a slice of one: kept anyway)
 
 
-def _add_bias_bwd(_, g):  # b has y's dtype (linear casts it), so g's
-    return g, _column_sums(g.reshape(-1, g.shape[-1]), g.dtype)
+def _add_bias_bwd(b, g):  # b has y's dtype (callers cast it), so g's
+    return g, _column_sums(g.reshape(-1, b.size), g.dtype).reshape(b.shape)
 
 
 add_bias.defvjp(_add_bias_fwd, _add_bias_bwd)

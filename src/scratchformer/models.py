@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from .attention import (cache_mask, cache_slots, causal_mask, cross_attention, cross_kv, init_cross_attention,
                         init_self_attention, padding_mask, self_attention)
 from .config import ModelConfig
-from .layers import (dropout, embed, feed_forward, init_embedding, init_feed_forward, init_layer_norm,
+from .layers import (add_bias, dropout, embed, feed_forward, init_embedding, init_feed_forward, init_layer_norm,
                      init_linear, layer_norm, matmul, sinusoidal_positions)
 
 PAD_ID = 0  # encoder-decoder token id reserved for padding
@@ -94,7 +94,7 @@ def _embed(p_embed, table_name, ids_BxT, pos, cfg: ModelConfig):
         x = x * math.sqrt(cfg.d_model)
         table = jnp.asarray(sinusoidal_positions(cfg.block_size, cfg.d_model))
     x_pos = jax.lax.dynamic_slice_in_dim(table, pos, t, axis=0)
-    return x + x_pos.astype(dt)[None]
+    return add_bias(x, x_pos.astype(dt))
 
 
 def _head(params, table_name, x_BxTxD, cfg: ModelConfig):
