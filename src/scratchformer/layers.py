@@ -124,10 +124,18 @@ def _layer_norm(x_BxTxD, scale_D, bias_D, eps: float):
     return _layer_norm_fwd(x_BxTxD, scale_D, bias_D, eps)[0]
 
 
+def _row_means(x_BxTxD):
+    """Mean over the last axis (kept, size 1) as a product with a constant vector, for
+    the same reason as `_column_sums`: a matrix-vector product on XLA's CPU backend
+    instead of a YNNPACK reduce call (nano-cpu ~3% faster per step, gpt-small equal)."""
+    d = x_BxTxD.shape[-1]
+    return jnp.dot(x_BxTxD, jnp.full((d,), 1.0 / d, x_BxTxD.dtype))[..., None]
+
+
 def _layer_norm_fwd(x_BxTxD, scale_D, bias_D, eps):
     x = at_least_f32(x_BxTxD)
-    mean = x.mean(-1, keepdims=True)
-    rstd = jax.lax.rsqrt(jnp.square(x - mean).mean(-1, keepdims=True) + eps)
+    mean = _row_means(x)
+    rstd = jax.lax.rsqrt(_row_means(jnp.square(x - mean)) + eps)
     xhat = (x - mean) * rstd
     y = xhat * scale_D.astype(x.dtype) + bias_D.astype(x.dtype)
     return y.astype(x_BxTxD.dtype), (xhat, rstd, scale_D)
@@ -144,7 +152,7 @@ def _layer_norm_bwd(eps, res, g_BxTxD):
     dbias = _column_sums(g.reshape(-1, d), scale.dtype)
     dscale = _column_sums((g * xhat).reshape(-1, d), scale.dtype)
     dxhat = g * scale.astype(g.dtype)
-    dx = rstd * (dxhat - dxhat.mean(-1, keepdims=True) - xhat * (dxhat * xhat).mean(-1, keepdims=True))
+    dx = rstd * (dxhat - _row_means(dxhat) - xhat * _row_means(dxhat * xhat))
     return dx.astype(g_BxTxD.dtype), dscale, dbias
 
 
