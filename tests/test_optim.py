@@ -67,5 +67,10 @@ def test_clip_matches_optax():
         assert np.isclose(float(n), float(optax.tree.norm(g)), rtol=1e-6)
         for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(ref)):
             np.testing.assert_allclose(a, b, rtol=1e-6)
+    # every leaf shape the norm is taken over in pieces: scalar, vector, matrix, 3-D
+    leaves = [np.float32(3.0), np.arange(5.0, dtype=np.float32), np.ones((4, 6), np.float32),
+              np.linspace(-1, 1, 24, dtype=np.float32).reshape(2, 3, 4)]
+    want = np.sqrt(sum(float(np.sum(np.square(x, dtype=np.float64))) for x in leaves))
+    assert np.isclose(float(global_norm([jnp.asarray(x) for x in leaves])), want, rtol=1e-6)
     same, _ = clip_by_global_norm(g, 0.0)
     assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(same), jax.tree.leaves(g)))

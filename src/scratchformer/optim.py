@@ -25,8 +25,18 @@ def adamw_init(params) -> AdamWState:
 
 
 def global_norm(tree):
-    leaves = jax.tree.leaves(tree)
-    return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in leaves))
+    """sqrt of the sum of squares of every leaf, in (at least) float32. A matrix leaf's
+    sum of squares goes through a ones-vector product (column sums, then a short sum):
+    on XLA's CPU backend a reduction of a whole matrix to a scalar was a YNNPACK reduce
+    call of ~20 us even for a 64k-element leaf (a plain dot product x.x is rewritten
+    into that same reduction). nano-cpu: 15.5-15.8 vs 15.6-16.0 ms/step (fastest call)."""
+    def sum_sq(x):
+        x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+        if x.ndim < 2:
+            return jnp.sum(jnp.square(x))
+        sq = jnp.square(x).reshape(-1, x.shape[-1])
+        return jnp.sum(jnp.dot(jnp.ones((sq.shape[0],), sq.dtype), sq))
+    return jnp.sqrt(sum(sum_sq(x) for x in jax.tree.leaves(tree)))
 
 
 def clip_by_global_norm(grads, max_norm: float):
