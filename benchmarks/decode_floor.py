@@ -3,7 +3,9 @@
 Times, in one process, at the bench's gpt-small shape (6 layers, width 384):
   * floor: a jitted loop doing nothing but the 24 weight matrix-vector products of
     one decoding step (qkv, out, fc, proj per layer: 42.5 MB of f32 weights read per
-    token) plus a residual add, 1,000 times;
+    token) plus a residual add, 1,000 times, with the weights stored transposed as the
+    sampler keeps them for its one-token steps (W^T x; `layers.transposed_weights`),
+    and again as x W (the training layout) for comparison;
   * cached: scratchformer's sampler (KV cache, temperature 0.8), 1,000 tokens, timed by
     the bench's own bench_sample;
   * uncached: the same without the cache (a full forward over the window per token).
@@ -31,19 +33,22 @@ def step_weights(params):
             for b in params["blocks"]]
 
 
-def floor_ms(mats, reps: int = 3) -> float:
+def floor_ms(mats, reps: int = 3, *, transposed: bool = True) -> float:
     d = mats[0][1].shape[0]
+    if transposed:
+        mats = [tuple(w.T.copy() for w in layer) for layer in mats]
+    mv = (lambda x, w_t: w_t @ x) if transposed else (lambda x, w: x @ w)
 
     @jax.jit
     def run(mats, x):
         def body(_, x):
             for qkv, out, fc, proj in mats:
-                x = x + (x @ qkv)[:, :d] @ out
-                x = x + jnp.maximum(x @ fc, 0.0) @ proj
+                x = x + mv(mv(x, qkv)[:d], out)
+                x = x + mv(jnp.maximum(mv(x, fc), 0.0), proj)
             return x / jnp.linalg.norm(x)
         return jax.lax.fori_loop(0, N, body, x)
 
-    x = jnp.ones((1, d), jnp.float32)
+    x = jnp.ones((d,), jnp.float32)
     run(mats, x).block_until_ready()
     times = [_timed(lambda: run(mats, x).block_until_ready()) for _ in range(reps)]
     return statistics.median(times) / N * 1e3
@@ -53,11 +58,11 @@ def main():
     mats = step_weights(sampling_model()[1])
     n_bytes = sum(m.nbytes for layer in mats for m in layer)
     s = bench_sample(n_tokens=N, reps=3)
-    out = {"floor": floor_ms(mats), "cached": 1e3 / s["cached_tokens_per_s"],
-           "uncached": 1e3 / s["uncached_tokens_per_s"]}
+    out = {"floor": floor_ms(mats), "floor x W": floor_ms(mats, transposed=False),
+           "cached": 1e3 / s["cached_tokens_per_s"], "uncached": 1e3 / s["uncached_tokens_per_s"]}
     print(f"weights read per token: {n_bytes / 1e6:.1f} MB")
     for k, v in out.items():
-        print(f"{k:>9}: {v:.3f} ms/token")
+        print(f"{k:>10}: {v:.3f} ms/token")
     print(f"cached speed-up {out['uncached'] / out['cached']:.1f}x; at the floor it would be "
           f"{out['uncached'] / out['floor']:.1f}x; the floor is {100 * out['floor'] / out['cached']:.0f}% of a cached step")
 

@@ -6,7 +6,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from scratchformer.layers import add_bias, dropout, gelu, init_layer_norm, layer_norm, linear, sinusoidal_positions
+from scratchformer.layers import (add_bias, dropout, gelu, init_layer_norm, init_linear, layer_norm, linear,
+                                  sinusoidal_positions, transposed_weights)
 
 
 def test_layer_norm_matches_numpy():
@@ -62,6 +63,20 @@ def test_add_bias_gradients_for_a_vector_and_a_table():
             want = jax.grad(lambda y, b: jnp.sum((y + b) * g), argnums=(0, 1))(y, b)
             assert got[1].shape == b.shape
             jax.tree.map(lambda a, w: np.testing.assert_allclose(a, w, rtol=1e-12), got, want)
+
+
+def test_transposed_weights_give_the_same_linear_layers():
+    """The decoding layout (weights stored E x D under "w_t") computes the same products;
+    only 2-D "w" leaves change, wherever they sit in the tree."""
+    tree = {"a": init_linear(jax.random.PRNGKey(0), 8, 6), "b": [init_linear(jax.random.PRNGKey(1), 6, 4, bias=False)],
+            "ln": init_layer_norm(8)}
+    t = transposed_weights(tree)
+    assert set(t["a"]) == {"w_t", "b"} and set(t["b"][0]) == {"w_t"} and all(t["ln"][k] is v for k, v in tree["ln"].items())
+    np.testing.assert_array_equal(np.asarray(t["a"]["w_t"]), np.asarray(tree["a"]["w"]).T)
+    x = jax.random.normal(jax.random.PRNGKey(2), (1, 1, 8))  # one token, as in a decoding step
+    y = linear(t["b"][0], linear(t["a"], x))
+    np.testing.assert_allclose(np.asarray(y), np.asarray(linear(tree["b"][0], linear(tree["a"], x))), rtol=1e-6,
+                               atol=1e-7)
 
 
 def test_layer_norm_gradient_dtypes_in_bfloat16():

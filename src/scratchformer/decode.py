@@ -23,6 +23,7 @@ import numpy as np
 
 from .config import ModelConfig
 from .data.reverse import BOS, EOS, PAD
+from .layers import transposed_weights
 from .models import PAD_ID, decode, encode, init_cache, lm_forward, memory_kv
 
 
@@ -103,10 +104,15 @@ def _generate(params, tokens_L, key, *, cfg: ModelConfig, n_prompt: int, n_new: 
     # leaves `filled` tokens in the cache, T - filled single-token steps fit, then the
     # next token triggers a re-prefill of the last `keep` tokens. Laying the loop out
     # that way (no lax.cond inside it) keeps XLA from copying the cache every token.
+    # One-token steps multiply by each weight matrix as a matrix-vector product, which
+    # reads transposed weights faster; transposed once here, before the loops. The
+    # (re-)prefills are ordinary matrix products and keep the training layout.
+    step_params = {**params, "blocks": transposed_weights(params["blocks"])}
+
     def single(i, carry):
         buf, s, logits, cache = carry
         buf, tok = sample_at(buf, i, logits)
-        out, cache = lm_forward(params, tok[None, None], cfg=cfg, cache=cache, pos=n_prompt + i - s)
+        out, cache = lm_forward(step_params, tok[None, None], cfg=cfg, cache=cache, pos=n_prompt + i - s)
         return buf, s, out[0, 0], cache
 
     def slide(i, carry):
