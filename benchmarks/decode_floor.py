@@ -64,7 +64,8 @@ def main():
     for k, v in out.items():
         print(f"{k:>10}: {v:.3f} ms/token")
     print(f"cached speed-up {out['uncached'] / out['cached']:.1f}x; at the floor it would be "
-          f"{out['uncached'] / out['floor']:.1f}x; the floor is {100 * out['floor'] / out['cached']:.0f}% of a cached step")
+          f"{out['uncached'] / out['floor']:.1f}x; the floor is "
+          f"{100 * out['floor'] / out['cached']:.0f}% of a cached step")
 
 
 if __name__ == "__main__":

@@ -71,12 +71,14 @@ def test_transposed_weights_give_the_same_linear_layers():
     tree = {"a": init_linear(jax.random.PRNGKey(0), 8, 6), "b": [init_linear(jax.random.PRNGKey(1), 6, 4, bias=False)],
             "ln": init_layer_norm(8)}
     t = transposed_weights(tree)
-    assert set(t["a"]) == {"w_t", "b"} and set(t["b"][0]) == {"w_t"} and all(t["ln"][k] is v for k, v in tree["ln"].items())
+    assert set(t["a"]) == {"w_t", "b"} and set(t["b"][0]) == {"w_t"}
+    assert all(t["ln"][k] is v for k, v in tree["ln"].items())
     np.testing.assert_array_equal(np.asarray(t["a"]["w_t"]), np.asarray(tree["a"]["w"]).T)
-    x = jax.random.normal(jax.random.PRNGKey(2), (1, 1, 8))  # one token, as in a decoding step
-    y = linear(t["b"][0], linear(t["a"], x))
-    np.testing.assert_allclose(np.asarray(y), np.asarray(linear(tree["b"][0], linear(tree["a"], x))), rtol=1e-6,
-                               atol=1e-7)
+    for shape in ((1, 1, 8), (3, 8)):  # one token, as in a decoding step; any leading axes
+        x = jax.random.normal(jax.random.PRNGKey(2), shape)
+        y = linear(t["b"][0], linear(t["a"], x))
+        want = linear(tree["b"][0], linear(tree["a"], x))
+        np.testing.assert_allclose(np.asarray(y), np.asarray(want), rtol=1e-6, atol=1e-7)
 
 
 def test_layer_norm_gradient_dtypes_in_bfloat16():
