@@ -51,7 +51,7 @@ def _matmul_bwd(res, g):
 matmul.defvjp(_matmul_fwd, _matmul_bwd)
 
 
-def _column_sums(g_NxE, dtype):
+def column_sums(g_NxE, dtype):
     """Sum over rows as a ones-vector product (a matrix-vector product on XLA's CPU
     backend, where a row reduction of this size went to a YNNPACK reduce call that
     cost 3x as much: ~17 us for 768x128), accumulated in at least float32."""
@@ -63,7 +63,7 @@ def _column_sums(g_NxE, dtype):
 @jax.custom_vjp
 def add_bias(y, b):
     """y + b for a b shaped like y's trailing axes (a bias E against BxTxE, a position
-    table TxD against BxTxD), whose gradient for b is `_column_sums` of the incoming
+    table TxD against BxTxD), whose gradient for b is `column_sums` of the incoming
     gradient over y's leading axes. For the TxD position table of gpt-small the plain
     autodiff sum over the batch was a 2.4 ms YNNPACK reduce call per step."""
     return y + b
@@ -74,7 +74,7 @@ def _add_bias_fwd(y, b):
 
 
 def _add_bias_bwd(b, g):  # b has y's dtype (callers cast it), so g's
-    return g, _column_sums(g.reshape(-1, b.size), g.dtype).reshape(b.shape)
+    return g, column_sums(g.reshape(-1, b.size), g.dtype).reshape(b.shape)
 
 
 add_bias.defvjp(_add_bias_fwd, _add_bias_bwd)
@@ -145,7 +145,7 @@ def _layer_norm(x_BxTxD, scale_D, bias_D, eps: float):
 
 def _row_means(x_BxTxD):
     """Mean over the last axis (kept, size 1) as a product with a constant vector, for
-    the same reason as `_column_sums`: a matrix-vector product on XLA's CPU backend
+    the same reason as `column_sums`: a matrix-vector product on XLA's CPU backend
     instead of a YNNPACK reduce call (nano-cpu ~2% faster per step, gpt-small equal)."""
     d = x_BxTxD.shape[-1]
     return jnp.dot(x_BxTxD, jnp.full((d,), 1.0 / d, x_BxTxD.dtype))[..., None]
@@ -162,14 +162,14 @@ def _layer_norm_fwd(x_BxTxD, scale_D, bias_D, eps):
 
 def _layer_norm_bwd(eps, res, g_BxTxD):
     """The textbook LayerNorm backward: two row means for dx, and the parameters'
-    gradients as `_column_sums` (under autodiff each was a row reduction, a YNNPACK
+    gradients as `column_sums` (under autodiff each was a row reduction, a YNNPACK
     reduce call on XLA's CPU backend). With add_bias: ~7% faster per training step at
     gpt-small, ~3% at nano-cpu (BENCHMARKS.md)."""
     xhat, rstd, scale = res
     g = at_least_f32(g_BxTxD)
     d = g.shape[-1]
-    dbias = _column_sums(g.reshape(-1, d), scale.dtype)
-    dscale = _column_sums((g * xhat).reshape(-1, d), scale.dtype)
+    dbias = column_sums(g.reshape(-1, d), scale.dtype)
+    dscale = column_sums((g * xhat).reshape(-1, d), scale.dtype)
     dxhat = g * scale.astype(g.dtype)
     dx = rstd * (dxhat - _row_means(dxhat) - xhat * _row_means(dxhat * xhat))
     return dx.astype(g_BxTxD.dtype), dscale, dbias
