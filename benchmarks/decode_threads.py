@@ -5,8 +5,8 @@ weights stored W^T as the sampler keeps them), each a jitted `fori_loop` of one-
 steps, median of 5 runs, in microseconds per step:
 
   1. rows: W^T x over ~42.5 MB of same-shape 384-column matrices, for several row
-     counts. Eigen, which runs XLA's matrix-vector products, splits one across threads
-     only above about 2^19 elements; below it the product streams on one core.
+     counts. XLA's CPU backend splits a matrix-vector product across threads only
+     above about 2^19 elements; below it the product streams on one core.
   2. floor: the 24 products of a decoding step (qkv 1152 x 384, out 384 x 384, fc, proj),
      with the QKV matrix as is and padded with zero rows to 1,368 (just over 2^19).
   3. attention: the padded floor plus attention of one query over an S-slot KV cache
