@@ -176,7 +176,8 @@ class RunConfig:
     def __post_init__(self):
         _check(self.task in TASKS, f"task={self.task!r} is not one of {', '.join(TASKS)}")
         _check(self.optim.warmup_steps < self.train.steps,
-               f"optim.warmup_steps={self.optim.warmup_steps} must be smaller than train.steps={self.train.steps}")
+               f"optim.warmup_steps={self.optim.warmup_steps} must be smaller than train.steps={self.train.steps} "
+               f"(for a short run, also pass --set optim.warmup_steps=N with N < {self.train.steps})")
         if self.task == "reverse":
             need = self.data.max_len + 2
             _check(self.model.block_size >= need,
