@@ -22,22 +22,18 @@ BENCHMARKS.md ("Fifth session") quotes a run and reads the numbers.
 from __future__ import annotations
 
 import statistics
-import time
 
 import jax
 import jax.numpy as jnp
+
+from scratchformer.bench import _timed
 
 D, H, STEPS = 384, 6, 300
 
 
 def _us_per_step(fn, *args, reps: int = 5) -> float:
-    fn(*args).block_until_ready()
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn(*args).block_until_ready()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times) / STEPS * 1e6
+    fn(*args).block_until_ready()  # compile
+    return statistics.median(_timed(lambda: fn(*args).block_until_ready()) for _ in range(reps)) / STEPS * 1e6
 
 
 def _randn(i: int, shape):
@@ -63,13 +59,14 @@ def rows_sweep(rows_list=(384, 768, 1152, 1280, 1408, 1536, 2048), total_bytes: 
         print(f"   {rows:5d} rows x {n:2d} matrices ({mb:4.1f} MB): {us:6.0f} us/step, {mb / us * 1e3:5.1f} GB/s")
 
 
-def _step_weights(qkv_rows: int):
-    layers = []
-    for i in range(6):
-        qkv = _randn(10 * i, (3 * D, D))
-        qkv = jnp.concatenate([qkv, jnp.zeros((qkv_rows - 3 * D, D), jnp.float32)])
-        layers.append((qkv, _randn(10 * i + 1, (D, D)), _randn(10 * i + 2, (4 * D, D)), _randn(10 * i + 3, (D, 4 * D))))
-    return layers
+def _step_weights():
+    return [(_randn(10 * i, (3 * D, D)), _randn(10 * i + 1, (D, D)), _randn(10 * i + 2, (4 * D, D)),
+             _randn(10 * i + 3, (D, 4 * D))) for i in range(6)]
+
+
+def _padded(layers, qkv_rows: int):
+    """The same weights with zero rows appended to each QKV matrix."""
+    return [(jnp.pad(qkv, ((0, qkv_rows - qkv.shape[0]), (0, 0))), *rest) for qkv, *rest in layers]
 
 
 def _step_loop(slots: int):
@@ -99,16 +96,21 @@ def _caches(slots: int):
 
 def floor_and_attention(slots_list=(16, 64, 128, 192, 256), rounds: int = 2):
     x = jnp.ones((D,), jnp.float32)
+    plain_w = _step_weights()
+    padded_w = _padded(plain_w, 1368)
+    loops = {s: _step_loop(s) for s in (0, *slots_list)}
+    caches = {s: _caches(s) for s in (0, *slots_list)}
+    big = slots_list[-1]
     print("2. a decoding step's 24 weight products (us/step), QKV 1,152 rows vs padded to 1,368")
     print("3. with attention over S cache slots per layer")
     for r in range(rounds):
-        plain = _us_per_step(_step_loop(0), _step_weights(3 * D), _caches(0), x)
-        padded = _us_per_step(_step_loop(0), _step_weights(1368), _caches(0), x)
-        att = {s: _us_per_step(_step_loop(s), _step_weights(1368), _caches(s), x) for s in slots_list}
-        plain_att = _us_per_step(_step_loop(slots_list[-1]), _step_weights(3 * D), _caches(slots_list[-1]), x)
+        plain = _us_per_step(loops[0], plain_w, caches[0], x)
+        padded = _us_per_step(loops[0], padded_w, caches[0], x)
+        att = {s: _us_per_step(loops[s], padded_w, caches[s], x) for s in slots_list}
+        plain_att = _us_per_step(loops[big], plain_w, caches[big], x)
         print(f"   round {r + 1}: floor {plain:4.0f}, padded {padded:4.0f}; padded with attention: "
               + ", ".join(f"S={s} {t:4.0f}" for s, t in att.items())
-              + f"; unpadded with attention, S={slots_list[-1]}: {plain_att:4.0f}")
+              + f"; unpadded with attention, S={big}: {plain_att:4.0f}")
 
 
 def attention_alone(slots: int = 256) -> None:
