@@ -11,8 +11,12 @@ steps, median of 5 runs, in microseconds per step:
      with the QKV matrix as is and padded with zero rows to 1,368 (just over 2^19).
   3. attention: the padded floor plus attention of one query over an S-slot KV cache
      per layer (6 heads of 64), for several S, and the unpadded floor with the largest
-     S. On its own that attention is cheap (printed last); in the padded loop it costs
-     far more than its bytes.
+     S. On its own that attention is cheap; in the padded loop it costs far more.
+  4. working set: W^T x over 7 to 56 MB of matrices per step. A matrix-vector product
+     streams about twice as fast while the matrices fit the 32 MB L3 as once they
+     do not; a decoding step reads 42.5 MB of weights plus a 4.7 MB KV cache.
+     Attention alone over 256 slots, with the cache in the L3 (one cache set, read
+     every step) and out of it (8 sets, 37.7 MB, read in turn; us per 6 layers).
 
     python benchmarks/decode_threads.py          # under a minute on the 2-core development machine
 
@@ -40,21 +44,20 @@ def _randn(i: int, shape):
     return 0.03 * jax.random.normal(jax.random.PRNGKey(i), shape, jnp.float32)
 
 
+@jax.jit
+def _product_chain(mats, x):
+    def body(_, x):
+        for w in mats:
+            x = x + jnp.tanh(w @ x)[:D]
+        return x
+    return jax.lax.fori_loop(0, STEPS, body, x)
+
+
 def rows_sweep(rows_list=(384, 768, 1152, 1280, 1408, 1536, 2048), total_bytes: float = 42.5e6):
     print("1. W^T x, 384 columns, ~42.5 MB of matrices per step")
     for rows in rows_list:
         n = max(1, round(total_bytes / (rows * D * 4)))
-        mats = [_randn(i, (rows, D)) for i in range(n)]
-
-        @jax.jit
-        def run(mats, x):
-            def body(_, x):
-                for w in mats:
-                    x = x + jnp.tanh(w @ x)[:D]
-                return x
-            return jax.lax.fori_loop(0, STEPS, body, x)
-
-        us = _us_per_step(run, mats, jnp.ones((D,), jnp.float32))
+        us = _us_per_step(_product_chain, [_randn(i, (rows, D)) for i in range(n)], jnp.ones((D,), jnp.float32))
         mb = n * rows * D * 4 / 1e6
         print(f"   {rows:5d} rows x {n:2d} matrices ({mb:4.1f} MB): {us:6.0f} us/step, {mb / us * 1e3:5.1f} GB/s")
 
@@ -89,9 +92,9 @@ def _step_loop(slots: int):
     return run
 
 
-def _caches(slots: int):
+def _caches(slots: int, seed: int = 0):
     s = max(slots, 1)
-    return [(_randn(100 + i, (H, D // H, s)), _randn(200 + i, (H, s, D // H))) for i in range(6)]
+    return [(_randn(seed + 100 + i, (H, D // H, s)), _randn(seed + 200 + i, (H, s, D // H))) for i in range(6)]
 
 
 def floor_and_attention(slots_list=(16, 64, 128, 192, 256), rounds: int = 2):
@@ -113,9 +116,18 @@ def floor_and_attention(slots_list=(16, 64, 128, 192, 256), rounds: int = 2):
               + f"; unpadded with attention, S={big}: {plain_att:4.0f}")
 
 
-def attention_alone(slots: int = 256) -> None:
-    caches = _caches(slots)
+def working_set_sweep(sizes_mb=(7, 14, 21, 28, 35, 42.5, 56), rows_list=(1152, 1536)):
+    print("4. W^T x, 384 columns, by megabytes of matrices per step (GB/s)")
+    for rows in rows_list:
+        rates = []
+        for mb in sizes_mb:
+            n = max(1, round(mb * 1e6 / (rows * D * 4)))
+            us = _us_per_step(_product_chain, [_randn(i, (rows, D)) for i in range(n)], jnp.ones((D,), jnp.float32))
+            rates.append(f"{n * rows * D * 4 / 1e6:4.1f} MB {n * rows * D * 4 / 1e3 / us:5.1f}")
+        print(f"   {rows:5d} rows: " + ", ".join(rates))
 
+
+def attention_alone(slots: int = 256, sets_list=(1, 8)) -> None:
     @jax.jit
     def run(caches, x):
         def body(_, x):
@@ -125,10 +137,15 @@ def attention_alone(slots: int = 256) -> None:
             return x / jnp.linalg.norm(x)
         return jax.lax.fori_loop(0, STEPS, body, x)
 
-    print(f"   attention alone over {slots} slots, 6 layers: {_us_per_step(run, caches, jnp.ones((D,))):.0f} us/step")
+    for sets in sets_list:
+        caches = [c for i in range(sets) for c in _caches(slots, seed=1000 * i)]
+        mb = sets * 6 * 2 * H * (D // H) * slots * 4 / 1e6
+        us = _us_per_step(run, caches, jnp.ones((D,))) / sets
+        print(f"   attention alone over {slots} slots, {sets} cache set(s) ({mb:4.1f} MB): {us:.0f} us per 6 layers")
 
 
 if __name__ == "__main__":
     rows_sweep()
     floor_and_attention()
+    working_set_sweep()
     attention_alone()
