@@ -3,8 +3,10 @@ them while a checkpoint is being written) and resumed each time ends with the sa
 metrics.jsonl, byte for byte, and the same parameters as an uninterrupted run.
 Also: a NaN stops training with a clear message and keeps the last good checkpoint."""
 
+import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -31,11 +33,32 @@ def corpus(tmp_path_factory):
     return p
 
 
-def _start(corpus, out, resume):
-    cmd = [sys.executable, "-m", "scratchformer.cli", "train", "lm", "--data", str(corpus), "--out", str(out),
-           *ARGS, *(["--resume"] if resume else [])]
+@pytest.fixture(scope="module")
+def reference(corpus, tmp_path_factory):
+    """The uninterrupted run that the interrupted ones must reproduce."""
+    ref = tmp_path_factory.mktemp("ref") / "run"
+    r = run_cli("train", "lm", "--data", corpus, "--out", ref, *ARGS)
+    assert r.returncode == 0, r.stderr
+    return ref
+
+
+def _start(corpus, out, resume, data=True):
+    cmd = [sys.executable, "-m", "scratchformer.cli", "train", "lm", *(["--data", str(corpus)] if data else []),
+           "--out", str(out), *ARGS, *(["--resume"] if resume else [])]
+    # SIGINT as in an interactive shell, even where the test runner's shell ignores it.
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+
+def _assert_same_run(out, ref):
+    assert (out / "metrics.jsonl").read_bytes() == (ref / "metrics.jsonl").read_bytes()
+    a, _ = ckpt.read(ckpt.latest(ref))
+    b, _ = ckpt.read(ckpt.latest(out))
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    assert not [p for p in (out / ckpt.CKPT_DIR).iterdir() if p.name.endswith(".tmp")]
 
 
 def _rows(out):
@@ -56,11 +79,7 @@ def _saving(out):
     return d.is_dir() and any(p.name.endswith(".tmp") for p in d.iterdir())
 
 
-def test_kill9_and_resume_is_exact(corpus, tmp_path):
-    ref = tmp_path / "ref"
-    r = run_cli("train", "lm", "--data", corpus, "--out", ref, *ARGS)
-    assert r.returncode == 0, r.stderr
-
+def test_kill9_and_resume_is_exact(corpus, tmp_path, reference):
     out = tmp_path / "killed"
     rng = random.Random(0)
     kills, resume = 0, False
@@ -79,13 +98,50 @@ def test_kill9_and_resume_is_exact(corpus, tmp_path):
         kills += 1
         resume = True
     assert proc.returncode == 0 and kills >= 3, kills
-    assert (out / "metrics.jsonl").read_bytes() == (ref / "metrics.jsonl").read_bytes()
-    a, _ = ckpt.read(ckpt.latest(ref))
-    b, _ = ckpt.read(ckpt.latest(out))
-    assert a.keys() == b.keys()
-    for k in a:
-        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
-    assert not [p for p in (out / ckpt.CKPT_DIR).iterdir() if p.name.endswith(".tmp")]
+    _assert_same_run(out, reference)
+
+
+def _train_steps(out) -> list[int]:
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [r["step"] for r in rows if "loss" in r]
+
+
+def test_ctrl_c_and_sigterm_save_and_resume_is_exact(corpus, tmp_path, reference):
+    """The first SIGINT / SIGTERM saves a checkpoint at the step reached and exits
+    130 / 143 with a one-line message; resumed (the second time without --data: the
+    run's own file), the run ends identical to the uninterrupted one."""
+    out = tmp_path / "stopped"
+    for sig, code, after_rows, resume in ((signal.SIGINT, 130, 23, False), (signal.SIGTERM, 143, 90, True)):
+        proc = _start(corpus, out, resume, data=not resume)
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 120 and proc.poll() is None and _rows(out) < after_rows:
+            time.sleep(0.002)
+        proc.send_signal(sig)
+        err = proc.communicate(timeout=120)[1]
+        assert proc.returncode == code, err
+        line = err.strip().splitlines()[-1]
+        m = re.fullmatch(rf"scratchformer: {sig.name}: stopped at step (\d+), saved (\S+); "
+                         rf"to continue, run the same command with --out {re.escape(str(out))} --resume", line)
+        assert m and "Traceback" not in err, err
+        step = int(m.group(1))
+        assert 0 < step < 200 and step % 5 == 0, step  # a whole jitted call of train.steps_per_call=5
+        assert m.group(2) == str(ckpt.step_path(out, step)) and ckpt.latest(out) == ckpt.step_path(out, step)
+        assert _train_steps(out) == list(range(1, step + 1))
+    r = run_cli("train", "lm", "--data", corpus, "--out", out, *ARGS, "--resume")
+    assert r.returncode == 0, r.stderr
+    _assert_same_run(out, reference)
+
+
+def test_resume_on_another_text_is_refused(corpus, tmp_path):
+    out = tmp_path / "run"
+    args = [a if a != "200" else "10" for a in ARGS]
+    assert run_cli("train", "lm", "--data", corpus, "--out", out, *args).returncode == 0
+    other = tmp_path / "other.txt"
+    other.write_text(corpus.read_text()[::-1])  # same characters, another text
+    r = run_cli("train", "lm", "--data", other, "--out", out, *args, "--resume")
+    assert r.returncode == 2 and r.stderr.strip() == (
+        f"scratchformer: error: --resume: the run was trained on {corpus.resolve()}, not on {other.resolve()} "
+        f"(sha256 differs); pass --data {corpus.resolve()}"), r.stderr
 
 
 def test_nan_stops_with_message_and_keeps_last_good_checkpoint(corpus, tmp_path):
@@ -121,3 +177,26 @@ def test_skip_nonfinite_option_keeps_going(corpus, tmp_path):
     assert not np.isfinite(float(m["loss"]))
     for a, b in zip(jax.tree.leaves(new.params), jax.tree.leaves(poisoned)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_stop_request_keeps_ignored_signals_and_rearms_after_the_first():
+    from scratchformer.stop import StopRequest
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # e.g. a background job of a script
+        stop = StopRequest().install()
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        stop.restore()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        stop = StopRequest().install()
+        os.kill(os.getpid(), signal.SIGINT)  # caught: no KeyboardInterrupt
+        for _ in range(100):
+            if stop.signum is not None:
+                break
+            time.sleep(0.001)
+        assert stop.signum == signal.SIGINT
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # a second one stops at once
+        assert StopRequest(enabled=False).install().signum is None
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, before)

@@ -121,6 +121,20 @@ def read(path: Path) -> tuple[dict[str, np.ndarray], dict]:
     return tensors, meta
 
 
+def read_meta(path: Path) -> dict:
+    """A checkpoint's metadata alone, from the safetensors header (tensors neither read
+    nor verified: `read` does that)."""
+    try:
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            meta = json.loads(json.loads(f.read(n))["__metadata__"]["scratchformer"])
+        if not isinstance(meta, dict):
+            raise ValueError("metadata is not an object")
+    except (ValueError, KeyError, TypeError):
+        raise CheckpointError(f"checkpoint {path} is truncated or corrupted") from None
+    return meta
+
+
 def restore(tensors: dict[str, np.ndarray], template, *, source="checkpoint"):
     """Fill `template` (a pytree of arrays or ShapeDtypeStructs) from named tensors,
     checking that names, shapes and dtypes all match."""

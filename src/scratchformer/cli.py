@@ -122,7 +122,8 @@ def cmd_train(a) -> int:
     meta = None
     if a.task == "lm":
         from .data import text
-        path = a.data if a.data is not None else text.shakespeare_path()
+        path = a.data if a.data is not None else _resumed_data(out) if a.resume else None
+        path = path or text.shakespeare_path()
         task = LMTask.from_text(cfg, text.read_text(path))
         meta = data_meta(path)
     else:
@@ -135,6 +136,14 @@ def cmd_train(a) -> int:
         print(f"run folder: {out}")
         print(_describe(summary))
     return 0
+
+
+def _resumed_data(out: str) -> str | None:
+    """The text file that the run in `out` trained on (its latest checkpoint says), so
+    that `--resume` without `--data` continues on the same text."""
+    from .checkpoint import latest, read_meta
+    last = latest(out)
+    return ((read_meta(last).get("data") or {}).get("path")) if last else None
 
 
 def _saved_config(out: str, task: str):
@@ -224,7 +233,7 @@ def main(argv=None) -> int:
         reexec_if_wanted()
     parser = build_parser()
     from .checkpoint import CheckpointError
-    from .train import TrainingDiverged
+    from .train import TrainingDiverged, TrainingInterrupted
     try:
         a = parser.parse_args(argv)
         if a.command is None:
@@ -235,6 +244,9 @@ def main(argv=None) -> int:
     except TrainingDiverged as e:
         print(f"scratchformer: {e}", file=sys.stderr)
         return 1
+    except TrainingInterrupted as e:
+        print(f"scratchformer: {e}", file=sys.stderr)
+        return 128 + e.signum  # as a shell reports death by that signal
     except (ValueError, CheckpointError, OSError) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         print(f"scratchformer: error: {msg}", file=sys.stderr)

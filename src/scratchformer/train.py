@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import sys
 import time
 from functools import partial
@@ -34,6 +35,7 @@ from .optim import AdamWState, adamw_init, adamw_update, clip_by_global_norm, de
 from .parallel import (batch_sharding, bytes_per_device, check_batch, host_value, is_main, make_mesh, put_global,
                        replicated, state_shardings)
 from .schedule import warmup_cosine
+from .stop import StopRequest
 
 
 class TrainState(NamedTuple):
@@ -45,6 +47,15 @@ class TrainState(NamedTuple):
 
 class TrainingDiverged(RuntimeError):
     """Loss or gradient norm became NaN/inf."""
+
+
+class TrainingInterrupted(RuntimeError):
+    """SIGINT or SIGTERM: the run stopped after saving a checkpoint (see stop.py)."""
+
+    def __init__(self, signum: int, step: int, checkpoint: Path, run: Path):
+        super().__init__(f"{signal.Signals(signum).name}: stopped at step {step}, saved {checkpoint}; "
+                         f"to continue, run the same command with --out {run} --resume")
+        self.signum, self.step, self.checkpoint = signum, step, checkpoint
 
 
 def init_state(cfg: RunConfig) -> TrainState:
@@ -235,6 +246,10 @@ def fit(task, out_dir, *, resume: bool = False, fsdp: bool = False, progress: bo
         tensors, meta = ckpt.read(path)
         if meta.get("config") != cfg.to_dict():
             raise ckpt.CheckpointError(f"--resume: {path} was saved with a different config")
+        saved = meta.get("data") or {}
+        if data_meta and saved.get("sha256") and saved["sha256"] != data_meta.get("sha256"):
+            raise ckpt.CheckpointError(f"--resume: the run was trained on {saved.get('path')}, not on "
+                                       f"{data_meta.get('path')} (sha256 differs); pass --data {saved.get('path')}")
         host_state = ckpt.restore(tensors, state_template(cfg), source=str(path))
         state = put_global(host_state, shardings)  # any device count: the file holds whole arrays
         best_val = meta.get("best_val_loss") or math.inf
@@ -293,6 +308,8 @@ def fit(task, out_dir, *, resume: bool = False, fsdp: bool = False, progress: bo
 
     step = start
     pending = None
+    saved_step = None
+    stop = StopRequest(enabled=jax.process_count() == 1).install()
     try:
         while step < t.steps:
             state, metrics = call(state, data)
@@ -319,7 +336,15 @@ def fit(task, out_dir, *, resume: bool = False, fsdp: bool = False, progress: bo
                         save(state, step, ckpt.BEST)
                 if at_ckpt or step == t.steps:
                     save(state, step)
+                    saved_step = step
+            if stop.signum is not None:
+                if pending is not None:
+                    consume(*pending)
+                if saved_step != step:
+                    save(state, step)
+                raise TrainingInterrupted(stop.signum, step, ckpt.step_path(run.path, step), run.path)
     finally:
+        stop.restore()
         bar.close()
     train_time = time.perf_counter() - t_start
     final = task.evaluate(state.params, full=True)
