@@ -129,6 +129,7 @@ def test_ctrl_c_and_sigterm_save_and_resume_is_exact(corpus, tmp_path, reference
         assert _train_steps(out) == list(range(1, step + 1))
     r = run_cli("train", "lm", "--data", corpus, "--out", out, *ARGS, "--resume")
     assert r.returncode == 0, r.stderr
+    assert f"; trained steps {step}-200 in " in r.stdout, r.stdout  # the time is this part's
     _assert_same_run(out, reference)
 
 

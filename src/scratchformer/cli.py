@@ -164,13 +164,16 @@ def _saved_config(out: str, task: str):
 
 
 def _describe(s: dict) -> str:
+    trained = ""
+    if "train_time_s" in s:  # a resumed run timed only the steps after its checkpoint
+        r = s.get("resumed_from")
+        steps = f"steps {r}-{s['steps']}" if r else f"{s['steps']} steps"
+        trained = f"; trained {steps} in {s['train_time_s']:.1f} s"
     if s["task"] == "reverse":
         return (f"held-out exact match {100 * s['exact_match']:.2f}% on {s['sequences']} sequences "
-                f"(token accuracy {100 * s['token_accuracy']:.2f}%, val loss {s['val_loss']:.4f})"
-                + (f"; trained {s['steps']} steps in {s['train_time_s']:.1f} s" if "train_time_s" in s else ""))
+                f"(token accuracy {100 * s['token_accuracy']:.2f}%, val loss {s['val_loss']:.4f})" + trained)
     return (f"validation loss {s['val_loss']:.4f} (perplexity {s['val_perplexity']:.3f}) over "
-            f"{s['val_tokens']} tokens" + (f"; trained {s['steps']} steps in {s['train_time_s']:.1f} s"
-                                           if "train_time_s" in s else ""))
+            f"{s['val_tokens']} tokens" + trained)
 
 
 def cmd_eval(a) -> int:
