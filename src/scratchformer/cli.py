@@ -61,10 +61,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", help="run folder (default runs/TASK-PRESET-TIME)")
     t.add_argument("--steps", type=_positive_int, help="optimizer steps (= --set train.steps=N)")
     t.add_argument("--seed", type=int, help="random seed (= --set train.seed=N)")
-    t.add_argument("--data", help="lm: a UTF-8 text file instead of Tiny Shakespeare")
+    t.add_argument("--data", help="lm: a UTF-8 text file instead of Tiny Shakespeare (with --resume: the "
+                   "run's own file unless given)")
     t.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set model.n_layer=2 (repeatable)")
-    t.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    t.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its latest checkpoint (Ctrl-C saves one and stops; "
+                   "a second Ctrl-C stops at once)")
     t.add_argument("--fsdp", action="store_true", help="shard parameters and optimizer state across devices")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.add_argument("--coordinator", help="multi-process: HOST:PORT of process 0")
