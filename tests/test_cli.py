@@ -121,7 +121,7 @@ def _bad_inputs(tmp: Path, lm_run: Path, rev_run: Path, corpus: Path):
         ("resume without checkpoint", [*lm, "--resume", "--out", tmp / "nockpt"], "no checkpoint to resume"),
         ("resume, saved config", ["train", "lm", "--resume", "--out", tmp / "nockpt"], "no checkpoint to resume"),
         ("resume with another config", [*lm, "--resume", "--out", lm_run, "--set", "model.n_layer=2"],
-         "different config"),
+         "different config (model.n_layer: 1 -> 2, train.steps: 40 -> 2500); a resumed run keeps its config"),
         ("truncated checkpoint", ["eval", trunc], "truncated or corrupted"),
         ("d_model not divisible", [*lm, "--set", "model.d_model=30", "--set", "model.n_head=4"], "not divisible"),
         ("zero lr", [*lm, "--set", "optim.lr=0"], "optim.lr=0.0"),

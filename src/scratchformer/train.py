@@ -224,6 +224,18 @@ def _progress(total: int, initial: int, enabled: bool):
                 file=sys.stderr, mininterval=0.5, smoothing=0.1)
 
 
+def _config_difference(saved, now) -> str:
+    """The first keys where two config dicts differ, as 'key: saved -> now'."""
+    def flat(d, prefix=""):
+        if not isinstance(d, dict):
+            return {prefix[:-1]: d}
+        return {k: v for key, sub in d.items() for k, v in flat(sub, f"{prefix}{key}.").items()}
+    a, b = flat(saved or {}), flat(now)
+    diff = [f"{k}: {a.get(k, '(none)')} -> {b.get(k, '(none)')}" for k in sorted(a.keys() | b.keys())
+            if a.get(k) != b.get(k)]
+    return ", ".join(diff[:3]) + (f" and {len(diff) - 3} more" if len(diff) > 3 else "")
+
+
 def fit(task, out_dir, *, resume: bool = False, fsdp: bool = False, progress: bool = True,
         data_meta: dict | None = None) -> dict:
     """Train `task` under its config (`task.cfg`), writing the run to `out_dir`.
@@ -245,7 +257,9 @@ def fit(task, out_dir, *, resume: bool = False, fsdp: bool = False, progress: bo
     if path is not None:
         tensors, meta = ckpt.read(path)
         if meta.get("config") != cfg.to_dict():
-            raise ckpt.CheckpointError(f"--resume: {path} was saved with a different config")
+            raise ckpt.CheckpointError(f"--resume: {path} was saved with a different config "
+                                       f"({_config_difference(meta.get('config'), cfg.to_dict())}); a resumed "
+                                       "run keeps its config (leave out --preset/--set, or start a new run)")
         saved = meta.get("data") or {}
         if data_meta and saved.get("sha256") and saved["sha256"] != data_meta.get("sha256"):
             raise ckpt.CheckpointError(f"--resume: the run was trained on {saved.get('path')}, not on "
