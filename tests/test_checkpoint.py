@@ -36,11 +36,16 @@ def test_truncated_and_corrupted_files(cfg, tmp_path):
     path = tmp_path / "c.safetensors"
     ckpt.save(path, init_state(cfg), {"config": cfg.to_dict()})
     raw = path.read_bytes()
-    for name, data in [("trunc", raw[: len(raw) // 2]), ("header", raw[:20]), ("empty", b"")]:
+    assert ckpt.read_meta(path) == ckpt.read(path)[1]
+    for name, data in [("trunc", raw[: len(raw) // 2]), ("header", raw[:20]), ("empty", b""),
+                       ("garbage", b"garbage, not a checkpoint"), ("huge header size", b"\xff" * 8 + raw[8:])]:
         p = tmp_path / f"{name}.safetensors"
         p.write_bytes(data)
         with pytest.raises(ckpt.CheckpointError, match="truncated or corrupted"):
             ckpt.read(p)
+        if name != "trunc":  # read_meta reads the header alone, which a cut in the tensors leaves whole
+            with pytest.raises(ckpt.CheckpointError, match="truncated or corrupted"):
+                ckpt.read_meta(p)
     flipped = bytearray(raw)
     flipped[-5] ^= 0xFF  # inside the tensor data: only the checksum can see it
     p = tmp_path / "flip.safetensors"

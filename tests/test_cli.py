@@ -4,6 +4,7 @@ no traceback and nothing half-written."""
 
 import json
 import os
+import shutil
 import stat
 from pathlib import Path
 
@@ -101,6 +102,10 @@ def _bad_inputs(tmp: Path, lm_run: Path, rev_run: Path, corpus: Path):
     (trunc / "checkpoints").mkdir()
     raw = (lm_run / "checkpoints" / "best.safetensors").read_bytes()
     (trunc / "checkpoints" / "step_00000040.safetensors").write_bytes(raw[: len(raw) // 3])
+    garbled = tmp / "garbled"
+    (garbled / "checkpoints").mkdir(parents=True)
+    shutil.copy(lm_run / "config.json", garbled / "config.json")
+    (garbled / "checkpoints" / "step_00000040.safetensors").write_bytes(b"\xff" * 8 + raw[8:])
     locked = tmp / "locked"
     locked.mkdir()
     os.chmod(locked, stat.S_IRUSR | stat.S_IXUSR)
@@ -123,6 +128,7 @@ def _bad_inputs(tmp: Path, lm_run: Path, rev_run: Path, corpus: Path):
         ("resume with another config", [*lm, "--resume", "--out", lm_run, "--set", "model.n_layer=2"],
          "different config (model.n_layer: 1 -> 2, train.steps: 40 -> 2500); a resumed run keeps its config"),
         ("truncated checkpoint", ["eval", trunc], "truncated or corrupted"),
+        ("resume from a garbled header", ["train", "lm", "--resume", "--out", garbled], "truncated or corrupted"),
         ("d_model not divisible", [*lm, "--set", "model.d_model=30", "--set", "model.n_head=4"], "not divisible"),
         ("zero lr", [*lm, "--set", "optim.lr=0"], "optim.lr=0.0"),
         ("negative lr", [*lm, "--set", "optim.lr=-1e-3"], "optim.lr"),

@@ -29,6 +29,7 @@ FORMAT = 1
 _STEP_RE = re.compile(r"^step_(\d{8})\.safetensors$")
 BEST = "best.safetensors"
 CKPT_DIR = "checkpoints"
+MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit on the JSON header
 
 
 class CheckpointError(ValueError):
@@ -127,6 +128,8 @@ def read_meta(path: Path) -> dict:
     try:
         with open(path, "rb") as f:
             n = int.from_bytes(f.read(8), "little")
+            if not 0 < n <= min(os.fstat(f.fileno()).st_size - 8, MAX_HEADER_BYTES):
+                raise ValueError(f"header size {n}")
             meta = json.loads(json.loads(f.read(n))["__metadata__"]["scratchformer"])
         if not isinstance(meta, dict):
             raise ValueError("metadata is not an object")
