@@ -133,16 +133,26 @@ def test_ctrl_c_and_sigterm_save_and_resume_is_exact(corpus, tmp_path, reference
     _assert_same_run(out, reference)
 
 
-def test_resume_on_another_text_is_refused(corpus, tmp_path):
-    out = tmp_path / "run"
+def test_resume_checks_the_text_it_continues_on(corpus, tmp_path):
+    """Another text is refused; a moved file must be named again; the same text under
+    another name is accepted."""
+    out, mine = tmp_path / "run", tmp_path / "mine.txt"
+    mine.write_text(corpus.read_text())
     args = [a if a != "200" else "10" for a in ARGS]
-    assert run_cli("train", "lm", "--data", corpus, "--out", out, *args).returncode == 0
+    assert run_cli("train", "lm", "--data", mine, "--out", out, *args).returncode == 0
     other = tmp_path / "other.txt"
     other.write_text(corpus.read_text()[::-1])  # same characters, another text
     r = run_cli("train", "lm", "--data", other, "--out", out, *args, "--resume")
     assert r.returncode == 2 and r.stderr.strip() == (
-        f"scratchformer: error: --resume: the run was trained on {corpus.resolve()}, not on {other.resolve()} "
-        f"(sha256 differs); pass --data {corpus.resolve()}"), r.stderr
+        f"scratchformer: error: --resume: the run was trained on {mine.resolve()}, not on {other.resolve()} "
+        f"(sha256 differs); pass --data {mine.resolve()}"), r.stderr
+    moved = mine.rename(tmp_path / "moved.txt")
+    r = run_cli("train", "lm", "--out", out, *args, "--resume")
+    assert r.returncode == 2 and r.stderr.strip() == (
+        f"scratchformer: error: --resume: the run's text file {mine.resolve()} is gone; "
+        "pass --data FILE with the same text"), r.stderr
+    r = run_cli("train", "lm", "--data", moved, "--out", out, *args, "--resume")
+    assert r.returncode == 0 and "the run had already trained its 10 steps" in r.stdout, r.stderr
 
 
 def test_nan_stops_with_message_and_keeps_last_good_checkpoint(corpus, tmp_path):

@@ -144,9 +144,14 @@ def cmd_train(a) -> int:
 def _resumed_data(out: str) -> str | None:
     """The text file that the run in `out` trained on (its latest checkpoint says), so
     that `--resume` without `--data` continues on the same text."""
+    from pathlib import Path
+
     from .checkpoint import latest, read_meta
     last = latest(out)
-    return ((read_meta(last).get("data") or {}).get("path")) if last else None
+    path = (read_meta(last).get("data") or {}).get("path") if last else None
+    if path and not Path(path).is_file():
+        raise UsageError(f"--resume: the run's text file {path} is gone; pass --data FILE with the same text")
+    return path
 
 
 def _saved_config(out: str, task: str):
@@ -171,7 +176,8 @@ def _describe(s: dict) -> str:
     if "train_time_s" in s:  # a resumed run timed only the steps after its checkpoint
         r = s.get("resumed_from")
         steps = f"steps {r}-{s['steps']}" if r else f"{s['steps']} steps"
-        trained = f"; trained {steps} in {s['train_time_s']:.1f} s"
+        trained = (f"; trained {steps} in {s['train_time_s']:.1f} s" if r != s["steps"]
+                   else f"; the run had already trained its {r} steps")
     if s["task"] == "reverse":
         return (f"held-out exact match {100 * s['exact_match']:.2f}% on {s['sequences']} sequences "
                 f"(token accuracy {100 * s['token_accuracy']:.2f}%, val loss {s['val_loss']:.4f})" + trained)
