@@ -126,7 +126,8 @@ def _bad_inputs(tmp: Path, lm_run: Path, rev_run: Path, corpus: Path):
         ("resume without checkpoint", [*lm, "--resume", "--out", tmp / "nockpt"], "no checkpoint to resume"),
         ("resume, saved config", ["train", "lm", "--resume", "--out", tmp / "nockpt"], "no checkpoint to resume"),
         ("resume with another config", [*lm, "--resume", "--out", lm_run, "--set", "model.n_layer=2"],
-         "different config (model.n_layer: 1 -> 2, train.steps: 40 -> 2500); a resumed run keeps its config"),
+         "different config (model.n_layer: 1 -> 2, train.steps: 40 -> 2500); a resumed run keeps its config: "
+         "leave out --preset, --set, --steps and --seed"),
         ("truncated checkpoint", ["eval", trunc], "truncated or corrupted"),
         ("resume from a garbled header", ["train", "lm", "--resume", "--out", garbled], "truncated or corrupted"),
         ("d_model not divisible", [*lm, "--set", "model.d_model=30", "--set", "model.n_head=4"], "not divisible"),

@@ -42,13 +42,17 @@ def reference(corpus, tmp_path_factory):
     return ref
 
 
+# `python -m scratchformer.cli`, with Ctrl-C armed as in an interactive shell even where
+# the shell that started the tests ignores SIGINT (children inherit that).
+_CLI = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+        "sys.argv[0] = 'scratchformer'; runpy.run_module('scratchformer.cli', run_name='__main__')")
+
+
 def _start(corpus, out, resume, data=True):
-    cmd = [sys.executable, "-m", "scratchformer.cli", "train", "lm", *(["--data", str(corpus)] if data else []),
+    cmd = [sys.executable, "-c", _CLI, "train", "lm", *(["--data", str(corpus)] if data else []),
            "--out", str(out), *ARGS, *(["--resume"] if resume else [])]
-    # SIGINT as in an interactive shell, even where the test runner's shell ignores it.
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
 def _assert_same_run(out, ref):

@@ -125,8 +125,9 @@ def cmd_train(a) -> int:
     meta = None
     if a.task == "lm":
         from .data import text
-        path = a.data if a.data is not None else _resumed_data(out) if a.resume else None
-        path = path or text.shakespeare_path()
+        path = a.data
+        if path is None:
+            path = (_resumed_data(out) if a.resume else None) or text.shakespeare_path()
         task = LMTask.from_text(cfg, text.read_text(path))
         meta = data_meta(path)
     else:

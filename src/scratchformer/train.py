@@ -259,7 +259,7 @@ def fit(task, out_dir, *, resume: bool = False, fsdp: bool = False, progress: bo
         if meta.get("config") != cfg.to_dict():
             raise ckpt.CheckpointError(f"--resume: {path} was saved with a different config "
                                        f"({_config_difference(meta.get('config'), cfg.to_dict())}); a resumed "
-                                       "run keeps its config (leave out --preset/--set, or start a new run)")
+                                       "run keeps its config: leave out --preset, --set, --steps and --seed, or start a new run")
         saved = meta.get("data") or {}
         if data_meta and saved.get("sha256") and saved["sha256"] != data_meta.get("sha256"):
             raise ckpt.CheckpointError(f"--resume: the run was trained on {saved.get('path')}, not on "
