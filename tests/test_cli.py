@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from scratchformer import checkpoint as ckpt
 from scratchformer.cli import main
 
 from conftest import run_cli
@@ -70,6 +71,23 @@ def test_lm_run_folder(lm_run, capsys):
     r = json.loads(out)
     assert code == 0 and r["task"] == "lm" and r["val_tokens"] > 0
     assert abs(r["val_perplexity"] - 2.718281828 ** r["val_loss"]) < 1e-6 * r["val_perplexity"]
+
+
+def test_the_last_step_is_evaluated_for_the_best_checkpoint(tmp_path, capsys):
+    """A run ending between evaluations (30 steps, every 20) is evaluated at its end too,
+    so best.safetensors, which eval and sample load, can be the final state: early in
+    training that is the best, and eval then reports what training reported."""
+    out = tmp_path / "rev30"
+    assert main(["train", "reverse", "--steps", "30", "--out", str(out), "--no-progress", *REV_TINY]) == 0
+    capsys.readouterr()
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    evals = {r["step"]: r["val_loss"] for r in rows if "val_loss" in r}
+    assert list(evals) == [20, 30] and evals[30] < evals[20]
+    assert ckpt.read_meta(out / ckpt.CKPT_DIR / ckpt.BEST)["step"] == 30
+    code, text, _ = cli(capsys, "eval", out, "--json")
+    summary = json.loads((out / "summary.json").read_text())
+    assert code == 0 and json.loads(text)["exact_match"] == summary["exact_match"]
+    assert json.loads(text)["val_loss"] == pytest.approx(summary["val_loss"], rel=1e-6)
 
 
 def test_lm_sample_is_deterministic(lm_run, capsys):

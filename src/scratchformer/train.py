@@ -335,7 +335,10 @@ def fit(task, out_dir, *, resume: bool = False, fsdp: bool = False, progress: bo
             if rate_t0 is None:
                 jax.block_until_ready(metrics)  # the first call includes compilation
                 rate_t0, rate_step0 = time.perf_counter(), step
-            at_eval, at_ckpt = step % t.eval_every == 0, step % t.checkpoint_every == 0
+            # The last step is always evaluated, so that best.safetensors (what eval and
+            # sample load) can be the final state when a run ends between evaluations.
+            at_eval = step % t.eval_every == 0 or step == t.steps
+            at_ckpt = step % t.checkpoint_every == 0
             if at_eval or at_ckpt or step == t.steps:
                 consume(*pending)
                 pending = None
