@@ -1,7 +1,9 @@
 """Reliability through the CLI: a run killed with SIGKILL at random moments (one of
 them while a checkpoint is being written) and resumed each time ends with the same
-metrics.jsonl, byte for byte, and the same parameters as an uninterrupted run.
-Also: a NaN stops training with a clear message and keeps the last good checkpoint."""
+metrics.jsonl, byte for byte, and the same parameters as an uninterrupted run; so
+does one stopped by Ctrl-C and by SIGTERM (which save a checkpoint first). Also:
+a resume checks its text file, and a NaN stops training with a clear message and
+keeps the last good checkpoint."""
 
 import json
 import os
