@@ -18,7 +18,7 @@ steps, median of 5 runs, in microseconds per step:
      Attention alone over 256 slots, with the cache in the L3 (one cache set, read
      every step) and out of it (8 sets, 37.7 MB, read in turn; us per 6 layers).
 
-    python benchmarks/decode_threads.py          # under a minute on the 2-core development machine
+    python benchmarks/decode_threads.py          # about a minute on the 2-core development machine
 
 BENCHMARKS.md ("Fifth session") quotes a run and reads the numbers.
 """
