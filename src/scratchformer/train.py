@@ -226,11 +226,7 @@ def _progress(total: int, initial: int, enabled: bool):
 
 def _config_difference(saved, now) -> str:
     """The first keys where two config dicts differ, as 'key: saved -> now'."""
-    def flat(d, prefix=""):
-        if not isinstance(d, dict):
-            return {prefix[:-1]: d}
-        return {k: v for key, sub in d.items() for k, v in flat(sub, f"{prefix}{key}.").items()}
-    a, b = flat(saved or {}), flat(now)
+    a, b = ckpt.flatten(saved or {}), ckpt.flatten(now)
     diff = [f"{k}: {a.get(k, '(none)')} -> {b.get(k, '(none)')}" for k in sorted(a.keys() | b.keys())
             if a.get(k) != b.get(k)]
     return ", ".join(diff[:3]) + (f" and {len(diff) - 3} more" if len(diff) > 3 else "")
@@ -259,7 +255,8 @@ def fit(task, out_dir, *, resume: bool = False, fsdp: bool = False, progress: bo
         if meta.get("config") != cfg.to_dict():
             raise ckpt.CheckpointError(f"--resume: {path} was saved with a different config "
                                        f"({_config_difference(meta.get('config'), cfg.to_dict())}); a resumed "
-                                       "run keeps its config: leave out --preset, --set, --steps and --seed, or start a new run")
+                                       "run keeps its config: leave out --preset, --set, --steps and --seed, "
+                                       "or start a new run")
         saved = meta.get("data") or {}
         if data_meta and saved.get("sha256") and saved["sha256"] != data_meta.get("sha256"):
             raise ckpt.CheckpointError(f"--resume: the run was trained on {saved.get('path')}, not on "
@@ -322,7 +319,6 @@ def fit(task, out_dir, *, resume: bool = False, fsdp: bool = False, progress: bo
 
     step = start
     pending = None
-    saved_step = None
     stop = StopRequest(enabled=jax.process_count() == 1).install()
     try:
         while step < t.steps:
@@ -339,7 +335,7 @@ def fit(task, out_dir, *, resume: bool = False, fsdp: bool = False, progress: bo
             # sample load) can be the final state when a run ends between evaluations.
             at_eval = step % t.eval_every == 0 or step == t.steps
             at_ckpt = step % t.checkpoint_every == 0
-            if at_eval or at_ckpt or step == t.steps:
+            if at_eval or at_ckpt:
                 consume(*pending)
                 pending = None
                 if at_eval:
@@ -353,11 +349,10 @@ def fit(task, out_dir, *, resume: bool = False, fsdp: bool = False, progress: bo
                         save(state, step, ckpt.BEST)
                 if at_ckpt or step == t.steps:
                     save(state, step)
-                    saved_step = step
             if stop.signum is not None:
                 if pending is not None:
                     consume(*pending)
-                if saved_step != step:
+                if not (at_ckpt or step == t.steps):  # else saved just above
                     save(state, step)
                 raise TrainingInterrupted(stop.signum, step, ckpt.step_path(run.path, step), run.path)
     finally:
