@@ -61,6 +61,22 @@ def test_help_reads_well(capsys):
     assert "scratchformer train reverse" in out and "model.n_layer" in out and "cpu-quick" in out
 
 
+def test_python_dash_m_and_version():
+    """`python -m scratchformer` is the same program as the script, and --version prints
+    the version the installed distribution reports (one source: the package)."""
+    import importlib.metadata
+    import subprocess
+    import sys
+
+    import scratchformer
+    r = subprocess.run([sys.executable, "-m", "scratchformer", "--version"], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip() == f"scratchformer {scratchformer.__version__}"
+    assert importlib.metadata.version("scratchformer") == scratchformer.__version__
+    r = subprocess.run([sys.executable, "-m", "scratchformer", "eval", "/no/such/run"], capture_output=True,
+                       text=True)
+    assert r.returncode == 2 and r.stderr.strip() == "scratchformer: error: run folder /no/such/run does not exist"
+
+
 def test_lm_run_folder(lm_run, capsys):
     assert {"config.json", "metrics.jsonl", "summary.json", "checkpoints"} <= {p.name for p in lm_run.iterdir()}
     rows = [json.loads(line) for line in (lm_run / "metrics.jsonl").read_text().splitlines()]

@@ -11,6 +11,7 @@ import json
 import sys
 import time
 
+from . import __version__
 from .config import DEFAULT_PRESET, PRESETS, describe_keys
 
 EXAMPLES = """examples:
@@ -47,6 +48,7 @@ def _positive_int(s):
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="scratchformer", description="Transformers from scratch in pure JAX: train, evaluate, "
                 "sample and plot.", epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"scratchformer {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     presets = "; ".join(f"{t}: " + ", ".join(p + (" (default)" if p == DEFAULT_PRESET[t] else "") for p in ps)
