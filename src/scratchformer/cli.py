@@ -107,7 +107,6 @@ def cmd_train(a) -> int:
     initialize_distributed(a.coordinator, a.num_processes, a.process_id)
 
     from .config import make_config, parse_set_args
-    from .runs import data_meta
     from .tasks import LMTask, ReverseTask
     from .train import fit
 
@@ -124,19 +123,17 @@ def cmd_train(a) -> int:
         cfg = _saved_config(out, a.task)  # continue exactly the run that was started
     else:
         cfg = make_config(a.task, preset, overrides)
-    meta = None
     if a.task == "lm":
         from .data import text
         path = a.data
         if path is None:
             path = (_resumed_data(out) if a.resume else None) or text.shakespeare_path()
-        task = LMTask.from_text(cfg, text.read_text(path))
-        meta = data_meta(path)
+        task = LMTask.from_file(cfg, path)
     else:
         if a.data is not None:
             raise UsageError("--data is for the lm task; reverse generates its data")
         task = ReverseTask(cfg)
-    summary = fit(task, out, resume=a.resume, fsdp=a.fsdp, progress=not a.no_progress, data_meta=meta)
+    summary = fit(task, out, resume=a.resume, fsdp=a.fsdp, progress=not a.no_progress)
     from .parallel import is_main
     if is_main():
         print(f"run folder: {out}")

@@ -13,12 +13,6 @@ from .tasks import LMTask, task_from_meta
 from .train import state_template
 
 
-def data_meta(path) -> dict:
-    """What a run records about its text file so that `eval` can find and verify it."""
-    p = Path(path).resolve()
-    return {"path": str(p), "sha256": text.sha256_file(p)}
-
-
 def checkpoint_path(run_dir, which: str = "best") -> Path:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():

@@ -37,7 +37,8 @@ class LMTask:
 
     name = "lm"
     unit = "tok"
-    mesh = None  # set by the training loop; None: all visible devices
+    mesh = None    # set by the training loop; None: all visible devices
+    source = None  # {"path", "sha256"} of the text file (from_file), saved with each checkpoint
 
     def __init__(self, cfg: RunConfig, tokenizer: text.CharTokenizer, ids: np.ndarray | None = None):
         self.tokenizer = tokenizer
@@ -55,6 +56,14 @@ class LMTask:
     def from_text(cls, cfg: RunConfig, corpus: str) -> "LMTask":
         tok = text.CharTokenizer.from_text(corpus)
         return cls(cfg, tok, tok.encode(corpus))
+
+    @classmethod
+    def from_file(cls, cfg: RunConfig, path) -> "LMTask":
+        """from_text on a UTF-8 file, remembering which file (its absolute path and
+        sha256) so that `eval` can find it again and `--resume` can check it."""
+        task = cls.from_text(cfg, text.read_text(path))
+        task.source = text.file_identity(path)
+        return task
 
     @classmethod
     def from_meta(cls, cfg: RunConfig, meta: dict) -> "LMTask":
@@ -88,6 +97,7 @@ class ReverseTask:
     name = "reverse"
     unit = "seq"
     mesh = None
+    source = None  # generated data: no file
 
     def __init__(self, cfg: RunConfig):
         d = cfg.data

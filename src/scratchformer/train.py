@@ -232,10 +232,10 @@ def _config_difference(saved, now) -> str:
     return ", ".join(diff[:3]) + (f" and {len(diff) - 3} more" if len(diff) > 3 else "")
 
 
-def fit(task, out_dir, *, resume: bool = False, fsdp: bool = False, progress: bool = True,
-        data_meta: dict | None = None) -> dict:
+def fit(task, out_dir, *, resume: bool = False, fsdp: bool = False, progress: bool = True) -> dict:
     """Train `task` under its config (`task.cfg`), writing the run to `out_dir`.
-    Returns the summary (also written to summary.json)."""
+    Returns the summary (also written to summary.json). `task.source` (the text file
+    of an LMTask.from_file) is saved with each checkpoint and checked on resume."""
     cfg = task.cfg
     run = RunFolder(out_dir)
     main = is_main()
@@ -244,7 +244,7 @@ def fit(task, out_dir, *, resume: bool = False, fsdp: bool = False, progress: bo
     call, shardings = make_train_call(cfg, task, k, mesh, fsdp=fsdp)  # validates before anything is written
     if main:
         run.prepare(resume=resume)
-    meta_base = {"config": cfg.to_dict(), "task_meta": task.meta(), "data": data_meta or {}}
+    meta_base = {"config": cfg.to_dict(), "task_meta": task.meta(), "data": task.source or {}}
 
     best_val = math.inf
     path = ckpt.latest(run.path) if resume else None
@@ -258,9 +258,10 @@ def fit(task, out_dir, *, resume: bool = False, fsdp: bool = False, progress: bo
                                        "run keeps its config: leave out --preset, --set, --steps and --seed, "
                                        "or start a new run")
         saved = meta.get("data") or {}
-        if data_meta and saved.get("sha256") and saved["sha256"] != data_meta.get("sha256"):
+        now = task.source or {}
+        if now and saved.get("sha256") and saved["sha256"] != now.get("sha256"):
             raise ckpt.CheckpointError(f"--resume: the run was trained on {saved.get('path')}, not on "
-                                       f"{data_meta.get('path')} (sha256 differs); pass --data {saved.get('path')}")
+                                       f"{now.get('path')} (sha256 differs); pass --data {saved.get('path')}")
         host_state = ckpt.restore(tensors, state_template(cfg), source=str(path))
         state = put_global(host_state, shardings)  # any device count: the file holds whole arrays
         best_val = meta.get("best_val_loss") or math.inf

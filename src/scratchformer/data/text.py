@@ -83,6 +83,12 @@ def shakespeare_path(url: str = SHAKESPEARE_URL) -> Path:
     return download(url, cache_dir() / SHAKESPEARE_NAME, SHAKESPEARE_SHA256)
 
 
+def file_identity(path) -> dict:
+    """{"path": absolute path, "sha256": of its bytes}: how a run records its text file."""
+    p = Path(path).resolve()
+    return {"path": str(p), "sha256": sha256_file(p)}
+
+
 def read_text(path) -> str:
     """Read a UTF-8 text file, with a one-line error for anything that is not one."""
     p = Path(path)
