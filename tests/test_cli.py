@@ -216,3 +216,33 @@ def test_batch_not_divisible_by_devices(tmp_path, corpus):
                 env={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
     assert r.returncode == 2 and "train.batch_size=6 is not divisible by the 4 devices" in r.stderr, r.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_eval_finds_and_checks_the_runs_text(tmp_path, corpus, capsys):
+    """`eval` re-reads the text a run trained on (its validation split): a moved file, a
+    changed file and a run trained from a Python string each give one line saying so."""
+    from scratchformer.config import make_config
+    from scratchformer.tasks import LMTask
+    from scratchformer.train import fit
+
+    text = tmp_path / "mine.txt"
+    shutil.copy(corpus, text)
+    run = tmp_path / "run"
+    assert cli(capsys, "train", "lm", "--data", text, "--steps", 20, "--out", run, "--no-progress", *LM_TINY)[0] == 0
+    assert cli(capsys, "eval", run)[0] == 0
+    text.write_text(corpus.read_text() + "more")
+    assert cli(capsys, "eval", run)[1:] == ("", f"scratchformer: error: the run's text file {text} changed since "
+                                                "training (sha256 differs)\n")
+    text.unlink()
+    gone = f"scratchformer: error: the run's text file {text} is gone; evaluation needs it\n"
+    assert cli(capsys, "eval", run)[2] == gone
+
+    sets = dict(s.split("=", 1) for s in LM_TINY[1::2])
+    cfg = make_config("lm", None, {**sets, "train.steps": "20"})
+    fit(LMTask.from_text(cfg, corpus.read_text()), tmp_path / "py", progress=False)
+    capsys.readouterr()
+    code, _, err = cli(capsys, "eval", tmp_path / "py")
+    assert code == 2 and err == (f"scratchformer: error: {tmp_path / 'py'} records no text file (trained with "
+                                 "LMTask.from_text); evaluation needs one: train with LMTask.from_file or the "
+                                 "command line\n")
+    assert cli(capsys, "sample", tmp_path / "py", "--tokens", "5")[0] == 0  # sampling needs only the vocabulary

@@ -35,7 +35,10 @@ def load(run_dir, *, which: str = "best", with_data: bool = False):
     state = ckpt.restore(tensors, state_template(task.cfg), source=str(path))
     if with_data and isinstance(task, LMTask):
         d = meta.get("data") or {}
-        src = Path(str(d.get("path", "")))
+        if not d.get("path"):
+            raise DataError(f"{run_dir} records no text file (trained with LMTask.from_text); evaluation needs "
+                            "one: train with LMTask.from_file or the command line")
+        src = Path(str(d["path"]))
         if not src.is_file():
             raise DataError(f"the run's text file {src} is gone; evaluation needs it")
         if text.sha256_file(src) != d.get("sha256"):
