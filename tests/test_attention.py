@@ -45,7 +45,7 @@ def test_self_attention_causal_and_padding(fused):
     x = jax.random.normal(jax.random.PRNGKey(1), (b, t, d))
     valid = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], bool)
     mask = causal_mask(t) & padding_mask(jnp.asarray(valid))
-    y, _ = self_attention(p, x, n_head=h, mask=mask)
+    y, _, _ = self_attention(p, x, n_head=h, mask=mask)
     if fused:
         w, bias = np.asarray(p["qkv"]["w"]), np.asarray(p["qkv"]["b"])
         parts = [(w[:, i * d:(i + 1) * d], bias[i * d:(i + 1) * d]) for i in range(3)]
@@ -79,7 +79,7 @@ def test_causal_blocks_match_the_naive_loop_and_their_gradients_match_the_full_m
     b, d, h = 2, 8, 2
     p = init_self_attention(jax.random.PRNGKey(5), d, fused=True, bias=True, n_layer=1)
     x = jax.random.normal(jax.random.PRNGKey(6), (b, t, d))
-    y, _ = self_attention(p, x, n_head=h, mask=None, causal_block=block)
+    y, _, _ = self_attention(p, x, n_head=h, mask=None, causal_block=block)
     w, bias = np.asarray(p["qkv"]["w"]), np.asarray(p["qkv"]["b"])
     parts = [(w[:, i * d:(i + 1) * d], bias[i * d:(i + 1) * d]) for i in range(3)]
     allowed = np.broadcast_to(np.tril(np.ones((t, t), bool)), (b, t, t))

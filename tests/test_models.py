@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from scratchformer.config import ModelConfig, make_config
 from scratchformer.data import reverse
 from scratchformer.loss import lm_loss, seq2seq_loss
-from scratchformer.models import PAD_ID, encdec_forward, encode, init_encdec, init_lm, lm_forward
+from scratchformer.models import PAD_ID, encdec_forward, encode, init_encdec, init_lm, lm_attention, lm_forward
 from scratchformer.train import init_state, make_train_step
 
 LM_CFG = ModelConfig(n_layer=2, n_head=2, d_model=16, d_ff=32, block_size=8, vocab_size=11)
@@ -84,6 +84,38 @@ def test_lm_is_causal():
         out, _ = lm_forward(params, changed, cfg=LM_CFG)
         np.testing.assert_array_equal(np.asarray(out[0, :t]), np.asarray(base[0, :t]))
         assert not np.allclose(np.asarray(out[0, t]), np.asarray(base[0, t]))
+
+
+def test_lm_attention_weights_by_hand():
+    """lm_attention's first layer is softmax(q k^T / sqrt(K)) with the causal mask, computed
+    here in numpy from the parameters (token + position embedding, LayerNorm, the fused
+    QKV product); every layer's rows are distributions over the current and earlier
+    positions only. The parameters are perturbed so that biases and gains are not trivial."""
+    params = init_lm(jax.random.PRNGKey(3), LM_CFG)
+    leaves, tree = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.PRNGKey(4), len(leaves))
+    params = jax.tree.unflatten(tree, [x + 0.3 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
+    ids = np.asarray(jax.random.randint(jax.random.PRNGKey(5), (2, 8), 0, LM_CFG.vocab_size))
+    probs = lm_attention(params, jnp.asarray(ids), cfg=LM_CFG)
+    assert len(probs) == LM_CFG.n_layer and all(p.shape == (2, LM_CFG.n_head, 8, 8) for p in probs)
+
+    p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
+    x = p["embed"]["tokens"][ids] + p["embed"]["positions"][:8]
+    ln, qkv = p["blocks"][0]["ln1"], p["blocks"][0]["attn"]["qkv"]
+    h = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + LM_CFG.ln_eps) * ln["scale"] + ln["bias"]
+    q, k, _ = np.split(h @ qkv["w"] + qkv["b"], 3, axis=-1)
+    hd = LM_CFG.head_dim
+    for b in range(2):
+        for head in range(LM_CFG.n_head):
+            cols = slice(head * hd, (head + 1) * hd)
+            for t in range(8):
+                s = k[b, :t + 1, cols] @ q[b, t, cols] / np.sqrt(hd)
+                want = np.exp(s - s.max()) / np.exp(s - s.max()).sum()
+                np.testing.assert_allclose(probs[0][b, head, t, :t + 1], want, rtol=1e-4, atol=1e-6)
+    for layer in probs:
+        a = np.asarray(layer)
+        np.testing.assert_allclose(a.sum(-1), 1.0, rtol=1e-5)
+        assert np.all(np.triu(a, k=1) == 0.0)
 
 
 def test_decoder_cannot_see_future_targets():

@@ -152,19 +152,21 @@ def self_attention(p: dict, x_BxTxD, *, n_head: int, mask, cache=None, pos=0,
     queries attend over the whole cache (the mask must hide unwritten slots).
     Without a cache, causal_block > 0 means plain causal attention computed by
     `attend_causal` in query blocks of that size (`mask` is then not used).
-    Returns (y_BxTxD, new_cache)."""
+    Returns (y_BxTxD, new_cache, probs_BxHxTxS); probs only where the whole score
+    matrix is formed (no cache, no blocks), else None."""
     q, k, v = self_qkv(p, x_BxTxD, n_head)
     if cache is None and causal_block:
-        return linear(p["out"], attend_causal(q, k, v, block=causal_block, rate=rate, key=key, train=train)), None
+        y = attend_causal(q, k, v, block=causal_block, rate=rate, key=key, train=train)
+        return linear(p["out"], y), None, None
     if cache is None:
-        y, _ = attend(q, k, v, mask, rate=rate, key=key, train=train)
-        return linear(p["out"], y), None
+        y, probs = attend(q, k, v, mask, rate=rate, key=key, train=train)
+        return linear(p["out"], y), None, probs
     b, t, h, kw = k.shape
     k_NxKxT = k.transpose(0, 2, 3, 1).reshape(b * h, kw, t).astype(cache["k"].dtype)
     v_NxTxK = v.transpose(0, 2, 1, 3).reshape(b * h, t, kw).astype(cache["v"].dtype)
     cache = {"k": jax.lax.dynamic_update_slice(cache["k"], k_NxKxT, (0, 0, pos)),
              "v": jax.lax.dynamic_update_slice(cache["v"], v_NxTxK, (0, pos, 0))}
-    return linear(p["out"], _attend_cached(q, cache["k"], cache["v"], mask)), cache
+    return linear(p["out"], _attend_cached(q, cache["k"], cache["v"], mask)), cache, None
 
 
 def cross_attention(p: dict, x_BxTxD, kv, *, n_head: int, mask, rate=0.0, key=None, train=False):

@@ -54,21 +54,22 @@ def _block(p, x_BxTxD, *, cfg: ModelConfig, mask, key=None, train=False, cache=N
            cross=None, causal: bool = False):
     """One pre-LN block. `cross` = (kv, mask) adds cross-attention. causal=True says
     `mask` is the plain causal mask (no cache), so attention may skip its masked
-    blocks (cfg.attn_block). Returns (x, cache, probs)."""
+    blocks (cfg.attn_block). Returns (x, cache, probs), probs = {"self", "cross"}: the
+    attention weights BxHxTxS (self: None when computed in blocks or over a cache)."""
     rate = cfg.dropout
     k_att, k_res1, k_cross, k_res2, k_res3 = _keys(key, 5)
-    h, cache = self_attention(p["attn"], layer_norm(p["ln1"], x_BxTxD, cfg.ln_eps), n_head=cfg.n_head,
+    h, cache, self_probs = self_attention(p["attn"], layer_norm(p["ln1"], x_BxTxD, cfg.ln_eps), n_head=cfg.n_head,
                               mask=mask, cache=cache, pos=pos, rate=rate, key=k_att, train=train,
                               causal_block=cfg.attn_block if causal else 0)
     x_BxTxD = x_BxTxD + dropout(k_res1, h, rate, train=train)
-    probs = None
+    cross_probs = None
     if cross is not None:
         kv, cross_mask = cross
-        h, probs = cross_attention(p["cross"], layer_norm(p["ln_cross"], x_BxTxD, cfg.ln_eps), kv,
+        h, cross_probs = cross_attention(p["cross"], layer_norm(p["ln_cross"], x_BxTxD, cfg.ln_eps), kv,
                                    n_head=cfg.n_head, mask=cross_mask, rate=rate, key=k_cross, train=train)
         x_BxTxD = x_BxTxD + dropout(k_res2, h, rate, train=train)
     h = feed_forward(p["mlp"], layer_norm(p["ln2"], x_BxTxD, cfg.ln_eps))
-    return x_BxTxD + dropout(k_res3, h, rate, train=train), cache, probs
+    return x_BxTxD + dropout(k_res3, h, rate, train=train), cache, {"self": self_probs, "cross": cross_probs}
 
 
 def _init_embed(key, cfg: ModelConfig, names) -> dict:
@@ -123,23 +124,39 @@ def init_lm(key, cfg: ModelConfig) -> dict:
     return params
 
 
+def _lm_trunk(params, ids_BxT, *, cfg: ModelConfig, train, key, cache, pos, blocked: bool):
+    """Embedding, blocks and final LayerNorm: (x_BxTxD, new cache, per-layer self-attention
+    probs). blocked: causal attention may run in query blocks (no probs then)."""
+    t = ids_BxT.shape[1]
+    k_emb, *k_blocks = _keys(key, cfg.n_layer + 1)
+    x = dropout(k_emb, _embed(params["embed"], "tokens", ids_BxT, pos, cfg), cfg.dropout, train=train)
+    mask = causal_mask(t) if cache is None else cache_mask(t, cache_slots(cache), pos)
+    new_cache, probs = [], []
+    for i, p in enumerate(params["blocks"]):
+        x, c, pr = _block(p, x, cfg=cfg, mask=mask, key=k_blocks[i], train=train,
+                          cache=None if cache is None else cache[i], pos=pos, causal=blocked)
+        new_cache.append(c)
+        probs.append(pr["self"])
+    return layer_norm(params["ln_f"], x, cfg.ln_eps), new_cache, probs
+
+
 def lm_forward(params, ids_BxT, *, cfg: ModelConfig, train=False, key=None, cache=None, pos=0):
     """Logits BxTxV for tokens at positions pos..pos+T-1.
 
     Without a cache the sequence attends causally to itself (pos must be 0). With a
     cache (from `init_cache`, S slots) the T tokens are written at slots pos.. and
     attend to every earlier slot. Returns (logits_BxTxV, new_cache)."""
-    t = ids_BxT.shape[1]
-    k_emb, *k_blocks = _keys(key, cfg.n_layer + 1)
-    x = dropout(k_emb, _embed(params["embed"], "tokens", ids_BxT, pos, cfg), cfg.dropout, train=train)
-    mask = causal_mask(t) if cache is None else cache_mask(t, cache_slots(cache), pos)
-    new_cache = []
-    for i, p in enumerate(params["blocks"]):
-        x, c, _ = _block(p, x, cfg=cfg, mask=mask, key=k_blocks[i], train=train,
-                         cache=None if cache is None else cache[i], pos=pos, causal=cache is None)
-        new_cache.append(c)
-    x = layer_norm(params["ln_f"], x, cfg.ln_eps)
+    x, new_cache, _ = _lm_trunk(params, ids_BxT, cfg=cfg, train=train, key=key, cache=cache, pos=pos,
+                                blocked=cache is None)
     return _head(params, "tokens", x, cfg), (None if cache is None else new_cache)
+
+
+def lm_attention(params, ids_BxT, *, cfg: ModelConfig):
+    """Every layer's causal self-attention weights for tokens at positions 0..T-1, a list
+    of L arrays BxHxTxT (row t: how position t spreads its attention over 0..t). The
+    same computation as lm_forward's, with each layer's whole score matrix formed (not
+    in query blocks) so that it can be looked at (plots.py)."""
+    return _lm_trunk(params, ids_BxT, cfg=cfg, train=False, key=None, cache=None, pos=0, blocked=False)[2]
 
 
 # ---------------------------------------------------------------- encoder-decoder
@@ -194,7 +211,7 @@ def decode(params, tgt_BxT, kvs, src_valid_BxS, *, cfg: ModelConfig, train=False
                           cache=None if cache is None else cache[i], pos=pos, cross=(kvs[i], cross_mask),
                           causal=cache is None)
         new_cache.append(c)
-        probs.append(pr)
+        probs.append(pr["cross"])
     x = layer_norm(params["decoder"]["ln_f"], x, cfg.ln_eps)
     return _head(params, _table_names(cfg)[1], x, cfg), (None if cache is None else new_cache), probs
 
