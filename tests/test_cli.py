@@ -122,7 +122,21 @@ def test_reverse_cli(rev_run, capsys):
 
 def test_plots(lm_run, rev_run, capsys):
     assert cli(capsys, "plot", lm_run)[0] == 0 and (lm_run / "loss.png").stat().st_size > 10_000
+    assert (lm_run / "attention.png").stat().st_size > 10_000
     assert cli(capsys, "plot", rev_run)[0] == 0 and (rev_run / "attention.png").stat().st_size > 10_000
+
+
+def test_lm_attention_plot_reads_held_out_text(lm_run):
+    """The LM's attention picture is drawn on the validation split's first non-empty line
+    (one block long here), or on the model's own sample when the text is not at hand."""
+    from scratchformer import runs
+    from scratchformer.plots import lm_snippet
+
+    task, params, meta = runs.load(lm_run)
+    ids, what = lm_snippet(task, params, meta, lm_run)
+    assert what == "held-out text" and task.tokenizer.decode(ids) == "the quick brown "  # block_size 16
+    ids, what = lm_snippet(task, params, {}, lm_run)
+    assert what.startswith("the model's own sample") and len(ids) == 16 and ids[0] == 0
 
 
 def _bad_inputs(tmp: Path, lm_run: Path, rev_run: Path, corpus: Path):

@@ -20,7 +20,7 @@ EXAMPLES = """examples:
   scratchformer train lm --preset cpu-quick --out runs/quick   # Tiny Shakespeare char LM (~40 s)
   scratchformer eval runs/quick --json
   scratchformer sample runs/quick --prompt "ROMEO:" --tokens 300
-  scratchformer plot runs/quick                    # runs/quick/loss.png
+  scratchformer plot runs/quick                    # runs/quick/loss.png, attention.png
   scratchformer train lm --data my.txt --set model.n_layer=2 --steps 500
   scratchformer bench
 """
@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--input", help="reverse: space-separated symbols, e.g. '7 3 9 1'")
     s.add_argument("--beam", type=_positive_int, default=1, help="reverse: beam width (1 = greedy)")
 
-    pl = sub.add_parser("plot", help="write loss.png (and attention.png for reverse) into the run folder")
+    pl = sub.add_parser("plot", help="write loss.png and attention.png into the run folder")
     pl.add_argument("dir")
 
     b = sub.add_parser("bench", help="measure training and sampling speed on this machine")

@@ -1,5 +1,6 @@
-"""Pictures of a run: loss curves (loss.png) and, for reversal, the decoder's
-cross-attention on one held-out example (attention.png)."""
+"""Pictures of a run: loss curves (loss.png) and attention weights (attention.png):
+for reversal the decoder's cross-attention on one held-out example, for the LM every
+layer's and head's causal self-attention over a line of held-out text."""
 
 from __future__ import annotations
 
@@ -81,7 +82,6 @@ def plot_attention(run_dir, task, params) -> Path:
     from .decode import greedy
     from .models import PAD_ID, decode, encode, memory_kv
 
-    plt = _matplotlib()
     cfg = task.cfg.model
     ev = task.eval_set()
     i = int(np.argmax((ev["src"] != PAD_ID).sum(1) >= min(12, task.cfg.data.max_len)))  # a longish example
@@ -92,25 +92,72 @@ def plot_attention(run_dir, task, params) -> Path:
     tgt_in = jnp.concatenate([jnp.full((1, 1), BOS, jnp.int32), jnp.asarray(out[:, :-1])], axis=1)
     kvs = memory_kv(params, encode(params, src, cfg=cfg), cfg)
     _, _, probs = decode(params, tgt_in, kvs, src != PAD_ID, cfg=cfg)
-    n_l, n_h = cfg.n_layer, cfg.n_head
-    fig, axes = plt.subplots(n_l, n_h, figsize=(3.4 * n_h, 3.0 * n_l + 0.6), dpi=120, squeeze=False)
     src_labels = [str(t - OFFSET) for t in ev["src"][i][:n_src]]
     out_labels = [str(t - OFFSET) for t in out[0][:n_out - 1]] + ["EOS"]
-    for layer in range(n_l):
+    return _attention_grid(Path(run_dir) / "attention.png", [np.asarray(p[0, :, :n_out, :n_src]) for p in probs],
+                           out_labels, src_labels, ylabel="output symbol", xlabel="source symbol",
+                           title="decoder cross-attention on a held-out example (reversal: expect the anti-diagonal)")
+
+
+def _char_label(c: str) -> str:
+    return {" ": "\u2423", "\n": "\u21b5", "\t": "\u2192"}.get(c, c if c.isprintable() else repr(c)[1:-1])
+
+
+def lm_snippet(task, params, meta: dict, run_dir, length: int = 40) -> tuple[np.ndarray, str]:
+    """Token ids to look at the LM's attention on, and what they are: held-out text from
+    the validation split's first line that is not empty, when the run's text file is at
+    hand, else the model's own sample (seed 0, temperature 0.8)."""
+    from . import runs
+    from .data.errors import DataError
+    from .decode import generate
+
+    length = min(length, task.cfg.model.block_size)
+    try:
+        val = runs.with_text(task, meta, run_dir).val_ids
+    except DataError:
+        ids = generate(params, task.cfg.model, [0], length - 1, seed=0, temperature=0.8)
+        return ids, "the model's own sample (the run's text file is not at hand)"
+    newline = task.tokenizer.chars.find("\n")
+    starts = np.flatnonzero((val[:-length - 1] == newline) & (val[1:-length] != newline))
+    start = int(starts[0]) + 1 if len(starts) else 0
+    return val[start:start + length], "held-out text"
+
+
+def plot_lm_attention(run_dir, task, params, meta: dict) -> Path:
+    """Causal self-attention of every layer and head over `lm_snippet`'s characters."""
+    import jax.numpy as jnp
+
+    from .models import lm_attention
+
+    ids, what = lm_snippet(task, params, meta, run_dir)
+    probs = lm_attention(params, jnp.asarray(ids)[None], cfg=task.cfg.model)
+    labels = [_char_label(c) for c in task.tokenizer.decode(ids)]
+    return _attention_grid(Path(run_dir) / "attention.png", [np.asarray(p[0]) for p in probs], labels, labels,
+                           ylabel="position (query)", xlabel="attends to (key)",
+                           title=f"causal self-attention on {what}: row = a character, columns = the "
+                                 "characters up to it")
+
+
+def _attention_grid(path: Path, probs_per_layer, row_labels, col_labels, *, ylabel: str, xlabel: str,
+                    title: str) -> Path:
+    """One heat map per layer (rows of the figure) and head (columns): HxTxS arrays."""
+    plt = _matplotlib()
+    n_l, n_h = len(probs_per_layer), probs_per_layer[0].shape[0]
+    side = max(3.0, 0.1 * len(row_labels))  # room for a 6-point label per row
+    fig, axes = plt.subplots(n_l, n_h, figsize=((side + 0.4) * n_h, side * n_l + 0.6), dpi=120, squeeze=False)
+    for layer, probs in enumerate(probs_per_layer):
         for head in range(n_h):
-            a = np.asarray(probs[layer][0, head, :n_out, :n_src])
             ax = axes[layer][head]
-            ax.imshow(a, cmap="viridis", vmin=0, vmax=1, aspect="auto")
+            ax.imshow(probs[head], cmap="viridis", vmin=0, vmax=1, aspect="auto")
             ax.set_title(f"layer {layer + 1}, head {head + 1}", fontsize=8)
-            ax.set_xticks(range(n_src), src_labels, fontsize=6)
-            ax.set_yticks(range(n_out), out_labels, fontsize=6)
+            ax.set_xticks(range(len(col_labels)), col_labels, fontsize=6)
+            ax.set_yticks(range(len(row_labels)), row_labels, fontsize=6)
             if head == 0:
-                ax.set_ylabel("output symbol")
+                ax.set_ylabel(ylabel)
             if layer == n_l - 1:
-                ax.set_xlabel("source symbol")
-    fig.suptitle("decoder cross-attention on a held-out example (reversal: expect the anti-diagonal)")
+                ax.set_xlabel(xlabel)
+    fig.suptitle(title)
     fig.tight_layout()
-    path = Path(run_dir) / "attention.png"
     fig.savefig(path)
     plt.close(fig)
     return path
@@ -118,8 +165,10 @@ def plot_attention(run_dir, task, params) -> Path:
 
 def plot_run(run_dir) -> list[Path]:
     from . import runs
-    task, params, _ = runs.load(run_dir)
+    task, params, meta = runs.load(run_dir)
     paths = [plot_loss(run_dir, task.tokens_per_step(), task.unit)]
     if task.name == "reverse":
         paths.append(plot_attention(run_dir, task, params))
+    else:
+        paths.append(plot_lm_attention(run_dir, task, params, meta))
     return paths

@@ -34,17 +34,23 @@ def load(run_dir, *, which: str = "best", with_data: bool = False):
     task = task_from_meta(cfg, meta.get("task_meta") or {})
     state = ckpt.restore(tensors, state_template(task.cfg), source=str(path))
     if with_data and isinstance(task, LMTask):
-        d = meta.get("data") or {}
-        if not d.get("path"):
-            raise DataError(f"{run_dir} records no text file (trained with LMTask.from_text); evaluation needs "
-                            "one: train with LMTask.from_file or the command line")
-        src = Path(str(d["path"]))
-        if not src.is_file():
-            raise DataError(f"the run's text file {src} is gone; evaluation needs it")
-        if text.sha256_file(src) != d.get("sha256"):
-            raise DataError(f"the run's text file {src} changed since training (sha256 differs)")
-        fresh = LMTask.from_text(task.cfg, text.read_text(src))
-        if fresh.tokenizer.chars != task.tokenizer.chars:
-            raise DataError(f"the vocabulary of {src} differs from the checkpoint's")
-        task = fresh
+        task = with_text(task, meta, run_dir)
     return task, state.params, meta
+
+
+def with_text(task: LMTask, meta: dict, run_dir) -> LMTask:
+    """The LM task again with the text it trained on (its splits), after checking that
+    the file is still there and unchanged; a one-line DataError otherwise."""
+    d = meta.get("data") or {}
+    if not d.get("path"):
+        raise DataError(f"{run_dir} records no text file (trained with LMTask.from_text); evaluation needs "
+                        "one: train with LMTask.from_file or the command line")
+    src = Path(str(d["path"]))
+    if not src.is_file():
+        raise DataError(f"the run's text file {src} is gone; evaluation needs it")
+    if text.sha256_file(src) != d.get("sha256"):
+        raise DataError(f"the run's text file {src} changed since training (sha256 differs)")
+    fresh = LMTask.from_text(task.cfg, text.read_text(src))
+    if fresh.tokenizer.chars != task.tokenizer.chars:
+        raise DataError(f"the vocabulary of {src} differs from the checkpoint's")
+    return fresh
