@@ -58,15 +58,15 @@ def _block(p, x_BxTxD, *, cfg: ModelConfig, mask, key=None, train=False, cache=N
     attention weights BxHxTxS (self: None when computed in blocks or over a cache)."""
     rate = cfg.dropout
     k_att, k_res1, k_cross, k_res2, k_res3 = _keys(key, 5)
-    h, cache, self_probs = self_attention(p["attn"], layer_norm(p["ln1"], x_BxTxD, cfg.ln_eps), n_head=cfg.n_head,
-                              mask=mask, cache=cache, pos=pos, rate=rate, key=k_att, train=train,
-                              causal_block=cfg.attn_block if causal else 0)
+    h, cache, self_probs = self_attention(p["attn"], layer_norm(p["ln1"], x_BxTxD, cfg.ln_eps),
+                                          n_head=cfg.n_head, mask=mask, cache=cache, pos=pos, rate=rate,
+                                          key=k_att, train=train, causal_block=cfg.attn_block if causal else 0)
     x_BxTxD = x_BxTxD + dropout(k_res1, h, rate, train=train)
     cross_probs = None
     if cross is not None:
         kv, cross_mask = cross
         h, cross_probs = cross_attention(p["cross"], layer_norm(p["ln_cross"], x_BxTxD, cfg.ln_eps), kv,
-                                   n_head=cfg.n_head, mask=cross_mask, rate=rate, key=k_cross, train=train)
+                                         n_head=cfg.n_head, mask=cross_mask, rate=rate, key=k_cross, train=train)
         x_BxTxD = x_BxTxD + dropout(k_res2, h, rate, train=train)
     h = feed_forward(p["mlp"], layer_norm(p["ln2"], x_BxTxD, cfg.ln_eps))
     return x_BxTxD + dropout(k_res3, h, rate, train=train), cache, {"self": self_probs, "cross": cross_probs}

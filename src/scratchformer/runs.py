@@ -53,4 +53,5 @@ def with_text(task: LMTask, meta: dict, run_dir) -> LMTask:
     fresh = LMTask.from_text(task.cfg, text.read_text(src))
     if fresh.tokenizer.chars != task.tokenizer.chars:
         raise DataError(f"the vocabulary of {src} differs from the checkpoint's")
+    fresh.source = {"path": str(src), "sha256": d["sha256"]}
     return fresh
