@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from scratchformer.layers import (add_bias, dropout, gelu, init_layer_norm, init_linear, layer_norm, linear,
+from scratchformer.layers import (add_bias, dropout, gelu, init_layer_norm, init_linear, layer_norm, linear, rotary,
                                   sinusoidal_positions, transposed_weights)
 
 
@@ -94,6 +94,28 @@ def test_sinusoidal_formula():
     pos, i = 7, 2  # channel pair 2 -> dims 4 (sin) and 5 (cos)
     angle = pos / 10000 ** (2 * i / 6)
     assert np.isclose(table[pos, 4], np.sin(angle)) and np.isclose(table[pos, 5], np.cos(angle))
+
+
+def test_rotary_is_a_complex_rotation():
+    """Channel pair (i, i + K/2) read as the complex number x_i + j x_{i+K/2} is multiplied
+    by exp(j p 10000^(-2i/K)) at position p (numpy complex arithmetic as the reference)."""
+    x = np.random.default_rng(3).normal(size=(2, 5, 3, 8))
+    pos = 4
+    z = x[..., :4] + 1j * x[..., 4:]
+    angle = (pos + np.arange(5))[:, None, None] * 10000.0 ** (-2 * np.arange(4) / 8)
+    want = z * np.exp(1j * angle)
+    got = np.asarray(rotary(jnp.asarray(x, jnp.float32), pos))
+    np.testing.assert_allclose(got, np.concatenate([want.real, want.imag], -1), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(rotary(jnp.asarray(x, jnp.float32), 0))[:, 0], x[:, 0], rtol=1e-6)
+
+
+def test_rotary_scores_depend_on_relative_position_only():
+    rng = np.random.default_rng(4)
+    q, k = (jnp.asarray(rng.normal(size=(1, 1, 1, 16)), jnp.float32) for _ in range(2))
+    score = lambda m, n: float(jnp.sum(rotary(q, m) * rotary(k, n)))
+    for m, n, shift in [(5, 2, 7), (0, 0, 30), (3, 9, 11), (40, 1, 200)]:
+        assert np.isclose(score(m, n), score(m + shift, n + shift), rtol=1e-4, atol=1e-5)
+    assert not np.isclose(score(5, 2), score(5, 3), rtol=1e-3)
 
 
 def test_gelu_tanh_form():

@@ -65,11 +65,12 @@ def test_beam_one_equals_greedy_and_cache_changes_nothing(trained):
     np.testing.assert_array_equal(g, b1)
 
 
-def test_cache_equals_no_cache_on_an_untrained_model():
+@pytest.mark.parametrize("positions", ["learned", "rope"])
+def test_cache_equals_no_cache_on_an_untrained_model(positions):
     """Where outputs are not the clean reversal (random weights), cached decoding still
     reproduces uncached decoding token for token."""
     from scratchformer.models import init_encdec
-    cfg = ReverseTask(make_config("reverse", None, SMALL)).cfg.model
+    cfg = ReverseTask(make_config("reverse", None, {**SMALL, "model.positions": positions})).cfg.model
     params = init_encdec(jax.random.PRNGKey(3), cfg)
     src = jnp.asarray(reverse.eval_set(size=64, seed=5, n_symbols=20, min_len=1, max_len=8)["src"])
     np.testing.assert_array_equal(np.asarray(greedy(params, src, cfg=cfg, max_out=9)),

@@ -1,6 +1,8 @@
 """LM sampling: the KV cache changes nothing, sliding windows past the block size,
 top-k and top-p do what they say."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -29,6 +31,19 @@ def test_cached_equals_uncached(params, prompt_len, n_new, temperature, top_k, t
     b = generate(params, CFG, prompt, n_new, use_cache=False, **kw)
     np.testing.assert_array_equal(a, b)
     assert len(a) == prompt_len + n_new and (a[:prompt_len] == prompt).all()
+
+
+@pytest.mark.parametrize("prompt_len,n_new", [(1, 30), (12, 20)])
+def test_cached_equals_uncached_with_rotary_positions(prompt_len, n_new):
+    """With rotary positions the cache holds keys rotated at their slots; the sliding
+    window's re-prefill rotates them afresh from position 0, as the uncached pass does."""
+    cfg = dataclasses.replace(CFG, positions="rope")
+    p = jax.tree.map(lambda a: a * 4.0 if a.ndim == 2 else a, init_lm(jax.random.PRNGKey(0), cfg))
+    prompt = np.arange(prompt_len) % 13
+    for temperature in (0.0, 0.8):
+        np.testing.assert_array_equal(generate(p, cfg, prompt, n_new, seed=3, temperature=temperature),
+                                      generate(p, cfg, prompt, n_new, seed=3, temperature=temperature,
+                                               use_cache=False))
 
 
 def test_greedy_matches_a_naive_loop(params):

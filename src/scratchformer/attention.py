@@ -16,7 +16,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from .layers import INIT_STD, dropout, init_linear, linear
+from .layers import INIT_STD, dropout, init_linear, linear, rotary
 
 
 def causal_mask(t: int):
@@ -146,15 +146,19 @@ def cache_slots(cache) -> int:
 
 
 def self_attention(p: dict, x_BxTxD, *, n_head: int, mask, cache=None, pos=0,
-                   rate=0.0, key=None, train=False, causal_block: int = 0):
+                   rate=0.0, key=None, train=False, causal_block: int = 0, rope: bool = False):
     """Self-attention. With `cache` ({"k": NxKxS, "v": NxSxK}, N = B*H, see
     models.init_cache) the new keys/values are written at slots pos..pos+T-1 and the
     queries attend over the whole cache (the mask must hide unwritten slots).
     Without a cache, causal_block > 0 means plain causal attention computed by
     `attend_causal` in query blocks of that size (`mask` is then not used).
+    rope=True rotates queries and keys by their positions pos..pos+T-1 (layers.rotary),
+    so a cache holds keys already rotated at their slots.
     Returns (y_BxTxD, new_cache, probs_BxHxTxS); probs only where the whole score
     matrix is formed (no cache, no blocks), else None."""
     q, k, v = self_qkv(p, x_BxTxD, n_head)
+    if rope:
+        q, k = rotary(q, pos), rotary(k, pos)
     if cache is None and causal_block:
         y = attend_causal(q, k, v, block=causal_block, rate=rate, key=key, train=train)
         return linear(p["out"], y), None, None

@@ -16,7 +16,7 @@ from typing import Any
 
 TASKS = ("reverse", "lm")
 DTYPES = ("float32", "bfloat16", "float64")  # float64: for numerical checks (needs jax_enable_x64)
-POSITIONS = ("learned", "sinusoidal")
+POSITIONS = ("learned", "sinusoidal", "rope")
 
 # Upper bounds that keep a tampered or mistyped config from allocating absurd
 # arrays: they are far above anything a CPU or one GPU trains here.
@@ -66,7 +66,7 @@ class ModelConfig:
     vocab_size: int = 0       # set from the data by the task, never by hand
     tie_embeddings: bool = True
     fused_qkv: bool = True
-    positions: str = "learned"
+    positions: str = "learned"  # learned table, sinusoidal (Vaswani et al.) or rope (rotary, Su et al.)
     bias: bool = True
     ln_eps: float = 1e-5
     dtype: str = "float32"    # activation / matmul dtype; params and optimizer stay float32
@@ -82,6 +82,9 @@ class ModelConfig:
         _check(self.vocab_size >= 0, f"model.vocab_size={self.vocab_size} must be >= 0")
         _check(self.positions in POSITIONS,
                f"model.positions={self.positions!r} is not one of {', '.join(POSITIONS)}")
+        _check(self.positions != "rope" or self.head_dim % 2 == 0,
+               f"model.positions='rope' rotates pairs of channels: the head width model.d_model / model.n_head = "
+               f"{self.d_model} / {self.n_head} must be even")
         _check(self.dtype in DTYPES, f"model.dtype={self.dtype!r} is not one of {', '.join(DTYPES)}")
         _check(self.attn_block >= 0, f"model.attn_block={self.attn_block} must be >= 0 (0 turns it off)")
         _check(0.0 < self.ln_eps < 1.0, f"model.ln_eps={self.ln_eps!r} must be in (0, 1)")

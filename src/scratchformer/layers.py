@@ -1,7 +1,7 @@
 """Building blocks as pure (init, apply) pairs over dicts of arrays.
 
 Shape legend: B batch, T time (query positions), S source/key positions,
-D model width, F feed-forward width, V vocabulary.
+D model width, F feed-forward width, V vocabulary, H heads, K head width.
 
 Parameters are always float32 (master weights); `apply` functions compute in the
 dtype of their input activations, so bf16 activations give bf16 matmuls.
@@ -112,6 +112,20 @@ def init_embedding(key, vocab: int, d: int, *, std: float = INIT_STD):
 
 def embed(table_VxD, ids_BxT, dtype):
     return jnp.take(table_VxD, ids_BxT, axis=0).astype(dtype)
+
+
+def rotary(x_BxTxHxK, pos):
+    """Rotary position embedding (Su et al. 2021, RoFormer) for positions pos..pos+T-1:
+    channel pairs (i, i + K/2) are rotated by the angle p * 10000^(-2i/K) of their
+    position p (the "rotate half" pairing of GPT-NeoX and LLaMA). Rotated queries and
+    keys give scores q_m . k_n that depend on m - n only. pos may be traced."""
+    t, k = x_BxTxHxK.shape[1], x_BxTxHxK.shape[-1]
+    inv = 10000.0 ** (-jnp.arange(0, k // 2, dtype=jnp.float32) * 2.0 / k)
+    angle_TxK2 = (pos + jnp.arange(t)).astype(jnp.float32)[:, None] * inv[None, :]
+    cos, sin = jnp.cos(angle_TxK2)[:, None, :], jnp.sin(angle_TxK2)[:, None, :]  # Tx1x(K/2), broadcast over H
+    x = at_least_f32(x_BxTxHxK)
+    x1, x2 = x[..., : k // 2], x[..., k // 2:]
+    return jnp.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1).astype(x_BxTxHxK.dtype)
 
 
 def sinusoidal_positions(n: int, d: int) -> np.ndarray:

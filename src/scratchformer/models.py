@@ -60,7 +60,8 @@ def _block(p, x_BxTxD, *, cfg: ModelConfig, mask, key=None, train=False, cache=N
     k_att, k_res1, k_cross, k_res2, k_res3 = _keys(key, 5)
     h, cache, self_probs = self_attention(p["attn"], layer_norm(p["ln1"], x_BxTxD, cfg.ln_eps),
                                           n_head=cfg.n_head, mask=mask, cache=cache, pos=pos, rate=rate,
-                                          key=k_att, train=train, causal_block=cfg.attn_block if causal else 0)
+                                          key=k_att, train=train, causal_block=cfg.attn_block if causal else 0,
+                                          rope=cfg.positions == "rope")
     x_BxTxD = x_BxTxD + dropout(k_res1, h, rate, train=train)
     cross_probs = None
     if cross is not None:
@@ -75,7 +76,8 @@ def _block(p, x_BxTxD, *, cfg: ModelConfig, mask, key=None, train=False, cache=N
 def _init_embed(key, cfg: ModelConfig, names) -> dict:
     # Sinusoidal positions have unit scale, so token embeddings are drawn with std
     # D^-1/2 and multiplied by sqrt(D) (Vaswani et al. 2017, sec. 3.4); learned
-    # positions use GPT-2's 0.02 for both.
+    # positions use GPT-2's 0.02 for both; rotary positions have no table (attention
+    # rotates queries and keys instead), tokens use 0.02.
     std = cfg.d_model ** -0.5 if cfg.positions == "sinusoidal" else 0.02
     keys = jax.random.split(key, len(names) + 1)
     p = {n: init_embedding(k, cfg.vocab_size, cfg.d_model, std=std) for n, k in zip(names, keys)}
@@ -85,10 +87,12 @@ def _init_embed(key, cfg: ModelConfig, names) -> dict:
 
 
 def _embed(p_embed, table_name, ids_BxT, pos, cfg: ModelConfig):
-    """Token + position embedding for positions pos..pos+T-1."""
+    """Token + position embedding for positions pos..pos+T-1 (rotary: tokens only)."""
     dt = compute_dtype(cfg)
     t = ids_BxT.shape[1]
     x = embed(p_embed[table_name], ids_BxT, dt)
+    if cfg.positions == "rope":
+        return x
     if cfg.positions == "learned":
         table = p_embed["positions"]
     else:
