@@ -89,6 +89,17 @@ def test_lm_run_folder(lm_run, capsys):
     assert abs(r["val_perplexity"] - 2.718281828 ** r["val_loss"]) < 1e-6 * r["val_perplexity"]
 
 
+def test_progress_in_a_log_file_is_plain_lines(tmp_path, capsys, corpus):
+    """With stderr not a terminal (here pytest's capture; a log file or CI alike) progress is
+    a line every tenth of the run instead of a bar redrawn with carriage returns."""
+    code, _, err = cli(capsys, "train", "lm", "--data", corpus, "--steps", 100, "--out", tmp_path / "run", *LM_TINY,
+                       "--set", "train.steps_per_call=10")
+    assert code == 0 and "\r" not in err
+    lines = [line for line in err.splitlines() if "/100: loss=" in line]
+    assert [line.split("/")[0] for line in lines] == [f"step {s}" for s in range(10, 101, 10)]
+    assert "step 100/100: loss=" in lines[-1] and "tok/s=" in lines[-1]
+
+
 def test_the_last_step_is_evaluated_for_the_best_checkpoint(tmp_path, capsys):
     """A run ending between evaluations (30 steps, every 20) is evaluated at its end too,
     so best.safetensors, which eval and sample load, can be the final state: early in

@@ -218,10 +218,39 @@ class RunFolder:
             os.fsync(f.fileno())
 
 
-def _progress(total: int, initial: int, enabled: bool):
+def _progress(total: int, initial: int, enabled: bool, per_call: int):
+    """A tqdm bar on a terminal or in a notebook; plain lines where stderr is a file or a
+    pipe (a log, CI), which a bar would fill with carriage returns on a single line."""
+    if enabled and not sys.stderr.isatty() and "ipykernel" not in sys.modules:
+        return _LogLines(total, initial, per_call)
     from tqdm.auto import tqdm
-    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, disable=not enabled,
-                file=sys.stderr, mininterval=0.5, smoothing=0.1)
+    bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, disable=not enabled,
+               file=sys.stderr, mininterval=0.5, smoothing=0.1)
+    bar.report = lambda step, text: bar.set_postfix_str(text, refresh=False)
+    return bar
+
+
+class _LogLines:
+    """The progress bar's interface, printing `step S/N: loss=...` about every tenth of the
+    run, at a multiple of the steps per jitted call (metrics arrive a call at a time)."""
+
+    def __init__(self, total: int, initial: int, per_call: int):
+        self.total, self.every = total, max(per_call, total // 10 // per_call * per_call)
+        self.next = (initial // self.every + 1) * self.every
+
+    def report(self, step: int, text: str) -> None:
+        if step >= self.next or step == self.total:
+            print(f"step {step}/{self.total}: {text}", file=sys.stderr, flush=True)
+            self.next = (step // self.every + 1) * self.every
+
+    def write(self, line: str, file=None) -> None:
+        print(line, file=file or sys.stderr, flush=True)
+
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def _config_difference(saved, now) -> str:
@@ -279,7 +308,7 @@ def fit(task, out_dir, *, resume: bool = False, fsdp: bool = False, progress: bo
     task.mesh = mesh
     start = int(host_value(state.step))
     t = cfg.train
-    bar = _progress(t.steps, start, progress and main)
+    bar = _progress(t.steps, start, progress and main, k)
     rate_t0, rate_step0 = None, start
     t_start = time.perf_counter()
 
@@ -316,7 +345,7 @@ def fit(task, out_dir, *, resume: bool = False, fsdp: bool = False, progress: bo
         if rate_t0 is not None and first_step + len(rows) > rate_step0:
             done = first_step + len(rows) - rate_step0  # steps finished since compilation
             rate = f", {task.unit}/s={done * task.tokens_per_step() / (time.perf_counter() - rate_t0):,.0f}"
-        bar.set_postfix_str(f"loss={m['loss'][-1]:.4f}, lr={m['lr'][-1]:.2e}{rate}", refresh=False)
+        bar.report(first_step + len(rows), f"loss={m['loss'][-1]:.4f}, lr={m['lr'][-1]:.2e}{rate}")
 
     step = start
     pending = None
