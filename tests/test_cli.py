@@ -176,6 +176,9 @@ def _bad_inputs(tmp: Path, lm_run: Path, rev_run: Path, corpus: Path):
         ("non-utf8 data", ["train", "lm", "--data", tmp / "latin1.txt"], "not UTF-8"),
         ("text shorter than a block", ["train", "lm", "--data", tmp / "short.txt"], "block"),
         ("prompt char out of vocab", ["sample", lm_run, "--prompt", "hello Z"], "'Z'"),
+        ("escaped newline in prompt", ["sample", lm_run, "--prompt", "the\\n"],
+         "--prompt \"the\\n\" holds a backslash, which is not in the model's vocabulary; for a newline, pass a "
+         "real one (bash: --prompt $'ROMEO:\\n')"),
         ("unknown symbol", ["sample", rev_run, "--input", "1 2 99"], "'99'"),
         ("negative symbol", ["sample", rev_run, "--input", "1 -2"], "'-2'"),
         ("input too long", ["sample", rev_run, "--input", "1 2 3 4 5 6 7"], "at most 6"),

@@ -220,6 +220,9 @@ def cmd_sample(a) -> int:
         raise UsageError(f"--top-k={a.top_k} must be in [0, {task.cfg.model.vocab_size}]")
     if not a.prompt:
         raise UsageError("--prompt is empty; give at least one character")
+    if "\\" in a.prompt and "\\" not in task.tokenizer.chars:
+        raise UsageError(f"--prompt \"{a.prompt}\" holds a backslash, which is not in the model's vocabulary; for a "
+                         "newline, pass a real one (bash: --prompt $'ROMEO:\\n')")
     ids = task.tokenizer.encode(a.prompt)
     out = generate(params, task.cfg.model, ids, a.tokens, seed=a.seed, temperature=a.temperature,
                    top_k=a.top_k, top_p=a.top_p, use_cache=not a.no_cache)
