@@ -273,7 +273,8 @@ def fit(task, out_dir, *, resume: bool = False, fsdp: bool = False, progress: bo
     call, shardings = make_train_call(cfg, task, k, mesh, fsdp=fsdp)  # validates before anything is written
     if main:
         run.prepare(resume=resume)
-    meta_base = {"config": cfg.to_dict(), "task_meta": task.meta(), "data": task.source or {}}
+    source = getattr(task, "source", None) or {}  # a task of one's own need not have one
+    meta_base = {"config": cfg.to_dict(), "task_meta": task.meta(), "data": source}
 
     best_val = math.inf
     path = ckpt.latest(run.path) if resume else None
@@ -287,10 +288,9 @@ def fit(task, out_dir, *, resume: bool = False, fsdp: bool = False, progress: bo
                                        "run keeps its config: leave out --preset, --set, --steps and --seed, "
                                        "or start a new run")
         saved = meta.get("data") or {}
-        now = task.source or {}
-        if now and saved.get("sha256") and saved["sha256"] != now.get("sha256"):
+        if source and saved.get("sha256") and saved["sha256"] != source.get("sha256"):
             raise ckpt.CheckpointError(f"--resume: the run was trained on {saved.get('path')}, not on "
-                                       f"{now.get('path')} (sha256 differs); pass --data {saved.get('path')}")
+                                       f"{source.get('path')} (sha256 differs); pass --data {saved.get('path')}")
         host_state = ckpt.restore(tensors, state_template(cfg), source=str(path))
         state = put_global(host_state, shardings)  # any device count: the file holds whole arrays
         best_val = meta.get("best_val_loss") or math.inf
