@@ -84,6 +84,8 @@ def test_lm_with_rotary_positions_gradients_and_causality():
     # Without a position table the model still knows order: swapping the first two
     # tokens changes the last position's logits (attention without positions is blind to
     # the order of its keys, so a model without them would give the same logits).
+    blocked = dataclasses.replace(cfg, attn_block=4)  # two query blocks at T = 8: rotation happens before
+    np.testing.assert_allclose(np.asarray(lm_forward(params, ids, cfg=blocked)[0]), np.asarray(base), atol=1e-5)
     order = jnp.asarray([[1, 5, 3, 7, 2, 9, 4, 6]])
     a, _ = lm_forward(params, order, cfg=cfg)
     b, _ = lm_forward(params, order[:, jnp.asarray([1, 0, 2, 3, 4, 5, 6, 7])], cfg=cfg)
