@@ -137,6 +137,18 @@ def test_plots(lm_run, rev_run, capsys):
     assert cli(capsys, "plot", rev_run)[0] == 0 and (rev_run / "attention.png").stat().st_size > 10_000
 
 
+def test_loss_plot_shows_gradient_norm_and_learning_rate(lm_run):
+    from scratchformer.plots import _matplotlib, _plot_optimizer, read_metrics
+    plt = _matplotlib()
+    fig, ax = plt.subplots()
+    train, _ = read_metrics(lm_run)
+    _plot_optimizer(ax, train)
+    (norm,), (lr,) = ax.get_lines(), fig.axes[1].get_lines()
+    assert list(norm.get_ydata()) == [r["grad_norm"] for r in train] and len(train) == 40
+    assert list(lr.get_ydata()) == [r["lr"] for r in train]
+    plt.close(fig)
+
+
 def test_lm_attention_plot_reads_held_out_text(lm_run):
     """The LM's attention picture is drawn on the validation split's first non-empty line
     (one block long here), or on the model's own sample when the text is not at hand."""

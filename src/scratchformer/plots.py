@@ -43,9 +43,11 @@ def _smooth(y: np.ndarray, window: int) -> np.ndarray:
 
 
 def plot_loss(run_dir, tokens_per_step: int, unit: str) -> Path:
+    """Losses (top) and, below on the same steps, the gradient norm before clipping and
+    the learning rate the schedule gave each step."""
     plt = _matplotlib()
     train, evals = read_metrics(run_dir)
-    fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
+    fig, (ax, low) = plt.subplots(2, 1, figsize=(8, 7), dpi=120, sharex=True, height_ratios=(2.4, 1))
     if train:
         steps = np.array([r["step"] for r in train])
         loss = np.array([r["loss"] for r in train], np.float64)
@@ -55,7 +57,6 @@ def plot_loss(run_dir, tokens_per_step: int, unit: str) -> Path:
     if evals:
         ax.plot([r["step"] for r in evals], [r["val_loss"] for r in evals], "o-", color="tab:orange",
                 lw=1.8, label="validation loss")
-    ax.set_xlabel("optimizer step")
     ax.set_ylabel("cross-entropy (nats / token)")
     values = [r["loss"] for r in train] + [r["val_loss"] for r in evals]
     if values and min(values) < 0.3:  # losses that go to ~0 (reversal) read better on a log axis
@@ -66,11 +67,43 @@ def plot_loss(run_dir, tokens_per_step: int, unit: str) -> Path:
                                                lambda t: t * 1e6 / tokens_per_step))
     top.set_xlabel(f"{'tokens' if unit == 'tok' else 'sequences'} seen (millions)")
     ax.set_title(f"{Path(run_dir).name}: loss", pad=12)
+    _plot_optimizer(low, train)
     out = Path(run_dir) / "loss.png"
     fig.tight_layout()
     fig.savefig(out)
     plt.close(fig)
     return out
+
+
+def _plain_log_labels():
+    """Matplotlib's choice of which log-axis ticks to label, written as plain numbers."""
+    from matplotlib.ticker import LogFormatter
+
+    class Plain(LogFormatter):
+        def __call__(self, x, pos=None):
+            return f"{x:g}" if super().__call__(x, pos) else ""
+    return Plain()
+
+
+def _plot_optimizer(ax, train: list[dict]) -> None:
+    """Gradient norm (left axis, log) and learning rate (right axis) per step."""
+    ax.set_xlabel("optimizer step")
+    rows = [r for r in train if r.get("grad_norm") is not None]
+    if not rows:
+        return
+    steps = [r["step"] for r in rows]
+    ax.plot(steps, [r["grad_norm"] for r in rows], color="tab:green", lw=0.8, label="gradient norm (before clipping)")
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(_plain_log_labels())  # 0.6, 1, 2 rather than 6x10^-1
+    ax.yaxis.set_minor_formatter(_plain_log_labels())
+    ax.set_ylabel("gradient norm")
+    ax.grid(True, which="major", alpha=0.3)
+    lr = ax.twinx()
+    lr.plot(steps, [r["lr"] for r in rows], color="tab:red", lw=1.5, label="learning rate")
+    lr.set_ylabel("learning rate")
+    lr.set_ylim(bottom=0)
+    lines = ax.get_lines() + lr.get_lines()
+    ax.legend(lines, [line.get_label() for line in lines], loc="upper right", fontsize=8)
 
 
 def plot_attention(run_dir, task, params) -> Path:
