@@ -48,10 +48,11 @@ def with_text(task: LMTask, meta: dict, run_dir) -> LMTask:
     src = Path(str(d["path"]))
     if not src.is_file():
         raise DataError(f"the run's text file {src} is gone; evaluation needs it")
-    if text.sha256_file(src) != d.get("sha256"):
+    source = text.file_identity(src)
+    if source["sha256"] != d.get("sha256"):
         raise DataError(f"the run's text file {src} changed since training (sha256 differs)")
     fresh = LMTask.from_text(task.cfg, text.read_text(src))
     if fresh.tokenizer.chars != task.tokenizer.chars:
         raise DataError(f"the vocabulary of {src} differs from the checkpoint's")
-    fresh.source = {"path": str(src), "sha256": d["sha256"]}
+    fresh.source = source
     return fresh
