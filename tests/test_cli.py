@@ -131,6 +131,21 @@ def test_reverse_cli(rev_run, capsys):
     assert code == 0 and all(s.isdigit() for s in out.split())
 
 
+def test_gpu_settings_on_a_cpu_get_a_note(tmp_path, corpus, capsys):
+    from scratchformer.cli import _cpu_note
+    from scratchformer.config import make_config
+    gpu, f32, bf16 = (make_config("lm", "gpu"), make_config("lm", "cpu"),
+                      make_config("lm", "cpu", {"model.dtype": "bfloat16"}))
+    assert "sized for a GPU" in _cpu_note(gpu, "gpu", "cpu")
+    assert "slower than float32" in _cpu_note(bf16, "cpu", "cpu")
+    assert _cpu_note(f32, "cpu", "cpu") is None and _cpu_note(gpu, "gpu", "gpu") is None
+    # The real command prints it once, as a note, and trains (the preset's sizes overridden).
+    code, out, err = cli(capsys, "train", "lm", "--preset", "gpu", "--data", corpus, "--steps", 20,
+                         "--out", tmp_path / "g", "--no-progress", *LM_TINY)
+    assert code == 0 and err.count("scratchformer: note: the gpu preset") == 1
+    assert json.loads((tmp_path / "g" / "config.json").read_text())["model"]["dtype"] == "bfloat16"
+
+
 def test_plots(lm_run, rev_run, capsys):
     assert cli(capsys, "plot", lm_run)[0] == 0 and (lm_run / "loss.png").stat().st_size > 10_000
     assert (lm_run / "attention.png").stat().st_size > 10_000
