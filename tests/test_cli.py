@@ -164,6 +164,36 @@ def test_loss_plot_shows_gradient_norm_and_learning_rate(lm_run):
     plt.close(fig)
 
 
+def test_compare_runs(tmp_path, lm_run, corpus, capsys):
+    """`plot A B --out F` draws each run's validation losses as logged, labels each run by
+    the config values that differ, puts steps of different sizes on a tokens-seen axis,
+    and prints a table whose figures are the runs' own."""
+    from scratchformer.plots import _matplotlib, plot_comparison, read_run
+    other = tmp_path / "other"
+    assert cli(capsys, "train", "lm", "--data", corpus, "--steps", 40, "--out", other, "--no-progress", *LM_TINY,
+               "--set", "train.batch_size=4", "--set", "optim.lr=1e-3")[0] == 0
+    code, out, err = cli(capsys, "plot", lm_run, other, "--out", tmp_path / "c.png")
+    assert code == 0 and err == "" and (tmp_path / "c.png").stat().st_size > 10_000
+    runs = [read_run(lm_run), read_run(other)]
+    for r in runs:
+        best = min(r["evals"], key=lambda e: e["val_loss"])
+        row = next(line for line in out.splitlines() if line.startswith(str(r["dir"])))
+        assert row.split()[1:] == ["40", f"{best['val_loss']:.4f}", f"({best['step']})",
+                                   f"{r['summary']['val_loss']:.4f}", f"{r['summary']['train_time_s']:.1f}"]
+    plt = _matplotlib()
+    fig, ax = plt.subplots()
+    assert plot_comparison(ax, runs) == "tokens seen (millions)"  # 8 x 16 vs 4 x 16 tokens per step
+    val_lines = [line for line in ax.get_lines() if line.get_label()[0] != "_"]
+    for line, r, per_step in zip(val_lines, runs, (128, 64)):
+        assert list(line.get_ydata()) == [e["val_loss"] for e in r["evals"]]
+        assert list(line.get_xdata()) == [e["step"] * per_step / 1e6 for e in r["evals"]]
+    assert [line.get_label() for line in val_lines] == [
+        "lm (optim.lr=0.003, train.batch_size=8)", "other (optim.lr=0.001, train.batch_size=4)"]
+    ax.clear()
+    assert plot_comparison(ax, runs[:1] * 2) == "optimizer step"
+    plt.close(fig)
+
+
 def test_lm_attention_plot_reads_held_out_text(lm_run):
     """The LM's attention picture is drawn on the validation split's first non-empty line
     (one block long here), or on the model's own sample when the text is not at hand."""
@@ -242,6 +272,14 @@ def _bad_inputs(tmp: Path, lm_run: Path, rev_run: Path, corpus: Path):
         ("unknown task", ["train", "translate"], "invalid choice"),
         ("bad temperature", ["sample", lm_run, "--temperature", "-1"], "--temperature"),
         ("bad top-p", ["sample", lm_run, "--top-p", "0"], "--top-p"),
+        ("compare runs of two tasks", ["plot", lm_run, rev_run, "--out", tmp / "c.png"],
+         "the runs are of different tasks (lm, reverse); compare runs of one task"),
+        ("compare with a missing run", ["plot", lm_run, tmp / "missing", "--out", tmp / "c.png"],
+         f"run folder {tmp / 'missing'} does not exist"),
+        ("compare into a missing folder", ["plot", lm_run, lm_run, "--out", tmp / "no" / "c.png"],
+         f"folder {tmp / 'no'} for {tmp / 'no' / 'c.png'} does not exist"),
+        ("compare into a non-png", ["plot", lm_run, lm_run, "--out", tmp / "c.jpg"], "must end in .png"),
+        ("--out with one run", ["plot", lm_run, "--out", tmp / "c.png"], "--out"),
     ]
 
 
@@ -262,6 +300,7 @@ def test_bad_inputs_give_one_clear_line(tmp_path, lm_run, rev_run, corpus, capsy
     assert not failures, "\n".join(failures)
     assert sorted(p.name for p in lm_run.rglob("*")) == before  # nothing written into the existing run
     assert not (tmp_path / "nockpt" / "config.json").exists()
+    assert not (tmp_path / "c.png").exists() and not (tmp_path / "c.jpg").exists()
 
 
 def test_a_real_process_exits_2_without_traceback(tmp_path):

@@ -21,6 +21,7 @@ EXAMPLES = """examples:
   scratchformer eval runs/quick --json
   scratchformer sample runs/quick --prompt "ROMEO:" --tokens 300
   scratchformer plot runs/quick                    # runs/quick/loss.png, attention.png
+  scratchformer plot runs/quick runs/rope --out compare.png   # several runs on one figure
   scratchformer train lm --data my.txt --set model.n_layer=2 --steps 500
   scratchformer bench
 """
@@ -93,8 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--input", help="reverse: space-separated symbols, e.g. '7 3 9 1'")
     s.add_argument("--beam", type=_positive_int, default=1, help="reverse: beam width (1 = greedy)")
 
-    pl = sub.add_parser("plot", help="write loss.png and attention.png into the run folder")
-    pl.add_argument("dir")
+    pl = sub.add_parser("plot", help="write loss.png and attention.png into the run folder, or compare runs",
+                        description="One run: loss.png and attention.png in its folder. Several runs of one "
+                                    "task: one figure of their losses (--out), labelled by the config values "
+                                    "that differ, and a table of their best and final validation losses.")
+    pl.add_argument("dirs", nargs="+", metavar="DIR")
+    pl.add_argument("--out", help="several runs: the figure's path (default compare.png)")
 
     b = sub.add_parser("bench", help="measure training and sampling speed on this machine")
     b.add_argument("--json", action="store_true", help="print one JSON object")
@@ -251,9 +256,21 @@ def cmd_sample(a) -> int:
 
 
 def cmd_plot(a) -> int:
-    from .plots import plot_run
-    for path in plot_run(a.dir):
-        print(path)
+    from .plots import compare_runs, plot_run
+    if len(a.dirs) == 1:
+        if a.out is not None:
+            raise UsageError(f"--out {a.out} is for comparing several runs; plot DIR writes into DIR")
+        for path in plot_run(a.dirs[0]):
+            print(path)
+        return 0
+    path, rows = compare_runs(a.dirs, a.out or "compare.png")
+    print(f"{'run':<30} {'steps':>7} {'best val loss (step)':>22} {'final val loss':>15} {'train s':>8}")
+    for r in rows:
+        best = "-" if r["best_val_loss"] is None else f"{r['best_val_loss']:.4f} ({r['best_step']})"
+        final = "-" if r["final_val_loss"] is None else f"{r['final_val_loss']:.4f}"
+        secs = "-" if r["train_time_s"] is None else f"{r['train_time_s']:.1f}"
+        print(f"{r['run']:<30} {r['steps']:>7} {best:>22} {final:>15} {secs:>8}")
+    print(path)
     return 0
 
 

@@ -1,6 +1,7 @@
 """Pictures of a run: loss curves (loss.png) and attention weights (attention.png):
 for reversal the decoder's cross-attention on one held-out example, for the LM every
-layer's and head's causal self-attention over a line of held-out text."""
+layer's and head's causal self-attention over a line of held-out text. And several
+runs of one task compared on one figure (their losses, labelled by what differs)."""
 
 from __future__ import annotations
 
@@ -205,3 +206,100 @@ def plot_run(run_dir) -> list[Path]:
     else:
         paths.append(plot_lm_attention(run_dir, task, params, meta))
     return paths
+
+
+def read_run(run_dir) -> dict:
+    """What a comparison needs of a run folder: name, config, metrics, summary if done."""
+    from .config import ConfigError, from_dict
+    d = Path(run_dir)
+    path = d / "config.json"
+    if not d.is_dir():
+        raise FileNotFoundError(f"run folder {d} does not exist")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist; is {run_dir} a run folder?")
+    try:
+        cfg = from_dict(json.loads(path.read_text()))
+    except (ValueError, ConfigError) as e:
+        raise ConfigError(f"{path} is not a valid run config: {str(e).splitlines()[0]}") from None
+    train, evals = read_metrics(d)
+    evals = [e for e in evals if e["val_loss"] is not None]  # null: not finite
+    summary = json.loads((d / "summary.json").read_text()) if (d / "summary.json").is_file() else {}
+    return {"dir": d, "name": d.resolve().name, "cfg": cfg, "train": train, "evals": evals, "summary": summary}
+
+
+def run_labels(runs: list[dict], most: int = 3) -> list[str]:
+    """Each run's folder name and its values of the config keys on which the runs differ."""
+    from .checkpoint import flatten
+    flat = [flatten(r["cfg"].to_dict()) for r in runs]
+    keys = sorted(k for k in set().union(*flat) if len({repr(f.get(k)) for f in flat}) > 1)
+    labels = []
+    for r, f in zip(runs, flat):
+        shown = [f"{k}={f.get(k)}" for k in keys[:most]]
+        more = f", +{len(keys) - most} more" if len(keys) > most else ""
+        labels.append(f"{r['name']}" + (f" ({', '.join(shown)}{more})" if shown else ""))
+    return labels
+
+
+def plot_comparison(ax, runs: list[dict]) -> str:
+    """Validation loss (points) and smoothed training loss (thin) of each run, against the
+    optimizer step, or against what was seen when the runs' steps differ in size.
+    Returns the x axis's name."""
+    from .tasks import LMTask, ReverseTask, tokens_per_step
+    sizes = [tokens_per_step(r["cfg"]) for r in runs]
+    unit = (LMTask if runs[0]["cfg"].task == "lm" else ReverseTask).unit
+    by_step = len(set(sizes)) == 1
+    xname = "optimizer step" if by_step else f"{'tokens' if unit == 'tok' else 'sequences'} seen (millions)"
+    for i, (r, label, size) in enumerate(zip(runs, run_labels(runs), sizes)):
+        x = (lambda s: np.asarray(s, np.float64)) if by_step else (lambda s: np.asarray(s, np.float64) * size / 1e6)
+        color = f"C{i % 10}"
+        if r["train"]:
+            loss = np.array([t["loss"] for t in r["train"]], np.float64)
+            ax.plot(x([t["step"] for t in r["train"]]), _smooth(loss, max(1, len(loss) // 50)), color=color,
+                    lw=0.8, alpha=0.5)
+        if r["evals"]:
+            ax.plot(x([e["step"] for e in r["evals"]]), [e["val_loss"] for e in r["evals"]], "o-", color=color,
+                    lw=1.8, ms=3, label=label)
+    ax.set_xlabel(xname)
+    ax.set_ylabel("cross-entropy (nats / token)")
+    values = [e["val_loss"] for r in runs for e in r["evals"]]
+    if values and min(values) < 0.3:
+        ax.set_yscale("log")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    return xname
+
+
+def compare_runs(run_dirs, out) -> tuple[Path, list[dict]]:
+    """One figure of several runs of one task (`plot_comparison`), written to `out`
+    whole or not at all, and each run's figures for a table: steps, the best periodic
+    validation loss and its step, the final one (summary.json; none while a run is
+    unfinished) and the training time."""
+    import io
+
+    from .checkpoint import atomic_write_bytes
+    runs = [read_run(d) for d in run_dirs]
+    tasks = sorted({r["cfg"].task for r in runs})
+    if len(tasks) > 1:
+        raise ValueError(f"the runs are of different tasks ({', '.join(tasks)}); compare runs of one task")
+    out = Path(out)
+    if not out.parent.is_dir():
+        raise FileNotFoundError(f"folder {out.parent} for {out} does not exist")
+    if out.suffix.lower() != ".png":
+        raise ValueError(f"--out {out} must end in .png")
+    plt = _matplotlib()
+    fig, ax = plt.subplots(figsize=(9, 5.5), dpi=120)
+    plot_comparison(ax, runs)
+    ax.set_title("validation loss (points) and training loss (thin, smoothed)")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    atomic_write_bytes(out, buf.getvalue())
+    rows = []
+    for r in runs:
+        best = min(r["evals"], key=lambda e: e["val_loss"], default={})
+        rows.append({"run": str(r["dir"]), "steps": r["train"][-1]["step"] if r["train"] else 0,
+                     "best_val_loss": best.get("val_loss"), "best_step": best.get("step"),
+                     "final_val_loss": r["summary"].get("val_loss"),  # whole held-out set, at the end
+                     "train_time_s": r["summary"].get("train_time_s")})
+    return out, rows

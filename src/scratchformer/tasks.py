@@ -76,7 +76,7 @@ class LMTask:
         return {"vocab": self.tokenizer.chars}
 
     def tokens_per_step(self) -> int:
-        return self.cfg.train.batch_size * self.cfg.model.block_size
+        return tokens_per_step(self.cfg)
 
     def device_data(self) -> dict:
         return {"train": jnp.asarray(self.train_ids)}
@@ -113,7 +113,7 @@ class ReverseTask:
         return {}
 
     def tokens_per_step(self) -> int:
-        return self.cfg.train.batch_size
+        return tokens_per_step(self.cfg)
 
     def device_data(self) -> dict:
         return {}
@@ -141,6 +141,11 @@ class ReverseTask:
             from .decode import seq2seq_accuracy
             out.update(seq2seq_accuracy(params, self.cfg.model, ev, beam=beam, mesh=self.mesh))
         return out
+
+
+def tokens_per_step(cfg: RunConfig) -> int:
+    """What one optimizer step trains on: tokens for the LM, sequences for reversal."""
+    return cfg.train.batch_size * (cfg.model.block_size if cfg.task == "lm" else 1)
 
 
 def task_from_meta(cfg: RunConfig, meta: dict):
