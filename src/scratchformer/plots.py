@@ -60,8 +60,7 @@ def plot_loss(run_dir, tokens_per_step: int, unit: str) -> Path:
                 lw=1.8, label="validation loss")
     ax.set_ylabel("cross-entropy (nats / token)")
     values = [r["loss"] for r in train] + [r["val_loss"] for r in evals]
-    if values and min(values) < 0.3:  # losses that go to ~0 (reversal) read better on a log axis
-        ax.set_yscale("log")
+    _log_if_near_zero(ax, values)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     top = ax.secondary_xaxis("top", functions=(lambda s: s * tokens_per_step / 1e6,
@@ -84,6 +83,14 @@ def _plain_log_labels():
         def __call__(self, x, pos=None):
             return f"{x:g}" if super().__call__(x, pos) else ""
     return Plain()
+
+
+def _log_if_near_zero(ax, losses) -> None:
+    """Losses that go to ~0 (reversal) read better on a log axis, labelled 0.3, 1, 2."""
+    if losses and min(losses) < 0.3:
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(_plain_log_labels())
+        ax.yaxis.set_minor_formatter(_plain_log_labels())
 
 
 def _plot_optimizer(ax, train: list[dict]) -> None:
@@ -261,9 +268,7 @@ def plot_comparison(ax, runs: list[dict]) -> str:
                     lw=1.8, ms=3, label=label)
     ax.set_xlabel(xname)
     ax.set_ylabel("cross-entropy (nats / token)")
-    values = [e["val_loss"] for r in runs for e in r["evals"]]
-    if values and min(values) < 0.3:
-        ax.set_yscale("log")
+    _log_if_near_zero(ax, [e["val_loss"] for r in runs for e in r["evals"]])
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     return xname
