@@ -1,0 +1,41 @@
+"""benchmarks/profile_step.py: XLA's instructions are attributed to the lines of
+scratchformer that produced them, and the printed table adds up. No timing is asserted."""
+
+import re
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+
+from conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from profile_step import source_of_instructions  # noqa: E402
+
+from scratchformer import layers  # noqa: E402
+
+
+def test_instructions_are_attributed_to_their_source_lines():
+    p = {"w": jnp.ones((8, 4)), "b": jnp.zeros(4)}
+    x = jnp.ones((2, 3, 8))
+    hlo = jax.jit(jax.grad(lambda p, x: jnp.sum(jnp.tanh(layers.linear(p, x))))).lower(p, x).compile().as_text()
+    dots = {where for where, opcode in source_of_instructions(hlo).values() if opcode in ("dot", "fusion")
+            and "layers.py" in where}
+    assert any(re.fullmatch(r"layers\.py:\d+ _matmul_fwd", w) for w in dots), dots
+    assert any(re.fullmatch(r"layers\.py:\d+ linear \(backward\)", w) for w in dots), dots
+
+
+def test_profile_table_adds_up():
+    tiny = ["--set", "model.n_layer=1", "--set", "model.d_model=32", "--set", "model.n_head=2",
+            "--set", "model.d_ff=64", "--set", "model.block_size=16", "--set", "train.batch_size=4"]
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "profile_step.py"), "--preset", "cpu-quick", *tiny,
+                        "--calls", "2", "--top", "1000"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    head, _, *rows = r.stdout.strip().splitlines()
+    total = float(re.search(r"traced operations ([\d.]+) ms per step", head).group(1))
+    ms = [float(row.split()[1]) for row in rows]
+    assert total > 0 and abs(sum(ms) - total) <= 1e-3 * len(ms) + 0.01
+    assert abs(sum(float(row.split()[0].rstrip("%")) for row in rows) - 100) < 0.1 * len(rows) + 0.5
+    names = " ".join(rows)
+    assert "layers.py" in names and "attention.py" in names and "(backward)" in names
