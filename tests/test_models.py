@@ -231,3 +231,24 @@ def test_padding_never_leaks_property(lengths, seed):
 
 
 _PARAMS_ED = init_encdec(jax.random.PRNGKey(11), ED_CFG)
+
+
+@pytest.mark.parametrize("positions", ["learned", "sinusoidal", "rope"])
+def test_untrained_models_start_near_uniform(positions):
+    """With the output head tied to the token table, the untrained model's loss is about
+    ln V for every kind of position, at the presets' widths. (With Vaswani's token std
+    D^-1/2 for sinusoidal positions it was 9.5 for the LM, the model predicting its input
+    token, and reversal then trained far slower.)"""
+    lm = make_config("lm", "cpu-quick", {"model.positions": positions}).model
+    lm = dataclasses.replace(lm, vocab_size=65)
+    p = init_lm(jax.random.PRNGKey(0), lm)
+    s, w = lm_loss(p, _lm_batch(jax.random.PRNGKey(1), b=8, t=lm.block_size, v=65), cfg=lm)
+    assert abs(float(s / w) - np.log(65)) < 0.5, float(s / w)
+    from scratchformer.tasks import ReverseTask
+    cfg = ReverseTask(make_config("reverse", "default", {"model.positions": positions})).cfg
+    ed, d = cfg.model, cfg.data
+    p = init_encdec(jax.random.PRNGKey(0), ed)
+    batch = reverse.sample_batch(jax.random.PRNGKey(2), batch=64, n_symbols=d.vocab_size, min_len=d.min_len,
+                                 max_len=d.max_len)
+    s, w = seq2seq_loss(p, batch, cfg=ed)
+    assert abs(float(s / w) - np.log(ed.vocab_size)) < 0.5, float(s / w)
