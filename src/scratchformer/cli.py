@@ -128,7 +128,7 @@ def cmd_train(a) -> int:
         cfg = _saved_config(out, a.task)  # continue exactly the run that was started
     else:
         cfg = make_config(a.task, preset, overrides)
-    note = _cpu_note(cfg, preset, jax_backend())
+    note = _cpu_note(cfg, preset, _jax_backend())
     if note:
         print(f"scratchformer: note: {note}", file=sys.stderr)
     if a.task == "lm":
@@ -149,7 +149,7 @@ def cmd_train(a) -> int:
     return 0
 
 
-def jax_backend() -> str:
+def _jax_backend() -> str:
     import jax
     return jax.default_backend()
 
@@ -159,8 +159,10 @@ def _cpu_note(cfg, preset: str, backend: str) -> str | None:
     if backend != "cpu":
         return None
     if preset == "gpu":
-        return ("the gpu preset (6x384, batch 64 x 256, bfloat16) is sized for a GPU; on a 2-core "
-                "CPU a step takes ~6 s, 2,500 steps ~4 hours (the cpu preset is sized for a CPU)")
+        m, t = cfg.model, cfg.train
+        return (f"the gpu preset ({m.n_layer}x{m.d_model}, batch {t.batch_size} x {m.block_size}, {m.dtype}) is "
+                "sized for a GPU; on a 2-core CPU a step of its own settings takes ~6 s, 2,500 steps ~4 hours "
+                "(the cpu preset is sized for a CPU)")
     if cfg.model.dtype == "bfloat16":
         return "model.dtype=bfloat16 is slower than float32 on a CPU; it is meant for GPUs"
     return None
