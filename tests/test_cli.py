@@ -194,6 +194,23 @@ def test_compare_runs(tmp_path, lm_run, corpus, capsys):
     plt.close(fig)
 
 
+def test_compare_a_run_still_training(tmp_path, lm_run, capsys):
+    """A run folder without summary.json and with a half-written last metrics line (as while
+    it trains) is compared from what it has: its final loss and time show as '-'."""
+    live = tmp_path / "live"
+    live.mkdir()
+    shutil.copy(lm_run / "config.json", live / "config.json")
+    rows = (lm_run / "metrics.jsonl").read_text().splitlines()[:25]
+    (live / "metrics.jsonl").write_text("\n".join(rows) + '\n{"step": 26, "lo')
+    code, out, err = cli(capsys, "plot", lm_run, live, "--out", tmp_path / "c.png")
+    assert code == 0 and err == ""
+    evals = [json.loads(r) for r in rows if "val_loss" in r]
+    last = max(json.loads(r)["step"] for r in rows if '"loss"' in r)
+    best = min(evals, key=lambda e: e["val_loss"])
+    line = next(x for x in out.splitlines() if x.startswith(str(live)))
+    assert evals and line.split()[1:] == [str(last), f"{best['val_loss']:.4f}", f"({best['step']})", "-", "-"]
+
+
 def test_lm_attention_plot_reads_held_out_text(lm_run):
     """The LM's attention picture is drawn on the validation split's first non-empty line
     (one block long here), or on the model's own sample when the text is not at hand."""
