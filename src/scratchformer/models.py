@@ -73,19 +73,23 @@ def _block(p, x_BxTxD, *, cfg: ModelConfig, mask, key=None, train=False, cache=N
     return x_BxTxD + dropout(k_res3, h, rate, train=train), cache, {"self": self_probs, "cross": cross_probs}
 
 
-# Token tables with sinusoidal positions, which have unit amplitude: drawn with this std
-# and multiplied by sqrt(D) (Vaswani et al. 2017, sec. 3.4). Vaswani's own std, D^-1/2,
-# with the output head tied to the table makes the untrained model predict its input
-# token (first loss 9.5 on Tiny Shakespeare, 6.7 on reversal, against ln V = 4.2 and
-# 3.1): reversal then stalls (2-68% exact match after the preset's 800 steps, 3 seeds)
-# where 0.04 gives 100% and the LM ends lower (BENCHMARKS.md, eighth session).
-SINUSOIDAL_TOKEN_STD = 0.04
+def sinusoidal_token_std(d_model: int) -> float:
+    """Std of the token table with sinusoidal positions, which have unit amplitude; the
+    table is multiplied by sqrt(D) (Vaswani et al. 2017, sec. 3.4). Vaswani's own std,
+    D^-1/2, with the output head tied to the table makes the untrained model predict its
+    input token (first loss 9.5 on Tiny Shakespeare at D=128, 6.7 on reversal, against
+    ln V = 4.2 and 3.1), and reversal then stalled (2-68% exact match after the preset's
+    800 steps, 3 seeds). 0.04 gave 100% there and a lower LM loss; above D=128 it
+    shrinks as D^-3/4, which keeps the tied head's first logit for the input token
+    (~ std^2 D^1.5 / (std^2 D + 1/2)^1/2) near its D=128 size, 2.8-3 (BENCHMARKS.md,
+    eighth session)."""
+    return 0.04 * min(1.0, (128 / d_model) ** 0.75)
 
 
 def _init_embed(key, cfg: ModelConfig, names) -> dict:
     # Learned positions use GPT-2's 0.02 for tokens and positions; rotary positions have
     # no table (attention rotates queries and keys instead), tokens use 0.02.
-    std = SINUSOIDAL_TOKEN_STD if cfg.positions == "sinusoidal" else 0.02
+    std = sinusoidal_token_std(cfg.d_model) if cfg.positions == "sinusoidal" else 0.02
     keys = jax.random.split(key, len(names) + 1)
     p = {n: init_embedding(k, cfg.vocab_size, cfg.d_model, std=std) for n, k in zip(names, keys)}
     if cfg.positions == "learned":
