@@ -185,14 +185,14 @@ def _saved_config(out: str, task: str):
     from pathlib import Path
 
     from .checkpoint import CheckpointError
-    from .config import ConfigError, from_dict
+    from .config import ConfigError, from_file
     path = Path(out) / "config.json"
     if not path.is_file():
         raise CheckpointError(f"--resume: {out} has no checkpoint to resume from (no config.json)")
     try:
-        cfg = from_dict(json.loads(path.read_text()))
-    except ValueError as e:
-        raise ConfigError(f"--resume: {path} is not a valid config: {e}") from None
+        cfg = from_file(path)
+    except ConfigError as e:
+        raise ConfigError(f"--resume: {e}") from None
     if cfg.task != task:
         raise UsageError(f"--resume: {out} is a {cfg.task!r} run, not {task!r}")
     return cfg

@@ -362,3 +362,13 @@ def from_dict(d: Any) -> RunConfig:
         if typ is not None and typ is not str and isinstance(v, str):
             raise ConfigError(f"{key}={v!r} has type str, expected {typ.__name__}")
     return apply_overrides(RunConfig(task=task), overrides, allow_derived=True)
+
+
+def from_file(path) -> RunConfig:
+    """from_dict on a run folder's config.json; a ConfigError naming the file if it is
+    not valid JSON or not a valid config."""
+    from pathlib import Path
+    try:
+        return from_dict(json.loads(Path(path).read_text()))
+    except ValueError as e:  # json's errors and ConfigError alike
+        raise ConfigError(f"{path} is not a valid config: {str(e).splitlines()[0]}") from None

@@ -217,17 +217,14 @@ def plot_run(run_dir) -> list[Path]:
 
 def read_run(run_dir) -> dict:
     """What a comparison needs of a run folder: name, config, metrics, summary if done."""
-    from .config import ConfigError, from_dict
+    from .config import from_file
     d = Path(run_dir)
     path = d / "config.json"
     if not d.is_dir():
         raise FileNotFoundError(f"run folder {d} does not exist")
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist; is {run_dir} a run folder?")
-    try:
-        cfg = from_dict(json.loads(path.read_text()))
-    except (ValueError, ConfigError) as e:
-        raise ConfigError(f"{path} is not a valid run config: {str(e).splitlines()[0]}") from None
+    cfg = from_file(path)
     train, evals = read_metrics(d)
     evals = [e for e in evals if e["val_loss"] is not None]  # null: not finite
     summary = json.loads((d / "summary.json").read_text()) if (d / "summary.json").is_file() else {}
