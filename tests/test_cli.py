@@ -285,6 +285,15 @@ def _bad_inputs(tmp: Path, lm_run: Path, rev_run: Path, corpus: Path):
         ("malformed --set", [*lm, "--set", "model.n_layer"], "section.key=value"),
         ("derived key", [*lm, "--set", "model.vocab_size=3"], "derived"),
         ("unwritable out", [*lm, "--out", locked / "run"], "cannot be written"),
+        # ~16e9 parameters (under config's limit): ~260 GB of weights, gradients and AdamW moments
+        ("model too big for memory", [*lm, "--set", "model.n_layer=5", "--set", "model.d_model=16384",
+                                      "--set", "model.d_ff=65536", "--out", tmp / "big"],
+         "training this model (model.n_layer=5, model.d_model=16384, model.d_ff=65536, model.block_size=16: "
+         "16,107,"),
+        ("sample too long for memory", ["sample", lm_run, "--tokens", "1000000000"],
+         "sampling 1,000,000,000 tokens from a vocabulary of"),
+        ("sample longer than int32 positions", ["sample", lm_run, "--tokens", "3000000000"],
+         "--tokens=3,000,000,000 must be at most 1,000,000,000"),
         ("existing run without --resume", [*lm, "--out", lm_run], "already holds a run"),
         ("unknown task", ["train", "translate"], "invalid choice"),
         ("bad temperature", ["sample", lm_run, "--temperature", "-1"], "--temperature"),
@@ -317,6 +326,7 @@ def test_bad_inputs_give_one_clear_line(tmp_path, lm_run, rev_run, corpus, capsy
     assert not failures, "\n".join(failures)
     assert sorted(p.name for p in lm_run.rglob("*")) == before  # nothing written into the existing run
     assert not (tmp_path / "nockpt" / "config.json").exists()
+    assert not (tmp_path / "big").exists()  # refused before the run folder is made
     assert not (tmp_path / "c.png").exists() and not (tmp_path / "c.jpg").exists()
 
 

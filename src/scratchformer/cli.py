@@ -27,6 +27,9 @@ EXAMPLES = """examples:
 """
 
 
+MAX_SAMPLE_TOKENS = 10**9  # positions are int32; memory.check_fits catches far fewer on most machines
+
+
 class UsageError(ValueError):
     pass
 
@@ -247,6 +250,8 @@ def cmd_sample(a) -> int:
         raise UsageError(f"--top-k={a.top_k} must be in [0, {task.cfg.model.vocab_size}]")
     if not a.prompt:
         raise UsageError("--prompt is empty; give at least one character")
+    if a.tokens > MAX_SAMPLE_TOKENS:
+        raise UsageError(f"--tokens={a.tokens:,} must be at most {MAX_SAMPLE_TOKENS:,}")
     if "\\" in a.prompt and "\\" not in task.tokenizer.chars:
         raise UsageError(f"--prompt \"{a.prompt}\" holds a backslash, which is not in the model's vocabulary; for a "
                          "newline, pass a real one (bash: --prompt $'ROMEO:\\n')")
@@ -286,6 +291,8 @@ def main(argv=None) -> int:
         from .hugepages import reexec_if_wanted
         reexec_if_wanted()
     parser = build_parser()
+    import jax
+
     from .checkpoint import CheckpointError
     from .train import TrainingDiverged, TrainingInterrupted
     try:
@@ -308,6 +315,12 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("scratchformer: interrupted", file=sys.stderr)
         return 130
+    except jax.errors.JaxRuntimeError as e:  # what memory.check_fits could not foresee
+        if "RESOURCE_EXHAUSTED" not in str(e):
+            raise
+        print(f"scratchformer: error: out of memory ({str(e).splitlines()[0]}); choose a smaller model, "
+              "batch or sample", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ import numpy as np
 from .config import ModelConfig
 from .data.reverse import BOS, EOS, PAD
 from .layers import transposed_weights
+from .memory import check_fits
 from .models import PAD_ID, decode, encode, init_cache, lm_forward, memory_kv
 
 
@@ -146,10 +147,19 @@ def generate(params, cfg: ModelConfig, prompt_ids, n_new: int, *, seed: int = 0,
     prompt = np.asarray(prompt_ids, np.int32)
     if prompt.ndim != 1 or len(prompt) == 0:
         raise ValueError("the prompt must hold at least one token")
+    if not 0 < n_new < 2**31 - len(prompt):  # positions are int32
+        raise ValueError(f"n_new={n_new} must be in [1, {2**31 - 1 - len(prompt)}]")
+    key = jax.random.PRNGKey(seed)
+    # Compiled ahead (JAX caches it: a repeated call neither traces nor compiles again) so
+    # that a sample too long for memory (the noise is n_new x V floats) is an error first.
+    tokens = jax.ShapeDtypeStruct((len(prompt) + n_new,), jnp.int32)
+    run = _generate.lower(params, tokens, key, cfg=cfg, n_prompt=len(prompt), n_new=n_new,
+                          temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
+                          use_cache=use_cache).compile()
+    check_fits(run, jax.local_devices()[:1], what=f"sampling {n_new:,} tokens from a vocabulary of {cfg.vocab_size}",
+               advice="ask for fewer tokens")
     tokens = jnp.concatenate([jnp.asarray(prompt), jnp.zeros((n_new,), jnp.int32)])
-    out = _generate(params, tokens, jax.random.PRNGKey(seed), cfg=cfg, n_prompt=len(prompt), n_new=n_new,
-                    temperature=float(temperature), top_k=int(top_k), top_p=float(top_p), use_cache=use_cache)
-    return np.asarray(out)
+    return np.asarray(run(params, tokens, key))
 
 
 # ---------------------------------------------------------------- encoder-decoder

@@ -30,6 +30,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from . import checkpoint as ckpt
 from .config import RunConfig
 from .loss import task_loss
+from .memory import check_fits
 from .models import init_model
 from .optim import AdamWState, adamw_init, adamw_update, clip_by_global_norm, decay_mask
 from .parallel import (batch_sharding, bytes_per_device, check_batch, host_value, is_main, make_mesh, put_global,
@@ -261,6 +262,21 @@ def _config_difference(saved, now) -> str:
     return ", ".join(diff[:3]) + (f" and {len(diff) - 3} more" if len(diff) > 3 else "")
 
 
+def _footprint(cfg: RunConfig, fsdp: bool, n_devices: int) -> str:
+    m, t = cfg.model, cfg.train
+    n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state_template(cfg).params))
+    spread = f", --fsdp over {n_devices} devices" if fsdp else ""
+    return (f"training this model (model.n_layer={m.n_layer}, model.d_model={m.d_model}, model.d_ff={m.d_ff}, "
+            f"model.block_size={m.block_size}: {n:,} parameters) at train.batch_size="
+            f"{t.batch_size}{spread}")
+
+
+def _memory_advice(fsdp: bool, n_devices: int) -> str:
+    more = "; --fsdp splits the parameters and AdamW state over the devices" if n_devices > 1 and not fsdp else ""
+    return ("choose a smaller model or train.batch_size (train.grad_accum keeps the tokens per step with a smaller "
+            f"batch){more}")
+
+
 def fit(task, out_dir, *, resume: bool = False, fsdp: bool = False, progress: bool = True) -> dict:
     """Train `task` under its config (`task.cfg`), writing the run to `out_dir`.
     Returns the summary (also written to summary.json). `task.source` (the text file
@@ -271,6 +287,11 @@ def fit(task, out_dir, *, resume: bool = False, fsdp: bool = False, progress: bo
     mesh = make_mesh()
     k = steps_per_call(cfg)
     call, shardings = make_train_call(cfg, task, k, mesh, fsdp=fsdp)  # validates before anything is written
+    data = put_global(task.device_data(), replicated(mesh))
+    # Compiled here, not at the first call, so that a run too big for the machine is an
+    # error before the state is allocated or the run folder made.
+    call = call.lower(state_template(cfg), data).compile()
+    check_fits(call, mesh.local_devices, what=_footprint(cfg, fsdp, mesh.size), advice=_memory_advice(fsdp, mesh.size))
     if main:
         run.prepare(resume=resume)
     source = getattr(task, "source", None) or {}  # a task of one's own need not have one
@@ -304,7 +325,6 @@ def fit(task, out_dir, *, resume: bool = False, fsdp: bool = False, progress: bo
             run.truncate_metrics(0)
             run.write_json("config.json", cfg.to_dict())
 
-    data = put_global(task.device_data(), replicated(mesh))
     task.mesh = mesh
     start = int(host_value(state.step))
     t = cfg.train
