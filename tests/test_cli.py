@@ -292,6 +292,7 @@ def _bad_inputs(tmp: Path, lm_run: Path, rev_run: Path, corpus: Path):
          "16,107,"),
         ("sample too long for memory", ["sample", lm_run, "--tokens", "1000000000"],
          "sampling 1,000,000,000 tokens from a vocabulary of"),
+        ("beam too wide", ["eval", rev_run, "--beam", "100000"], "argument --beam: '100000' must be at most 64"),
         ("sample longer than int32 positions", ["sample", lm_run, "--tokens", "3000000000"],
          "--tokens=3,000,000,000 must be at most 1,000,000,000"),
         ("existing run without --resume", [*lm, "--out", lm_run], "already holds a run"),
@@ -328,6 +329,27 @@ def test_bad_inputs_give_one_clear_line(tmp_path, lm_run, rev_run, corpus, capsy
     assert not (tmp_path / "nockpt" / "config.json").exists()
     assert not (tmp_path / "big").exists()  # refused before the run folder is made
     assert not (tmp_path / "c.png").exists() and not (tmp_path / "c.jpg").exists()
+
+
+def test_xla_out_of_memory_is_one_line(monkeypatch, capsys):
+    """What memory.check_fits cannot foresee: XLA's own RESOURCE_EXHAUSTED, raised
+    inside any command, is one line and exit 2; other runtime errors keep their traceback."""
+    import jax
+
+    from scratchformer import cli as cli_module
+
+    def oom(a):
+        raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 6388100005000 bytes.\nmore")
+    monkeypatch.setattr(cli_module, "cmd_bench", oom)
+    assert cli(capsys, "bench")[1:] == ("", "scratchformer: error: out of memory (RESOURCE_EXHAUSTED: Out of memory "
+                                            "allocating 6388100005000 bytes.); choose a smaller model, batch or "
+                                            "sample\n")
+
+    def other(a):
+        raise jax.errors.JaxRuntimeError("INTERNAL: something else")
+    monkeypatch.setattr(cli_module, "cmd_bench", other)
+    with pytest.raises(jax.errors.JaxRuntimeError):
+        cli(capsys, "bench")
 
 
 def test_a_real_process_exits_2_without_traceback(tmp_path):

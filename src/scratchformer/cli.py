@@ -49,6 +49,16 @@ def _positive_int(s):
     return v
 
 
+MAX_BEAM = 64
+
+
+def _beam_width(s):
+    v = _positive_int(s)
+    if v > MAX_BEAM:
+        raise argparse.ArgumentTypeError(f"{s!r} must be at most {MAX_BEAM}")
+    return v
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="scratchformer", description="Transformers from scratch in pure JAX: train, evaluate, "
                 "sample and plot.", epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -83,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="evaluate a run's best checkpoint on its held-out data")
     e.add_argument("dir")
     e.add_argument("--json", action="store_true", help="print one JSON object")
-    e.add_argument("--beam", type=_positive_int, default=1, help="reverse: beam width (1 = greedy)")
+    e.add_argument("--beam", type=_beam_width, default=1, help=f"reverse: beam width, 1 (greedy) to {MAX_BEAM}")
 
     s = sub.add_parser("sample", help="generate from a trained run")
     s.add_argument("dir")
@@ -95,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--no-cache", action="store_true", help="lm: full forward pass per token (slow; for checking)")
     s.add_argument("--input", help="reverse: space-separated symbols, e.g. '7 3 9 1'")
-    s.add_argument("--beam", type=_positive_int, default=1, help="reverse: beam width (1 = greedy)")
+    s.add_argument("--beam", type=_beam_width, default=1, help=f"reverse: beam width, 1 (greedy) to {MAX_BEAM}")
 
     pl = sub.add_parser("plot", help="write loss.png and attention.png into the run folder, or compare runs",
                         description="One run: loss.png and attention.png in its folder. Several runs of one "
