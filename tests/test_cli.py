@@ -292,6 +292,8 @@ def _bad_inputs(tmp: Path, lm_run: Path, rev_run: Path, corpus: Path):
          "16,107,"),
         ("sample too long for memory", ["sample", lm_run, "--tokens", "1000000000"],
          "sampling 1,000,000,000 tokens from a vocabulary of"),
+        ("coordinator not HOST:PORT", [*lm, "--coordinator", "host:99999", "--num-processes", "2", "--process-id", "0"],
+         "--coordinator 'host:99999' is not HOST:PORT (a host name or address, a port 1-65535)"),
         ("beam too wide", ["eval", rev_run, "--beam", "100000"], "argument --beam: '100000' must be at most 64"),
         ("sample longer than int32 positions", ["sample", lm_run, "--tokens", "3000000000"],
          "--tokens=3,000,000,000 must be at most 1,000,000,000"),

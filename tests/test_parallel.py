@@ -114,3 +114,20 @@ def test_checkpoint_moves_between_device_counts(corpus, single, tmp_path, first,
     r = run_cli("train", "lm", "--data", corpus, "--out", out, "--resume", "--no-progress", env=devices(second))
     assert r.returncode == 0, r.stderr
     assert_same_run(single, out)
+
+
+def test_waiting_for_the_coordinator_ends_in_one_line():
+    """A process other than 0 waits for the coordinator's port; JAX's own wait ends in
+    a C++ abort (exit 134), ours in a ValueError that names the address."""
+    from scratchformer.parallel import wait_for_coordinator
+
+    with socket.socket() as srv:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen()
+        wait_for_coordinator("127.0.0.1", srv.getsockname()[1], timeout=5)  # returns at once
+        port = srv.getsockname()[1]
+    with pytest.raises(ValueError, match=rf"--coordinator 127.0.0.1:{port}: nothing accepted a connection there "
+                                         r"within 0.6 s"):
+        wait_for_coordinator("127.0.0.1", port, timeout=0.6)
+    with pytest.raises(ValueError, match="cannot resolve 'no.such.host.invalid'"):
+        wait_for_coordinator("no.such.host.invalid", 1234)

@@ -8,6 +8,8 @@ XLA inserts every collective; there is no hand-written communication here.
 from __future__ import annotations
 
 import os
+import socket
+import time
 
 import jax
 import numpy as np
@@ -101,15 +103,48 @@ def bytes_per_device(tree) -> dict:
     return out
 
 
+def _env_int(name: str) -> int | None:
+    raw = os.environ.get(name)
+    if not raw:
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not an integer") from None
+
+
+COORDINATOR_TIMEOUT_S = 300  # jax.distributed.initialize's own default
+
+
+def wait_for_coordinator(host: str, port: int, timeout: float = COORDINATOR_TIMEOUT_S) -> None:
+    """Block until process 0's coordinator accepts TCP connections at host:port. JAX's
+    own wait ends, when it times out, in a C++ abort (exit 134 and a stack trace); this
+    one ends in a one-line error naming the address."""
+    host = host.strip("[]")  # [::1]:1234
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection((host, port), timeout=5).close()
+            return
+        except socket.gaierror as e:
+            raise ValueError(f"--coordinator {host}:{port}: cannot resolve {host!r} ({e.strerror})") from None
+        except OSError as e:
+            if time.monotonic() >= deadline:
+                raise ValueError(f"--coordinator {host}:{port}: nothing accepted a connection there within "
+                                 f"{timeout:g} s ({e.strerror or e}); start process 0 with the same --coordinator, "
+                                 "or check the host and port") from None
+            time.sleep(0.5)
+
+
 def initialize_distributed(coordinator: str | None, num_processes: int | None, process_id: int | None) -> bool:
     """Start jax.distributed from flags, else from the environment that JAX's
     launchers set (JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID).
     Returns True if several processes take part. Must run before any JAX computation."""
     coordinator = coordinator or os.environ.get("JAX_COORDINATOR_ADDRESS")
-    if num_processes is None and os.environ.get("JAX_NUM_PROCESSES"):
-        num_processes = int(os.environ["JAX_NUM_PROCESSES"])
-    if process_id is None and os.environ.get("JAX_PROCESS_ID"):
-        process_id = int(os.environ["JAX_PROCESS_ID"])
+    if num_processes is None:
+        num_processes = _env_int("JAX_NUM_PROCESSES")
+    if process_id is None:
+        process_id = _env_int("JAX_PROCESS_ID")
     if not coordinator:
         if num_processes not in (None, 1) or process_id not in (None, 0):
             raise ValueError("--num-processes/--process-id need --coordinator HOST:PORT")
@@ -118,6 +153,11 @@ def initialize_distributed(coordinator: str | None, num_processes: int | None, p
         raise ValueError(f"--coordinator {coordinator} needs --num-processes and --process-id")
     if not 0 <= process_id < num_processes:
         raise ValueError(f"--process-id={process_id} must be in [0, --num-processes={num_processes})")
+    host, _, port = coordinator.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"--coordinator {coordinator!r} is not HOST:PORT (a host name or address, a port 1-65535)")
+    if process_id != 0:
+        wait_for_coordinator(host, int(port))
     # Collectives between CPU devices of different processes go through gloo; the
     # setting is ignored on GPU, where NCCL is used.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
