@@ -152,6 +152,21 @@ def test_plots(lm_run, rev_run, capsys):
     assert cli(capsys, "plot", rev_run)[0] == 0 and (rev_run / "attention.png").stat().st_size > 10_000
 
 
+def test_plot_of_a_run_before_its_first_rows(tmp_path, lm_run, capsys):
+    """A run folder whose metrics.jsonl is still empty plots without warnings: the loss
+    panel says so instead of drawing an empty legend."""
+    import warnings
+
+    from scratchformer.plots import plot_loss
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / "metrics.jsonl").write_text("")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = plot_loss(fresh, 128, "tok")
+    assert out.stat().st_size > 10_000
+
+
 def test_loss_plot_shows_gradient_norm_and_learning_rate(lm_run):
     from scratchformer.plots import _matplotlib, _plot_optimizer, read_metrics
     plt = _matplotlib()

@@ -62,7 +62,10 @@ def plot_loss(run_dir, tokens_per_step: int, unit: str) -> Path:
     values = [r["loss"] for r in train] + [r["val_loss"] for r in evals]
     _log_if_near_zero(ax, values)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
+    if train or evals:
+        ax.legend()
+    else:  # a run that has not finished its first jitted call
+        ax.text(0.5, 0.5, "no rows in metrics.jsonl yet", transform=ax.transAxes, ha="center", va="center")
     top = ax.secondary_xaxis("top", functions=(lambda s: s * tokens_per_step / 1e6,
                                                lambda t: t * 1e6 / tokens_per_step))
     top.set_xlabel(f"{'tokens' if unit == 'tok' else 'sequences'} seen (millions)")
