@@ -8,6 +8,7 @@ import shutil
 import stat
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from scratchformer import checkpoint as ckpt
@@ -152,6 +153,38 @@ def test_plots(lm_run, rev_run, capsys):
     assert cli(capsys, "plot", rev_run)[0] == 0 and (rev_run / "attention.png").stat().st_size > 10_000
 
 
+def test_eval_on_a_text_of_ones_choice(tmp_path, lm_run, corpus, capsys):
+    """`eval DIR --data F` scores every character of F: on the run's own validation part
+    it gives `eval`'s validation loss, and on a text of one window its loss is the mean
+    cross-entropy of one forward pass, computed here from the logits."""
+    import jax
+    import jax.numpy as jnp
+
+    from scratchformer import runs
+    from scratchformer.data import text
+    from scratchformer.models import lm_forward
+
+    whole = corpus.read_text()
+    val = tmp_path / "val.txt"
+    val.write_text(whole[len(text.split(np.arange(len(whole)), 0.1)[0]):])
+    code, out, _ = cli(capsys, "eval", lm_run, "--json")
+    own = json.loads(out)
+    code, out, err = cli(capsys, "eval", lm_run, "--data", val, "--json")
+    got = json.loads(out)
+    assert code == 0 and err == "" and got["tokens"] == own["val_tokens"] == len(val.read_text()) - 1
+    assert got["loss"] == pytest.approx(own["val_loss"], rel=1e-6) and got["step"] == own["step"]
+
+    task, params, _ = runs.load(lm_run)
+    block = task.cfg.model.block_size
+    one = tmp_path / "one.txt"
+    one.write_text("over the lazy dog.\nthe quick"[: block + 1])
+    ids = task.tokenizer.encode(one.read_text())
+    logits, _ = lm_forward(params, jnp.asarray(ids[:-1])[None], cfg=task.cfg.model)
+    want = -float(jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits[0]), jnp.asarray(ids[1:])[:, None], 1)))
+    code, out, _ = cli(capsys, "eval", lm_run, "--data", one, "--json")
+    assert json.loads(out)["loss"] == pytest.approx(want, rel=1e-5) and json.loads(out)["tokens"] == block
+
+
 def test_plot_of_a_run_before_its_first_rows(tmp_path, lm_run, capsys):
     """A run folder whose metrics.jsonl is still empty plots without warnings: the loss
     panel says so instead of drawing an empty legend."""
@@ -244,6 +277,7 @@ def _bad_inputs(tmp: Path, lm_run: Path, rev_run: Path, corpus: Path):
     (tmp / "binary.txt").write_bytes(b"\x89PNG\x00\x00\x01")
     (tmp / "latin1.txt").write_bytes("café au lait ".encode("latin-1") * 50)
     (tmp / "short.txt").write_text("to be or not")
+    (tmp / "foreign.txt").write_text("the lazy dog. Zwei Straße " * 3)
     (tmp / "nockpt").mkdir()
     trunc = tmp / "trunc"
     trunc.mkdir()
@@ -309,6 +343,12 @@ def _bad_inputs(tmp: Path, lm_run: Path, rev_run: Path, corpus: Path):
          "sampling 1,000,000,000 tokens from a vocabulary of"),
         ("coordinator not HOST:PORT", [*lm, "--coordinator", "host:99999", "--num-processes", "2", "--process-id", "0"],
          "--coordinator 'host:99999' is not HOST:PORT (a host name or address, a port 1-65535)"),
+        ("eval text with unknown characters", ["eval", lm_run, "--data", tmp / "latin1.txt"], "not UTF-8"),
+        ("eval text outside the vocabulary", ["eval", lm_run, "--data", tmp / "foreign.txt"],
+         "foreign.txt holds 3 character(s) the model has no token for ('S', 'Z', 'ß'); it knows the 29 characters"),
+        ("eval text shorter than a window", ["eval", lm_run, "--data", tmp / "short.txt"],
+         "short.txt has 12 characters; the model reads windows of model.block_size=16, so it needs at least 17"),
+        ("eval text on a reverse run", ["eval", rev_run, "--data", tmp / "short.txt"], "--data is for lm runs"),
         ("beam too wide", ["eval", rev_run, "--beam", "100000"], "argument --beam: '100000' must be at most 64"),
         ("sample longer than int32 positions", ["sample", lm_run, "--tokens", "3000000000"],
          "--tokens=3,000,000,000 must be at most 1,000,000,000"),

@@ -94,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("dir")
     e.add_argument("--json", action="store_true", help="print one JSON object")
     e.add_argument("--beam", type=_beam_width, default=1, help=f"reverse: beam width, 1 (greedy) to {MAX_BEAM}")
+    e.add_argument("--data", help="lm: the loss on this UTF-8 text file, all of it (default: the validation "
+                   "split of the run's own text)")
 
     s = sub.add_parser("sample", help="generate from a trained run")
     s.add_argument("dir")
@@ -227,6 +229,8 @@ def _describe(s: dict) -> str:
 
 def cmd_eval(a) -> int:
     from . import runs
+    if a.data is not None:
+        return _eval_text(a, *runs.load(a.dir))
     task, params, meta = runs.load(a.dir, with_data=True)
     if task.name == "reverse":
         result = {"task": "reverse", **task.evaluate(params, full=True, beam=a.beam)}
@@ -234,6 +238,32 @@ def cmd_eval(a) -> int:
         result = {"task": "lm", **task.evaluate(params, full=True)}
     result["step"] = meta.get("step")
     print(json.dumps(result) if a.json else _describe(result))
+    return 0
+
+
+def _eval_text(a, task, params, meta) -> int:
+    """An LM run's loss on a text of the user's choosing, every character of it scored."""
+    import math
+
+    from .data import text
+    if task.name != "lm":
+        raise UsageError("--data is for lm runs; a reverse run is evaluated on its generated held-out set")
+    corpus = text.read_text(a.data)
+    unknown = sorted(set(corpus) - set(task.tokenizer.chars))
+    if unknown:
+        shown = ", ".join(repr(c) for c in unknown[:8]) + (", ..." if len(unknown) > 8 else "")
+        raise UsageError(f"--data {a.data} holds {len(unknown)} character(s) the model has no token for ({shown}); "
+                         f"it knows the {len(task.tokenizer)} characters of the text it trained on")
+    block = task.cfg.model.block_size
+    if len(corpus) <= block:
+        raise UsageError(f"--data {a.data} has {len(corpus)} characters; the model reads windows of "
+                         f"model.block_size={block}, so it needs at least {block + 1}")
+    loss, n = task.loss_on(params, task.tokenizer.encode(corpus))
+    result = {"task": "lm", "data": str(a.data), "loss": loss, "perplexity": math.exp(loss), "tokens": n,
+              "step": meta.get("step")}
+    print(json.dumps(result) if a.json else
+          f"loss on {a.data}: {loss:.4f} (perplexity {math.exp(loss):.3f}) over {n} tokens, checkpoint of step "
+          f"{result['step']}")
     return 0
 
 

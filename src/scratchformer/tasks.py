@@ -86,9 +86,14 @@ class LMTask:
 
     def evaluate(self, params, *, full: bool) -> dict:
         limit = 0 if full else self.cfg.train.eval_windows
-        windows = text.eval_windows(self.val_ids, self.cfg.model.block_size, limit)
-        loss, n = _eval_loss(self._loss, params, windows, EVAL_CHUNK, self.mesh)
+        loss, n = self.loss_on(params, self.val_ids, limit)
         return {"val_loss": loss, "val_perplexity": float(np.exp(loss)), "val_tokens": n}
+
+    def loss_on(self, params, ids, limit: int = 0) -> tuple[float, int]:
+        """(mean loss, targets scored) over token ids, each target scored once (all of
+        them, or `limit` evenly spaced windows)."""
+        windows = text.eval_windows(ids, self.cfg.model.block_size, limit)
+        return _eval_loss(self._loss, params, windows, EVAL_CHUNK, self.mesh)
 
 
 class ReverseTask:
