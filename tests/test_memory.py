@@ -29,6 +29,9 @@ def test_check_fits_raises_only_when_the_need_exceeds_what_is_free():
     with pytest.raises(memory.OutOfMemory, match="needs ~16 MB"):
         memory.check_fits(c, [cpu, cpu], what="w", advice="a", available=lambda d: 12_000_000)
     assert isinstance(e.value, ValueError)  # the command line's one-line, exit-2 errors
+    # arguments that already exist are counted in the footprint but no longer free
+    memory.check_fits(c, [cpu], what="w", advice="a", allocated=memory.tree_bytes({"x": jnp.zeros((1000, 1000))}),
+                      available=lambda d: 4_000_000)
 
 
 def test_host_available_bytes_takes_the_lower_of_meminfo_and_cgroup(tmp_path):

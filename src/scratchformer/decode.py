@@ -24,7 +24,7 @@ import numpy as np
 from .config import ModelConfig
 from .data.reverse import BOS, EOS, PAD
 from .layers import transposed_weights
-from .memory import check_fits
+from .memory import check_fits, tree_bytes
 from .models import PAD_ID, decode, encode, init_cache, lm_forward, memory_kv
 
 
@@ -157,7 +157,7 @@ def generate(params, cfg: ModelConfig, prompt_ids, n_new: int, *, seed: int = 0,
                           temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
                           use_cache=use_cache).compile()
     check_fits(run, jax.local_devices()[:1], what=f"sampling {n_new:,} tokens from a vocabulary of {cfg.vocab_size}",
-               advice="ask for fewer tokens")
+               advice="ask for fewer tokens", allocated=tree_bytes(params))
     tokens = jnp.concatenate([jnp.asarray(prompt), jnp.zeros((n_new,), jnp.int32)])
     return np.asarray(run(params, tokens, key))
 

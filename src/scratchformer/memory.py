@@ -67,15 +67,23 @@ def _gb(n: int) -> str:
     return f"{n / 1e9:,.1f} GB" if n >= 1e8 else f"{n / 1e6:.0f} MB"
 
 
-def check_fits(compiled, devices, *, what: str, advice: str, available=None) -> None:
+def tree_bytes(tree) -> int:
+    """Bytes of the arrays in a pytree (what one copy of it takes)."""
+    import jax
+    return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
+
+
+def check_fits(compiled, devices, *, what: str, advice: str, allocated: int = 0, available=None) -> None:
     """Raise OutOfMemory naming `what` and `advice` when `compiled`, run on `devices`
-    (the local ones it is spread over), needs more than is free. Silent when either
-    figure is unknown. `available(device) -> bytes | None` replaces the measurement
-    (for tests)."""
+    (the local ones it is spread over), needs more than is free. `allocated`: bytes per
+    device of its arguments that already exist (they are counted in the program's
+    footprint and are no longer free). Silent when either figure is unknown.
+    `available(device) -> bytes | None` replaces the measurement (for tests)."""
     need = program_bytes(compiled)
     devices = list(devices)
     if need is None or not devices:
         return
+    need -= allocated
     if devices[0].platform == "cpu":  # every CPU device of the process lives in host memory
         need, free = need * len(devices), (available or (lambda d: host_available_bytes()))(devices[0])
         where = "in this machine's memory"

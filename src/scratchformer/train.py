@@ -30,7 +30,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from . import checkpoint as ckpt
 from .config import RunConfig
 from .loss import task_loss
-from .memory import check_fits
+from .memory import check_fits, tree_bytes
 from .models import init_model
 from .optim import AdamWState, adamw_init, adamw_update, clip_by_global_norm, decay_mask
 from .parallel import (batch_sharding, bytes_per_device, check_batch, host_value, is_main, make_mesh, put_global,
@@ -291,7 +291,8 @@ def fit(task, out_dir, *, resume: bool = False, fsdp: bool = False, progress: bo
     # Compiled here, not at the first call, so that a run too big for the machine is an
     # error before the state is allocated or the run folder made.
     call = call.lower(state_template(cfg), data).compile()
-    check_fits(call, mesh.local_devices, what=_footprint(cfg, fsdp, mesh.size), advice=_memory_advice(fsdp, mesh.size))
+    check_fits(call, mesh.local_devices, what=_footprint(cfg, fsdp, mesh.size), advice=_memory_advice(fsdp, mesh.size),
+               allocated=tree_bytes(data))  # replicated: a whole copy per device
     if main:
         run.prepare(resume=resume)
     source = getattr(task, "source", None) or {}  # a task of one's own need not have one
