@@ -26,6 +26,7 @@ import gzip
 import json
 import re
 import statistics
+import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -53,6 +54,10 @@ def _table(lines: list[str], name: str) -> dict[int, str]:
             break
         out[int(key)] = value
     return out
+
+
+def has_stack_frames(hlo: str) -> bool:
+    return bool(_table(hlo.split("\n"), "StackFrames"))
 
 
 def source_of_instructions(hlo: str) -> dict[str, tuple[str, str]]:
@@ -116,6 +121,10 @@ def main() -> int:
     state = init_sharded_state(cfg, shardings)
     data = jax.device_put(task.device_data(), replicated(mesh))
     compiled = call.lower(state, data).compile()
+    if not has_stack_frames(compiled.as_text()):
+        print(f"profile_step.py: the optimized HLO of jax {jax.__version__} has no stack-frame table to attribute "
+              "instructions with (jax 0.10.2 has one; 0.6.2 does not)", file=sys.stderr)
+        return 2
     source = source_of_instructions(compiled.as_text())
     for _ in range(2):  # warm-up
         state, m = compiled(state, data)

@@ -30,6 +30,17 @@ def shakespeare_path():
     return SHAKESPEARE
 
 
+def float64():
+    """Context in which JAX computes in float64 (for finite differences). jax.enable_x64
+    is JAX >= 0.7's name; older releases (0.6.2 is the newest for Python 3.10) have
+    jax.experimental.enable_x64."""
+    import jax
+    if hasattr(jax, "enable_x64"):
+        return jax.enable_x64(True)
+    from jax.experimental import enable_x64
+    return enable_x64(True)
+
+
 def run_cli(*args, env=None, timeout=600, cwd=None):
     """Run `python -m scratchformer.cli ARGS` in a fresh process; returns CompletedProcess."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}

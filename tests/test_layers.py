@@ -9,6 +9,8 @@ import numpy as np
 from scratchformer.layers import (add_bias, dropout, gelu, init_layer_norm, init_linear, layer_norm, linear, rotary,
                                   sinusoidal_positions, transposed_weights)
 
+from conftest import float64
+
 
 def test_layer_norm_matches_numpy():
     x = np.random.default_rng(0).normal(3.0, 2.0, (2, 3, 8)).astype(np.float32)
@@ -26,7 +28,7 @@ def _plain_layer_norm(p, x, eps):
 
 def test_layer_norm_and_linear_gradients_match_autodiff_and_finite_differences():
     rng = np.random.default_rng(1)
-    with jax.enable_x64(True):
+    with float64():
         x = jnp.asarray(rng.normal(3.0, 2.0, (2, 5, 8)))
         ln = {"scale": jnp.asarray(rng.normal(1.0, 0.3, 8)), "bias": jnp.asarray(rng.normal(0.0, 0.3, 8))}
         lin = {"w": jnp.asarray(rng.normal(0.0, 0.3, (8, 6))), "b": jnp.asarray(rng.normal(0.0, 0.3, 6))}
@@ -55,7 +57,7 @@ def test_add_bias_gradients_for_a_vector_and_a_table():
     """The bias gradient is a sum over all leading axes, for a bias E and for a TxD
     position table against BxTxD alike; checked against autodiff of plain y + b."""
     rng = np.random.default_rng(3)
-    with jax.enable_x64(True):
+    with float64():
         y = jnp.asarray(rng.normal(size=(3, 5, 4)))
         g = jnp.asarray(rng.normal(size=(3, 5, 4)))
         for b in (jnp.asarray(rng.normal(size=(4,))), jnp.asarray(rng.normal(size=(5, 4)))):

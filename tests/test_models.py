@@ -16,6 +16,8 @@ from scratchformer.loss import lm_loss, seq2seq_loss
 from scratchformer.models import PAD_ID, encdec_forward, encode, init_encdec, init_lm, lm_attention, lm_forward
 from scratchformer.train import init_state, make_train_step
 
+from conftest import float64
+
 LM_CFG = ModelConfig(n_layer=2, n_head=2, d_model=16, d_ff=32, block_size=8, vocab_size=11)
 ED_CFG = ModelConfig(n_layer=2, n_head=2, d_model=16, d_ff=32, block_size=8, vocab_size=11,
                      positions="sinusoidal")
@@ -51,7 +53,7 @@ def _fd_check(loss_of_params, params, n_probe=12, eps=1e-6, seed=0):
 @pytest.mark.parametrize("tie", [True, False])
 def test_lm_gradients_match_finite_differences(tie):
     import jax.flatten_util  # noqa: F401
-    with jax.enable_x64(True):
+    with float64():
         cfg = dataclasses.replace(LM_CFG, dtype="float64", tie_embeddings=tie, fused_qkv=tie)
         params = jax.tree.map(lambda a: a.astype(jnp.float64), init_lm(jax.random.PRNGKey(0), cfg))
         batch = _lm_batch(jax.random.PRNGKey(1))
@@ -64,7 +66,7 @@ def test_lm_gradients_match_finite_differences(tie):
 
 def test_lm_with_rotary_positions_gradients_and_causality():
     import jax.flatten_util  # noqa: F401
-    with jax.enable_x64(True):
+    with float64():
         cfg = dataclasses.replace(LM_CFG, dtype="float64", positions="rope")
         params = jax.tree.map(lambda a: a.astype(jnp.float64), init_lm(jax.random.PRNGKey(0), cfg))
         assert "positions" not in params["embed"]
@@ -95,7 +97,7 @@ def test_lm_with_rotary_positions_gradients_and_causality():
 @pytest.mark.parametrize("positions", ["sinusoidal", "rope"])
 def test_encdec_gradients_match_finite_differences(positions):
     import jax.flatten_util  # noqa: F401
-    with jax.enable_x64(True):
+    with float64():
         cfg = dataclasses.replace(ED_CFG, dtype="float64", positions=positions)
         params = jax.tree.map(lambda a: a.astype(jnp.float64), init_encdec(jax.random.PRNGKey(0), cfg))
         batch = _ed_batch()

@@ -7,6 +7,8 @@ import optax
 
 from scratchformer.optim import adamw_init, adamw_update, clip_by_global_norm, decay_mask, global_norm
 
+from conftest import float64
+
 
 def _tree(key):
     k = jax.random.split(key, 4)
@@ -18,7 +20,7 @@ def _tree(key):
 def test_adamw_matches_optax_over_many_steps():
     # float64 so that the comparison sees the algorithm, not float32 rounding that the
     # parameter-dependent gradients below would amplify over 120 steps.
-    with jax.enable_x64(True):
+    with float64():
         _compare_with_optax()
 
 

@@ -7,13 +7,19 @@ import sys
 
 import jax
 import jax.numpy as jnp
+import pytest
 
 from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from profile_step import source_of_instructions  # noqa: E402
+from profile_step import has_stack_frames, source_of_instructions  # noqa: E402
 
 from scratchformer import layers  # noqa: E402
+
+# The attribution reads the optimized HLO's stack-frame table, which older XLA releases
+# (jax 0.6.2, the newest for Python 3.10) do not write; the script says so and stops.
+pytestmark = pytest.mark.skipif(not has_stack_frames(jax.jit(jnp.tanh).lower(jnp.ones(2)).compile().as_text()),
+                                reason=f"jax {jax.__version__} writes no stack frames into optimized HLO")
 
 
 def test_instructions_are_attributed_to_their_source_lines():
