@@ -4,10 +4,12 @@ no traceback and nothing half-written."""
 
 import json
 import os
+import re
 import shutil
 import stat
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
@@ -96,6 +98,11 @@ def test_progress_in_a_log_file_is_plain_lines(tmp_path, capsys, corpus):
     code, _, err = cli(capsys, "train", "lm", "--data", corpus, "--steps", 100, "--out", tmp_path / "run", *LM_TINY,
                        "--set", "train.steps_per_call=10")
     assert code == 0 and "\r" not in err
+    from scratchformer import runs
+    _, params, _ = runs.load(tmp_path / "run")
+    n = sum(x.size for x in jax.tree.leaves(params))
+    assert re.fullmatch(rf"lm: {n:,} parameters \(1 layers x 32, 2 heads, context 16, float32\); 100 steps of "
+                        rf"128 tokens; needs ~\d+ MB per device; run folder {tmp_path / 'run'}", err.splitlines()[0])
     lines = [line for line in err.splitlines() if "/100: loss=" in line]
     assert [line.split("/")[0] for line in lines] == [f"step {s}" for s in range(10, 101, 10)]
     assert "step 100/100: loss=" in lines[-1] and "tok/s=" in lines[-1]

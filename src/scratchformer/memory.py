@@ -63,8 +63,8 @@ def device_available_bytes(device) -> int | None:
     return None
 
 
-def _gb(n: int) -> str:
-    return f"{n / 1e9:,.1f} GB" if n >= 1e8 else f"{n / 1e6:.0f} MB"
+def format_bytes(n: int) -> str:
+    return f"{n / 1e9:,.1f} GB" if n >= 1e9 else f"{n / 1e6:.0f} MB"
 
 
 def tree_bytes(tree) -> int:
@@ -91,4 +91,4 @@ def check_fits(compiled, devices, *, what: str, advice: str, allocated: int = 0,
         free = min((b for b in map(available or device_available_bytes, devices) if b is not None), default=None)
         where = f"on each {devices[0].platform.upper()}"
     if free is not None and need > free:
-        raise OutOfMemory(f"{what} needs ~{_gb(need)}, more than the {_gb(free)} free {where}; {advice}")
+        raise OutOfMemory(f"{what} needs ~{format_bytes(need)}, more than the {format_bytes(free)} free {where}; {advice}")

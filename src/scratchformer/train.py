@@ -30,7 +30,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from . import checkpoint as ckpt
 from .config import RunConfig
 from .loss import task_loss
-from .memory import check_fits, tree_bytes
+from .memory import check_fits, format_bytes, program_bytes, tree_bytes
 from .models import init_model
 from .optim import AdamWState, adamw_init, adamw_update, clip_by_global_norm, decay_mask
 from .parallel import (batch_sharding, bytes_per_device, check_batch, host_value, is_main, make_mesh, put_global,
@@ -262,9 +262,13 @@ def _config_difference(saved, now) -> str:
     return ", ".join(diff[:3]) + (f" and {len(diff) - 3} more" if len(diff) > 3 else "")
 
 
+def n_params(cfg: RunConfig) -> int:
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state_template(cfg).params))
+
+
 def _footprint(cfg: RunConfig, fsdp: bool, n_devices: int) -> str:
     m, t = cfg.model, cfg.train
-    n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state_template(cfg).params))
+    n = n_params(cfg)
     spread = f", --fsdp over {n_devices} devices" if fsdp else ""
     return (f"training this model (model.n_layer={m.n_layer}, model.d_model={m.d_model}, model.d_ff={m.d_ff}, "
             f"model.block_size={m.block_size}: {n:,} parameters) at train.batch_size="
@@ -275,6 +279,17 @@ def _memory_advice(fsdp: bool, n_devices: int) -> str:
     more = "; --fsdp splits the parameters and AdamW state over the devices" if n_devices > 1 and not fsdp else ""
     return ("choose a smaller model or train.batch_size (train.grad_accum keeps the tokens per step with a smaller "
             f"batch){more}")
+
+
+def _header(cfg: RunConfig, task, compiled, out_dir) -> str:
+    """One line before training starts: what is trained, how long, in how much memory."""
+    m, t = cfg.model, cfg.train
+    shape = f"{m.n_layer}+{m.n_layer} layers" if cfg.task == "reverse" else f"{m.n_layer} layers"
+    per_step = f"{task.tokens_per_step():,} {'tokens' if task.unit == 'tok' else 'sequences'}"
+    need = program_bytes(compiled)
+    memory = f"; needs ~{format_bytes(need)} per device" if need else ""
+    return (f"{cfg.task}: {n_params(cfg):,} parameters ({shape} x {m.d_model}, {m.n_head} heads, context "
+            f"{m.block_size}, {m.dtype}); {t.steps:,} steps of {per_step}{memory}; run folder {out_dir}")
 
 
 def fit(task, out_dir, *, resume: bool = False, fsdp: bool = False, progress: bool = True) -> dict:
@@ -293,6 +308,8 @@ def fit(task, out_dir, *, resume: bool = False, fsdp: bool = False, progress: bo
     call = call.lower(state_template(cfg), data).compile()
     check_fits(call, mesh.local_devices, what=_footprint(cfg, fsdp, mesh.size), advice=_memory_advice(fsdp, mesh.size),
                allocated=tree_bytes(data))  # replicated: a whole copy per device
+    if progress and main:
+        print(_header(cfg, task, call, out_dir), file=sys.stderr)
     if main:
         run.prepare(resume=resume)
     source = getattr(task, "source", None) or {}  # a task of one's own need not have one
