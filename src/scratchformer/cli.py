@@ -19,6 +19,7 @@ EXAMPLES = """examples:
   scratchformer sample runs/rev --input "7 3 9 1"  # -> 1 9 3 7
   scratchformer train lm --preset cpu-quick --out runs/quick   # Tiny Shakespeare char LM (~40 s)
   scratchformer eval runs/quick --json
+  scratchformer eval runs/quick --data other.txt   # the loss on a text of your choice
   scratchformer sample runs/quick --prompt "ROMEO:" --tokens 300
   scratchformer plot runs/quick                    # runs/quick/loss.png, attention.png
   scratchformer plot runs/quick runs/rope --out compare.png   # several runs on one figure
