@@ -262,13 +262,8 @@ def _config_difference(saved, now) -> str:
     return ", ".join(diff[:3]) + (f" and {len(diff) - 3} more" if len(diff) > 3 else "")
 
 
-def n_params(cfg: RunConfig) -> int:
-    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state_template(cfg).params))
-
-
-def _footprint(cfg: RunConfig, fsdp: bool, n_devices: int) -> str:
+def _footprint(cfg: RunConfig, n: int, fsdp: bool, n_devices: int) -> str:
     m, t = cfg.model, cfg.train
-    n = n_params(cfg)
     spread = f", --fsdp over {n_devices} devices" if fsdp else ""
     return (f"training this model (model.n_layer={m.n_layer}, model.d_model={m.d_model}, model.d_ff={m.d_ff}, "
             f"model.block_size={m.block_size}: {n:,} parameters) at train.batch_size="
@@ -281,14 +276,14 @@ def _memory_advice(fsdp: bool, n_devices: int) -> str:
             f"batch){more}")
 
 
-def _header(cfg: RunConfig, task, compiled, out_dir) -> str:
+def _header(cfg: RunConfig, n: int, task, compiled, out_dir) -> str:
     """One line before training starts: what is trained, how long, in how much memory."""
     m, t = cfg.model, cfg.train
     shape = f"{m.n_layer}+{m.n_layer} layers" if cfg.task == "reverse" else f"{m.n_layer} layers"
     per_step = f"{task.tokens_per_step():,} {'tokens' if task.unit == 'tok' else 'sequences'}"
     need = program_bytes(compiled)
     memory = f"; needs ~{format_bytes(need)} per device" if need else ""
-    return (f"{cfg.task}: {n_params(cfg):,} parameters ({shape} x {m.d_model}, {m.n_head} heads, context "
+    return (f"{cfg.task}: {n:,} parameters ({shape} x {m.d_model}, {m.n_head} heads, context "
             f"{m.block_size}, {m.dtype}); {t.steps:,} steps of {per_step}{memory}; run folder {out_dir}")
 
 
@@ -305,11 +300,13 @@ def fit(task, out_dir, *, resume: bool = False, fsdp: bool = False, progress: bo
     data = put_global(task.device_data(), replicated(mesh))
     # Compiled here, not at the first call, so that a run too big for the machine is an
     # error before the state is allocated or the run folder made.
-    call = call.lower(state_template(cfg), data).compile()
-    check_fits(call, mesh.local_devices, what=_footprint(cfg, fsdp, mesh.size), advice=_memory_advice(fsdp, mesh.size),
-               allocated=tree_bytes(data))  # replicated: a whole copy per device
+    template = state_template(cfg)
+    call = call.lower(template, data).compile()
+    n = sum(x.size for x in jax.tree.leaves(template.params))
+    check_fits(call, mesh.local_devices, what=_footprint(cfg, n, fsdp, mesh.size),
+               advice=_memory_advice(fsdp, mesh.size), allocated=tree_bytes(data))  # replicated: a copy per device
     if progress and main:
-        print(_header(cfg, task, call, out_dir), file=sys.stderr)
+        print(_header(cfg, n, task, call, out_dir), file=sys.stderr)
     if main:
         run.prepare(resume=resume)
     source = getattr(task, "source", None) or {}  # a task of one's own need not have one
@@ -432,8 +429,7 @@ def fit(task, out_dir, *, resume: bool = False, fsdp: bool = False, progress: bo
     summary = {"task": cfg.task, "steps": t.steps, "resumed_from": start if resume else None,
                "train_time_s": round(train_time, 2), **final, "best_periodic_val_loss": _json_float(best_val),
                "devices": mesh.size, "processes": jax.process_count(),
-               "fsdp": fsdp, "state_bytes_total": sum(int(np.prod(x.shape)) * x.dtype.itemsize
-                                                      for x in jax.tree.leaves(state)),
+               "fsdp": fsdp, "state_bytes_total": tree_bytes(state),
                "state_bytes_per_device_max": max(per_device.values())}
     if main:
         run.write_json("summary.json", summary)
