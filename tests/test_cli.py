@@ -145,6 +145,9 @@ def test_gpu_settings_on_a_cpu_get_a_note(tmp_path, corpus, capsys):
     gpu, f32, bf16 = (make_config("lm", "gpu"), make_config("lm", "cpu"),
                       make_config("lm", "cpu", {"model.dtype": "bfloat16"}))
     assert "sized for a GPU" in _cpu_note(gpu, "gpu", "cpu")
+    # It describes the preset as shipped, not the sizes --set gave it.
+    big = make_config("lm", "gpu", {"model.d_model": 8192, "model.n_head": 8})
+    assert "(6x384, batch 64 x 256, bfloat16)" in _cpu_note(big, "gpu", "cpu") == _cpu_note(gpu, "gpu", "cpu")
     assert "slower than float32" in _cpu_note(bf16, "cpu", "cpu")
     assert _cpu_note(f32, "cpu", "cpu") is None and _cpu_note(gpu, "gpu", "gpu") is None
     # The real command prints it once, as a note, and trains (the preset's sizes overridden).

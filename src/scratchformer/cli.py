@@ -174,10 +174,12 @@ def _cpu_note(cfg, preset: str, backend: str) -> str | None:
     """A line for settings that are meant for a GPU but about to run on a CPU."""
     if backend != "cpu":
         return None
-    if preset == "gpu":
-        m, t = cfg.model, cfg.train
+    if preset == "gpu":  # the figures are the preset's own, whatever --set changed
+        from .config import make_config
+        m, t = (g := make_config("lm", "gpu")).model, g.train
         return (f"the gpu preset ({m.n_layer}x{m.d_model}, batch {t.batch_size} x {m.block_size}, {m.dtype}) is "
-                "sized for a GPU; on a 2-core CPU a step of its own settings takes ~6 s, 2,500 steps ~4 hours "
+                f"sized for a GPU; on a 2-core CPU a step of it takes ~6 s, its {t.steps:,} steps "
+                f"~{6 * t.steps / 3600:.0f} hours "
                 "(the cpu preset is sized for a CPU)")
     if cfg.model.dtype == "bfloat16":
         return "model.dtype=bfloat16 is slower than float32 on a CPU; it is meant for GPUs"
