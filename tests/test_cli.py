@@ -173,6 +173,7 @@ def test_eval_on_a_text_of_ones_choice(tmp_path, lm_run, corpus, capsys):
     from scratchformer import runs
     from scratchformer.data import text
     from scratchformer.models import lm_forward
+    from scratchformer.tasks import EVAL_CHUNK
 
     whole = corpus.read_text()
     val = tmp_path / "val.txt"
@@ -193,6 +194,14 @@ def test_eval_on_a_text_of_ones_choice(tmp_path, lm_run, corpus, capsys):
     want = -float(jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits[0]), jnp.asarray(ids[1:])[:, None], 1)))
     code, out, _ = cli(capsys, "eval", lm_run, "--data", one, "--json")
     assert json.loads(out)["loss"] == pytest.approx(want, rel=1e-5) and json.loads(out)["tokens"] == block
+
+    # The progress callback sees every window once, as many as windows_of counts.
+    for n in (block + 1, block + 2, 2 * block + 1, 700 * block + 5):
+        ids = np.resize(task.tokenizer.encode(whole), n)
+        seen = []
+        task.loss_on(params, ids, on_window=seen.append)
+        assert sum(seen) == task.windows_of(n) == len(text.eval_windows(ids, block)["inputs"])
+        assert len(seen) == -(-task.windows_of(n) // EVAL_CHUNK)  # one call per evaluation chunk
 
 
 def test_plot_of_a_run_before_its_first_rows(tmp_path, lm_run, capsys):

@@ -261,13 +261,27 @@ def _eval_text(a, task, params, meta) -> int:
     if len(corpus) <= block:
         raise UsageError(f"--data {a.data} has {len(corpus)} characters; the model reads windows of "
                          f"model.block_size={block}, so it needs at least {block + 1}")
-    loss, n = task.loss_on(params, task.tokenizer.encode(corpus))
+    ids = task.tokenizer.encode(corpus)
+    with _eval_progress(task.windows_of(len(ids)), block) as bar:
+        loss, n = task.loss_on(params, ids, on_window=lambda rows: bar.update(rows * block))
     result = {"task": "lm", "data": str(a.data), "loss": loss, "perplexity": math.exp(loss), "tokens": n,
               "step": meta.get("step")}
     print(json.dumps(result) if a.json else
           f"loss on {a.data}: {loss:.4f} (perplexity {math.exp(loss):.3f}) over {n} tokens, checkpoint of step "
           f"{result['step']}")
     return 0
+
+
+def _eval_progress(windows: int, block: int):
+    """A progress bar in characters scored, for an evaluation of more than a few chunks,
+    on a terminal or in a notebook only; erased when done (the result line is the
+    command's output)."""
+    from tqdm.auto import tqdm
+
+    from .tasks import EVAL_CHUNK
+    shown = (sys.stderr.isatty() or "ipykernel" in sys.modules) and windows > 4 * EVAL_CHUNK
+    return tqdm(total=windows * block, unit="char", unit_scale=True, leave=False, dynamic_ncols=True,
+                file=sys.stderr, mininterval=0.5, desc="scoring", disable=not shown)
 
 
 def cmd_sample(a) -> int:

@@ -20,15 +20,18 @@ EVAL_CHUNK = 256  # LM windows per jitted evaluation call
 EVAL_SEQS = 1000  # reversal: sequences per evaluation call, and the periodic evaluation's subset
 
 
-def _eval_loss(loss_fn, params, arrays: dict, chunk: int, mesh=None):
+def _eval_loss(loss_fn, params, arrays: dict, chunk: int, mesh=None, on_chunk=None):
     """Sum a loss over fixed-size chunks split over the mesh (zero-weighted padding in
-    the last), so the evaluation compiles once whatever the set's size.
+    the last), so the evaluation compiles once whatever the set's size. `on_chunk(rows)`,
+    if given, is called after each chunk with its number of real rows (for progress).
     Returns (mean loss, total weight)."""
     total, weight = 0.0, 0.0
-    for _, part in chunks_on_mesh(arrays, chunk, mesh or make_mesh()):
+    for rows, part in chunks_on_mesh(arrays, chunk, mesh or make_mesh()):
         s, w = loss_fn(params, part)
         total += float(host_value(s))
         weight += float(host_value(w))
+        if on_chunk:
+            on_chunk(rows)
     return total / max(weight, 1.0), int(weight)
 
 
@@ -89,11 +92,16 @@ class LMTask:
         loss, n = self.loss_on(params, self.val_ids, limit)
         return {"val_loss": loss, "val_perplexity": float(np.exp(loss)), "val_tokens": n}
 
-    def loss_on(self, params, ids, limit: int = 0) -> tuple[float, int]:
+    def loss_on(self, params, ids, limit: int = 0, on_window=None) -> tuple[float, int]:
         """(mean loss, targets scored) over token ids, each target scored once (all of
-        them, or `limit` evenly spaced windows)."""
+        them, or `limit` evenly spaced windows). `on_window(n)`: called as each batch of
+        n windows of model.block_size targets is scored; see `windows_of`."""
         windows = text.eval_windows(ids, self.cfg.model.block_size, limit)
-        return _eval_loss(self._loss, params, windows, EVAL_CHUNK, self.mesh)
+        return _eval_loss(self._loss, params, windows, EVAL_CHUNK, self.mesh, on_window)
+
+    def windows_of(self, n_ids: int) -> int:
+        """How many windows `loss_on` scores over n_ids token ids (all of them)."""
+        return -(-(n_ids - 1) // self.cfg.model.block_size)
 
 
 class ReverseTask:
