@@ -231,6 +231,31 @@ def test_loss_plot_shows_gradient_norm_and_learning_rate(lm_run):
     plt.close(fig)
 
 
+def test_plot_leaves_out_lines_that_are_not_rows(tmp_path, lm_run, capsys):
+    """A damaged metrics.jsonl plots what it can and names the lines it left out; a last
+    line without its newline (a row being written) is left out without a note."""
+    import shutil
+
+    from scratchformer.train import metrics_rows
+    run = tmp_path / "damaged"
+    shutil.copytree(lm_run, run)
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    junk = ["5", "garbage", '{"step": "x", "loss": 1.0}', '{"step": 3, "loss": true}', '{"step": -1}',
+            '["step", 1]', '{"step": 2.5, "loss": 1.0}', '{"loss": 1.0}']
+    damaged = lines[:2] + junk + lines[2:] + ['{"step": 41, "loss": 1.0, "grad_n']
+    (run / "metrics.jsonl").write_text("\n".join(damaged))
+    rows, bad = metrics_rows(run / "metrics.jsonl")
+    assert bad == list(range(3, 3 + len(junk))) and rows == [json.loads(line) for line in lines]
+    assert metrics_rows(lm_run / "metrics.jsonl") == (rows, [])
+    odd = tmp_path / "odd.jsonl"  # null (a non-finite loss) and numbers out of float range are rows too
+    odd.write_text('{"step": 7, "loss": null, "grad_norm": 1e400}\n')
+    assert metrics_rows(odd) == ([{"step": 7, "loss": None, "grad_norm": float("inf")}], [])
+    code, out, err = cli(capsys, "plot", run)
+    assert code == 0 and out.split() == [str(run / "loss.png"), str(run / "attention.png")]
+    assert err.strip() == (f"scratchformer: note: {run / 'metrics.jsonl'}: left out {len(junk)} line(s) that are "
+                           "not metric rows (line 3, 4, 5, 6, 7, ...)")
+
+
 def test_compare_runs(tmp_path, lm_run, corpus, capsys):
     """`plot A B --out F` draws each run's validation losses as logged, labels each run by
     the config values that differ, puts steps of different sizes on a tokens-seen axis,
@@ -307,6 +332,9 @@ def _bad_inputs(tmp: Path, lm_run: Path, rev_run: Path, corpus: Path):
     (garbled / "checkpoints").mkdir(parents=True)
     shutil.copy(lm_run / "config.json", garbled / "config.json")
     (garbled / "checkpoints" / "step_00000040.safetensors").write_bytes(b"\xff" * 8 + raw[8:])
+    nosummary = tmp / "nosummary"
+    shutil.copytree(lm_run, nosummary)
+    (nosummary / "summary.json").write_text('{"val_loss": 1.5')
     locked = tmp / "locked"
     locked.mkdir()
     os.chmod(locked, stat.S_IRUSR | stat.S_IXUSR)
@@ -383,6 +411,8 @@ def _bad_inputs(tmp: Path, lm_run: Path, rev_run: Path, corpus: Path):
          f"folder {tmp / 'no'} for {tmp / 'no' / 'c.png'} does not exist"),
         ("compare into a non-png", ["plot", lm_run, lm_run, "--out", tmp / "c.jpg"], "must end in .png"),
         ("--out with one run", ["plot", lm_run, "--out", tmp / "c.png"], "--out"),
+        ("compare a run whose summary is cut short", ["plot", lm_run, nosummary, "--out", tmp / "c.png"],
+         f"{nosummary / 'summary.json'} is not JSON (Expecting "),
     ]
 
 

@@ -6,6 +6,7 @@ runs of one task compared on one figure (their losses, labelled by what differs)
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,15 +20,19 @@ def _matplotlib():
 
 
 def read_metrics(run_dir) -> tuple[list[dict], list[dict]]:
+    """(training rows, evaluation rows) of a run's metrics.jsonl; lines that are not rows
+    are left out with a note on stderr naming them."""
+    from .train import metrics_rows
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist; is {run_dir} a run folder?")
+    rows, bad = metrics_rows(path)
+    if bad:
+        shown = ", ".join(map(str, bad[:5])) + (", ..." if len(bad) > 5 else "")
+        print(f"scratchformer: note: {path}: left out {len(bad)} line(s) that are not metric rows (line {shown})",
+              file=sys.stderr)
     train, evals = [], []
-    for line in path.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
+    for row in rows:
         if "loss" in row and row["loss"] is not None:
             train.append(row)
         elif "val_loss" in row:
@@ -230,7 +235,14 @@ def read_run(run_dir) -> dict:
     cfg = from_file(path)
     train, evals = read_metrics(d)
     evals = [e for e in evals if e["val_loss"] is not None]  # null: not finite
-    summary = json.loads((d / "summary.json").read_text()) if (d / "summary.json").is_file() else {}
+    summary = {}
+    if (d / "summary.json").is_file():
+        try:
+            summary = json.loads((d / "summary.json").read_text())
+        except ValueError as e:
+            raise ValueError(f"{d / 'summary.json'} is not JSON ({e}); delete it to compare the run without it") from e
+        if not isinstance(summary, dict):
+            raise ValueError(f"{d / 'summary.json'} holds {type(summary).__name__}, not a JSON object")
     return {"dir": d, "name": d.resolve().name, "cfg": cfg, "train": train, "evals": evals, "summary": summary}
 
 

@@ -199,24 +199,40 @@ class RunFolder:
         ckpt.atomic_write_bytes(self.path / name, (json.dumps(obj, indent=2) + "\n").encode())
 
     def truncate_metrics(self, step: int) -> None:
-        """Keep only rows up to `step` (those covered by the checkpoint being resumed)."""
+        """Keep only rows up to `step` (those covered by the checkpoint being resumed);
+        unreadable lines (one cut short by a kill) go too."""
         if not self.metrics.exists():
             return
-        keep = []
-        for line in self.metrics.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except ValueError:
-                continue  # a line cut short by a kill
-            if isinstance(row, dict) and row.get("step", step + 1) <= step:
-                keep.append(line + "\n")
-        ckpt.atomic_write_bytes(self.metrics, "".join(keep).encode())
+        rows, _ = metrics_rows(self.metrics)
+        ckpt.atomic_write_bytes(self.metrics, "".join(json.dumps(r) + "\n" for r in rows if r["step"] <= step).encode())
 
     def append(self, rows: list[dict]) -> None:
         with open(self.metrics, "a") as f:
             f.write("".join(json.dumps(r) + "\n" for r in rows))
             f.flush()
             os.fsync(f.fileno())
+
+
+def metrics_rows(path) -> tuple[list[dict], list[int]]:
+    """The rows of a metrics.jsonl, and the numbers of the lines that are not rows: a
+    row is a JSON object with an integer "step" >= 0 whose other values are numbers or
+    null (not finite). A last line without its newline is a row being written (or cut
+    short by a kill) and is left out without being counted as bad."""
+    lines = Path(path).read_text(errors="replace").split("\n")
+    rows, bad = [], []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            row = None
+        if (isinstance(row, dict) and type(row.get("step")) is int and row["step"] >= 0
+                and all(v is None or type(v) in (int, float) for k, v in row.items() if k != "step")):
+            rows.append(row)
+        elif number < len(lines):  # the last element is "" after a final newline
+            bad.append(number)
+    return rows, bad
 
 
 def _progress(total: int, initial: int, enabled: bool, per_call: int):
