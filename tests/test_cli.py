@@ -92,6 +92,21 @@ def test_lm_run_folder(lm_run, capsys):
     assert abs(r["val_perplexity"] - 2.718281828 ** r["val_loss"]) < 1e-6 * r["val_perplexity"]
 
 
+def test_eval_and_sample_take_one_checkpoint_file(lm_run, capsys):
+    """DIR may name a checkpoint file: that step's weights instead of the best."""
+    ckpts = lm_run / "checkpoints"
+    whole = [json.loads(cli(capsys, "eval", d, "--json")[1]) for d in (lm_run, ckpts / "best.safetensors",
+                                                                      ckpts / "step_00000020.safetensors")]
+    assert whole[0] == whole[1] and whole[2]["step"] == 20 and whole[2]["val_loss"] != whole[0]["val_loss"]
+    texts = [cli(capsys, "sample", d, "--tokens", 30)[1] for d in (lm_run, ckpts / "best.safetensors",
+                                                                    ckpts / "step_00000020.safetensors")]
+    assert texts[0] == texts[1] != texts[2]
+    code, _, err = cli(capsys, "sample", ckpts)
+    assert code == 2 and err.strip().endswith(f"; the run folder is {lm_run}, or name one checkpoint file")
+    code, _, err = cli(capsys, "plot", ckpts / "best.safetensors")
+    assert code == 2 and "plot takes the run folder" in err
+
+
 def test_progress_in_a_log_file_is_plain_lines(tmp_path, capsys, corpus):
     """With stderr not a terminal (here pytest's capture; a log file or CI alike) progress is
     a line every tenth of the run instead of a bar redrawn with carriage returns."""
@@ -355,6 +370,8 @@ def _bad_inputs(tmp: Path, lm_run: Path, rev_run: Path, corpus: Path):
         ("eval without checkpoint", ["eval", tmp / "nockpt"], "no checkpoint"),
         ("sample without checkpoint", ["sample", tmp / "nockpt"], "no checkpoint"),
         ("eval of a missing folder", ["eval", tmp / "missing"], "does not exist"),
+        ("eval of a file that is no checkpoint", ["eval", lm_run / "config.json"],
+         f"{lm_run / 'config.json'} is a file, not a run folder or a .safetensors checkpoint"),
         ("resume without checkpoint", [*lm, "--resume", "--out", tmp / "nockpt"], "no checkpoint to resume"),
         ("resume, saved config", ["train", "lm", "--resume", "--out", tmp / "nockpt"], "no checkpoint to resume"),
         ("resume with another config", [*lm, "--resume", "--out", lm_run, "--set", "model.n_layer=2"],

@@ -91,15 +91,16 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--num-processes", type=_positive_int, help="multi-process: number of processes")
     t.add_argument("--process-id", type=int, help="multi-process: this process's index")
 
+    run_help = "a run folder (its best checkpoint), or one checkpoint file (runs/x/checkpoints/step_*.safetensors)"
     e = sub.add_parser("eval", help="evaluate a run's best checkpoint on its held-out data")
-    e.add_argument("dir")
+    e.add_argument("dir", metavar="DIR", help=run_help)
     e.add_argument("--json", action="store_true", help="print one JSON object")
     e.add_argument("--beam", type=_beam_width, default=1, help=f"reverse: beam width, 1 (greedy) to {MAX_BEAM}")
     e.add_argument("--data", help="lm: the loss on this UTF-8 text file, all of it (default: the validation "
                    "split of the run's own text)")
 
     s = sub.add_parser("sample", help="generate from a trained run")
-    s.add_argument("dir")
+    s.add_argument("dir", metavar="DIR", help=run_help)
     s.add_argument("--prompt", default="\n", help="lm: text to continue (default a newline)")
     s.add_argument("--tokens", type=_positive_int, default=500, help="lm: characters to generate")
     s.add_argument("--temperature", type=float, default=0.8, help="lm: 0 = greedy (default 0.8)")

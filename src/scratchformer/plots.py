@@ -214,6 +214,9 @@ def _attention_grid(path: Path, probs_per_layer, row_labels, col_labels, *, ylab
 
 def plot_run(run_dir) -> list[Path]:
     from . import runs
+    if Path(run_dir).is_file():
+        raise ValueError(f"{run_dir} is a file; plot takes the run folder (it reads metrics.jsonl beside the "
+                         "checkpoints)")
     task, params, meta = runs.load(run_dir)
     paths = [plot_loss(run_dir, task.tokens_per_step(), task.unit)]
     if task.name == "reverse":

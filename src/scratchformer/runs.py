@@ -14,17 +14,28 @@ from .train import state_template
 
 
 def checkpoint_path(run_dir, which: str = "best") -> Path:
+    """The checkpoint to open: `run_dir` itself where it is a .safetensors file (every
+    checkpoint carries its config), else the run folder's best one (or its latest)."""
     run_dir = Path(run_dir)
+    if run_dir.is_file():
+        if run_dir.suffix != ".safetensors":
+            raise ckpt.CheckpointError(f"{run_dir} is a file, not a run folder or a .safetensors checkpoint")
+        return run_dir
     if not run_dir.is_dir():
         raise ckpt.CheckpointError(f"run folder {run_dir} does not exist")
     path = (ckpt.best(run_dir) if which == "best" else None) or ckpt.latest(run_dir)
     if path is None:
-        raise ckpt.CheckpointError(f"{run_dir} has no checkpoint (expected {run_dir}/{ckpt.CKPT_DIR}/*.safetensors)")
+        inside = run_dir.name == ckpt.CKPT_DIR and any(run_dir.glob("*.safetensors"))
+        hint = f"; the run folder is {run_dir.parent}, or name one checkpoint file" if inside else ""
+        raise ckpt.CheckpointError(f"{run_dir} has no checkpoint (expected {run_dir}/{ckpt.CKPT_DIR}/*.safetensors)"
+                                   + hint)
     return path
 
 
 def load(run_dir, *, which: str = "best", with_data: bool = False):
-    """Returns (task, params, meta). with_data also reloads an LM's text for evaluation."""
+    """Returns (task, params, meta). `run_dir`: a run folder (its best checkpoint, or its
+    latest without one), or one checkpoint file. with_data also reloads an LM's text
+    for evaluation."""
     path = checkpoint_path(run_dir, which)
     tensors, meta = ckpt.read(path)
     try:
