@@ -255,7 +255,7 @@ def test_plot_leaves_out_lines_that_are_not_rows(tmp_path, lm_run, capsys):
     run = tmp_path / "damaged"
     shutil.copytree(lm_run, run)
     lines = (run / "metrics.jsonl").read_text().splitlines()
-    junk = ["5", "garbage", '{"step": "x", "loss": 1.0}', '{"step": 3, "loss": true}', '{"step": -1}',
+    junk = ["5", "garbage", '{"step": "x", "loss": 1.0}', '{"step": 3, "loss": "1.0"}', '{"step": -1}',
             '["step", 1]', '{"step": 2.5, "loss": 1.0}', '{"loss": 1.0}']
     damaged = lines[:2] + junk + lines[2:] + ['{"step": 41, "loss": 1.0, "grad_n']
     (run / "metrics.jsonl").write_text("\n".join(damaged))
@@ -263,12 +263,42 @@ def test_plot_leaves_out_lines_that_are_not_rows(tmp_path, lm_run, capsys):
     assert bad == list(range(3, 3 + len(junk))) and rows == [json.loads(line) for line in lines]
     assert metrics_rows(lm_run / "metrics.jsonl") == (rows, [])
     odd = tmp_path / "odd.jsonl"  # null (a non-finite loss) and numbers out of float range are rows too
-    odd.write_text('{"step": 7, "loss": null, "grad_norm": 1e400}\n')
-    assert metrics_rows(odd) == ([{"step": 7, "loss": None, "grad_norm": float("inf")}], [])
+    odd.write_text('{"step": 7, "loss": null, "grad_norm": 1e400, "skipped": true}\n')
+    assert metrics_rows(odd) == ([{"step": 7, "loss": None, "grad_norm": float("inf"), "skipped": True}], [])
     code, out, err = cli(capsys, "plot", run)
     assert code == 0 and out.split() == [str(run / "loss.png"), str(run / "attention.png")]
     assert err.strip() == (f"scratchformer: note: {run / 'metrics.jsonl'}: left out {len(junk)} line(s) that are "
                            "not metric rows (line 3, 4, 5, 6, 7, ...)")
+
+
+def test_a_run_gone_non_finite_writes_strict_json(tmp_path, lm_run, corpus, capsys):
+    """With train.skip_nonfinite and an absurd learning rate every step after the first is
+    skipped and the validation loss is NaN: metrics.jsonl, summary.json, the checkpoint's
+    header and eval --json say null there (Python would write NaN, which is not JSON),
+    and the comparison table still counts every step."""
+    from scratchformer import checkpoint as ckpt
+
+    def strict(text):
+        def refuse(name):
+            raise AssertionError(f"{name} is not JSON")
+        return json.loads(text, parse_constant=refuse)
+
+    out = tmp_path / "gone"
+    code, _, _ = cli(capsys, "train", "lm", "--data", corpus, "--steps", 20, "--out", out, "--no-progress", *LM_TINY,
+                     "--set", "optim.lr=1e30", "--set", "optim.warmup_steps=1", "--set", "train.skip_nonfinite=true",
+                     "--set", "train.eval_every=10", "--set", "train.checkpoint_every=10")
+    assert code == 0
+    rows = [strict(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["val_loss"] for r in rows if "val_loss" in r] == [None, None]
+    assert all(r.get("skipped") for r in rows if "loss" in r and r["step"] > 1)
+    assert strict((out / "summary.json").read_text())["val_loss"] is None
+    raw = ckpt.latest(out).read_bytes()
+    header = json.loads(raw[8:8 + int.from_bytes(raw[:8], "little")])["__metadata__"]["scratchformer"]
+    assert strict(header)["step"] == 20
+    code, text, _ = cli(capsys, "eval", out, "--json")
+    assert code == 0 and strict(text)["val_loss"] is None
+    code, text, _ = cli(capsys, "plot", out, lm_run, "--out", tmp_path / "c.png")
+    assert code == 0 and text.splitlines()[1].split()[1:4] == ["20", "-", "-"]
 
 
 def test_compare_runs(tmp_path, lm_run, corpus, capsys):

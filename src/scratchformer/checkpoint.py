@@ -92,10 +92,24 @@ def to_host(tree) -> dict[str, np.ndarray]:
     return {name: host_value(leaf) for name, leaf in flatten(tree).items()}
 
 
+def strict_json(obj, **kw) -> str:
+    """json.dumps in strict JSON, which jq, browsers and most languages read: a float
+    that is not finite (Python would write NaN or Infinity) becomes null."""
+    def finite(x):
+        if isinstance(x, float):
+            return x if np.isfinite(x) else None
+        if isinstance(x, dict):
+            return {k: finite(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [finite(v) for v in x]
+        return x
+    return json.dumps(finite(obj), allow_nan=False, **kw)
+
+
 def save(path: Path, state, meta: dict) -> None:
     tensors = to_host(state)
     header = {"format": FORMAT, "sha256": _digest(tensors), **meta}
-    data = st_save(tensors, metadata={"scratchformer": json.dumps(header)})
+    data = st_save(tensors, metadata={"scratchformer": strict_json(header)})
     atomic_write_bytes(Path(path), data)
 
 

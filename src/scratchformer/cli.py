@@ -233,6 +233,7 @@ def _describe(s: dict) -> str:
 
 def cmd_eval(a) -> int:
     from . import runs
+    from .checkpoint import strict_json
     if a.data is not None:
         return _eval_text(a, *runs.load(a.dir))
     task, params, meta = runs.load(a.dir, with_data=True)
@@ -241,7 +242,7 @@ def cmd_eval(a) -> int:
     else:
         result = {"task": "lm", **task.evaluate(params, full=True)}
     result["step"] = meta.get("step")
-    print(json.dumps(result) if a.json else _describe(result))
+    print(strict_json(result) if a.json else _describe(result))
     return 0
 
 
@@ -249,6 +250,7 @@ def _eval_text(a, task, params, meta) -> int:
     """An LM run's loss on a text of the user's choosing, every character of it scored."""
     import math
 
+    from .checkpoint import strict_json
     from .data import text
     if task.name != "lm":
         raise UsageError("--data is for lm runs; a reverse run is evaluated on its generated held-out set")
@@ -267,7 +269,7 @@ def _eval_text(a, task, params, meta) -> int:
         loss, n = task.loss_on(params, ids, on_window=lambda rows: bar.update(rows * block))
     result = {"task": "lm", "data": str(a.data), "loss": loss, "perplexity": math.exp(loss), "tokens": n,
               "step": meta.get("step")}
-    print(json.dumps(result) if a.json else
+    print(strict_json(result) if a.json else
           f"loss on {a.data}: {loss:.4f} (perplexity {math.exp(loss):.3f}) over {n} tokens, checkpoint of step "
           f"{result['step']}")
     return 0

@@ -318,7 +318,9 @@ def compare_runs(run_dirs, out) -> tuple[Path, list[dict]]:
     rows = []
     for r in runs:
         best = min(r["evals"], key=lambda e: e["val_loss"], default={})
-        rows.append({"run": str(r["dir"]), "steps": r["train"][-1]["step"] if r["train"] else 0,
+        # a finished run's summary counts every step (rows of skipped, non-finite steps have no loss)
+        steps = r["summary"].get("steps") or max((e["step"] for e in r["train"] + r["evals"]), default=0)
+        rows.append({"run": str(r["dir"]), "steps": steps,
                      "best_val_loss": best.get("val_loss"), "best_step": best.get("step"),
                      "final_val_loss": r["summary"].get("val_loss"),  # whole held-out set, at the end
                      "train_time_s": r["summary"].get("train_time_s")})

@@ -196,7 +196,7 @@ class RunFolder:
                 stale.unlink(missing_ok=True)
 
     def write_json(self, name: str, obj) -> None:
-        ckpt.atomic_write_bytes(self.path / name, (json.dumps(obj, indent=2) + "\n").encode())
+        ckpt.atomic_write_bytes(self.path / name, (ckpt.strict_json(obj, indent=2) + "\n").encode())
 
     def truncate_metrics(self, step: int) -> None:
         """Keep only rows up to `step` (those covered by the checkpoint being resumed);
@@ -204,19 +204,20 @@ class RunFolder:
         if not self.metrics.exists():
             return
         rows, _ = metrics_rows(self.metrics)
-        ckpt.atomic_write_bytes(self.metrics, "".join(json.dumps(r) + "\n" for r in rows if r["step"] <= step).encode())
+        kept = "".join(ckpt.strict_json(r) + "\n" for r in rows if r["step"] <= step)
+        ckpt.atomic_write_bytes(self.metrics, kept.encode())
 
     def append(self, rows: list[dict]) -> None:
         with open(self.metrics, "a") as f:
-            f.write("".join(json.dumps(r) + "\n" for r in rows))
+            f.write("".join(ckpt.strict_json(r) + "\n" for r in rows))
             f.flush()
             os.fsync(f.fileno())
 
 
 def metrics_rows(path) -> tuple[list[dict], list[int]]:
     """The rows of a metrics.jsonl, and the numbers of the lines that are not rows: a
-    row is a JSON object with an integer "step" >= 0 whose other values are numbers or
-    null (not finite). A last line without its newline is a row being written (or cut
+    row is a JSON object with an integer "step" >= 0 whose other values are numbers,
+    null (not finite) or true/false ("skipped"). A last line without its newline is a row being written (or cut
     short by a kill) and is left out without being counted as bad."""
     lines = Path(path).read_text(errors="replace").split("\n")
     rows, bad = [], []
@@ -228,7 +229,7 @@ def metrics_rows(path) -> tuple[list[dict], list[int]]:
         except ValueError:
             row = None
         if (isinstance(row, dict) and type(row.get("step")) is int and row["step"] >= 0
-                and all(v is None or type(v) in (int, float) for k, v in row.items() if k != "step")):
+                and all(v is None or type(v) in (int, float, bool) for k, v in row.items() if k != "step")):
             rows.append(row)
         elif number < len(lines):  # the last element is "" after a final newline
             bad.append(number)
