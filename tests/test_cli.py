@@ -238,7 +238,7 @@ def test_loss_plot_shows_gradient_norm_and_learning_rate(lm_run):
     from scratchformer.plots import _matplotlib, _plot_optimizer, read_metrics
     plt = _matplotlib()
     fig, ax = plt.subplots()
-    train, _ = read_metrics(lm_run)
+    train = read_metrics(lm_run).train
     _plot_optimizer(ax, train)
     (norm,), (lr,) = ax.get_lines(), fig.axes[1].get_lines()
     assert list(norm.get_ydata()) == [r["grad_norm"] for r in train] and len(train) == 40
@@ -275,7 +275,7 @@ def test_a_run_gone_non_finite_writes_strict_json(tmp_path, lm_run, corpus, caps
     """With train.skip_nonfinite and an absurd learning rate every step after the first is
     skipped and the validation loss is NaN: metrics.jsonl, summary.json, the checkpoint's
     header and eval --json say null there (Python would write NaN, which is not JSON),
-    and the comparison table still counts every step."""
+    the comparison table still counts every step, and plot marks the steps."""
     from scratchformer import checkpoint as ckpt
 
     def strict(text):
@@ -299,6 +299,11 @@ def test_a_run_gone_non_finite_writes_strict_json(tmp_path, lm_run, corpus, caps
     assert code == 0 and strict(text)["val_loss"] is None
     code, text, _ = cli(capsys, "plot", out, lm_run, "--out", tmp_path / "c.png")
     assert code == 0 and text.splitlines()[1].split()[1:4] == ["20", "-", "-"]
+    from scratchformer.plots import read_metrics
+    m = read_metrics(out)
+    assert [r["step"] for r in m.train] == [1] and m.evals == [] and m.not_finite == list(range(2, 21))
+    code, text, _ = cli(capsys, "plot", out)  # the steps not finite are marked on the loss panel
+    assert code == 0 and text.split() == [str(out / "loss.png"), str(out / "attention.png")]
 
 
 def test_compare_runs(tmp_path, lm_run, corpus, capsys):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -19,9 +20,15 @@ def _matplotlib():
     return plt
 
 
-def read_metrics(run_dir) -> tuple[list[dict], list[dict]]:
-    """(training rows, evaluation rows) of a run's metrics.jsonl; lines that are not rows
-    are left out with a note on stderr naming them."""
+class Metrics(NamedTuple):
+    train: list[dict]    # training rows with a finite loss
+    evals: list[dict]    # evaluation rows with a finite validation loss
+    not_finite: list[int]  # steps whose loss or gradient norm was not finite (skipped, or where a run stopped)
+
+
+def read_metrics(run_dir) -> Metrics:
+    """The rows of a run's metrics.jsonl; lines that are not rows are left out with a
+    note on stderr naming them."""
     from .train import metrics_rows
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
@@ -31,13 +38,15 @@ def read_metrics(run_dir) -> tuple[list[dict], list[dict]]:
         shown = ", ".join(map(str, bad[:5])) + (", ..." if len(bad) > 5 else "")
         print(f"scratchformer: note: {path}: left out {len(bad)} line(s) that are not metric rows (line {shown})",
               file=sys.stderr)
-    train, evals = [], []
-    for row in rows:
-        if "loss" in row and row["loss"] is not None:
-            train.append(row)
-        elif "val_loss" in row:
-            evals.append(row)
-    return train, evals
+    m = Metrics([], [], [])
+    for row in rows:  # null: not finite
+        if "loss" in row and row["loss"] is not None and row.get("grad_norm") is not None:
+            m.train.append(row)
+        elif "loss" in row:
+            m.not_finite.append(row["step"])
+        elif row.get("val_loss") is not None:
+            m.evals.append(row)
+    return m
 
 
 def _smooth(y: np.ndarray, window: int) -> np.ndarray:
@@ -52,7 +61,7 @@ def plot_loss(run_dir, tokens_per_step: int, unit: str) -> Path:
     """Losses (top) and, below on the same steps, the gradient norm before clipping and
     the learning rate the schedule gave each step."""
     plt = _matplotlib()
-    train, evals = read_metrics(run_dir)
+    train, evals, not_finite = read_metrics(run_dir)
     fig, (ax, low) = plt.subplots(2, 1, figsize=(8, 7), dpi=120, sharex=True, height_ratios=(2.4, 1))
     if train:
         steps = np.array([r["step"] for r in train])
@@ -63,11 +72,14 @@ def plot_loss(run_dir, tokens_per_step: int, unit: str) -> Path:
     if evals:
         ax.plot([r["step"] for r in evals], [r["val_loss"] for r in evals], "o-", color="tab:orange",
                 lw=1.8, label="validation loss")
+    if not_finite:  # steps that train.skip_nonfinite skipped, or where a diverged run stopped
+        ax.plot(not_finite, np.zeros(len(not_finite)), "|", color="tab:red", ms=12, mew=1.5,
+                transform=ax.get_xaxis_transform(), label=f"loss or gradient not finite ({len(not_finite):,} steps)")
     ax.set_ylabel("cross-entropy (nats / token)")
     values = [r["loss"] for r in train] + [r["val_loss"] for r in evals]
     _log_if_near_zero(ax, values)
     ax.grid(True, which="both", alpha=0.3)
-    if train or evals:
+    if train or evals or not_finite:
         ax.legend()
     else:  # a run that has not finished its first jitted call
         ax.text(0.5, 0.5, "no rows in metrics.jsonl yet", transform=ax.transAxes, ha="center", va="center")
@@ -236,8 +248,7 @@ def read_run(run_dir) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist; is {run_dir} a run folder?")
     cfg = from_file(path)
-    train, evals = read_metrics(d)
-    evals = [e for e in evals if e["val_loss"] is not None]  # null: not finite
+    train, evals, _ = read_metrics(d)
     summary = {}
     if (d / "summary.json").is_file():
         try:
