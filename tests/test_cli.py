@@ -92,6 +92,29 @@ def test_lm_run_folder(lm_run, capsys):
     assert abs(r["val_perplexity"] - 2.718281828 ** r["val_loss"]) < 1e-6 * r["val_perplexity"]
 
 
+def test_dry_run_sizes_a_model_and_writes_nothing(tmp_path, corpus, capsys):
+    """--dry-run prints the start-up line (parameters counted independently here) and
+    stops; a model too big for memory is the same one-line error as without it."""
+    import jax
+
+    from scratchformer.config import make_config
+    from scratchformer.tasks import LMTask
+    from scratchformer.train import state_template
+    args = ["train", "lm", "--data", corpus, "--out", tmp_path / "run", *LM_TINY, "--set", "model.n_layer=3"]
+    code, out, err = cli(capsys, *args, "--dry-run")
+    cfg = LMTask.from_file(make_config("lm", "cpu-quick", {"model.n_layer": 3, "model.d_model": 32, "model.n_head": 2,
+                                                           "model.d_ff": 64, "model.block_size": 16}), corpus).cfg
+    n = sum(x.size for x in jax.tree.leaves(state_template(cfg).params))
+    assert code == 0 and err == "" and not (tmp_path / "run").exists()
+    assert out.startswith(f"lm: {n:,} parameters (3 layers x 32, 2 heads, context 16, float32); ")
+    assert re.search(r"; needs ~[\d.]+ [kMG]B per device; run folder ", out)
+    assert out.splitlines()[-1].startswith("dry run: the training step compiled and fits in memory")
+    code, out, err = cli(capsys, *args[:-2], "--set", "model.d_model=16384", "--set", "model.d_ff=65536",
+                         "--set", "model.n_layer=5", "--dry-run")
+    assert code == 2 and out == "" and "needs ~" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
+
+
 def test_eval_and_sample_take_one_checkpoint_file(lm_run, capsys):
     """DIR may name a checkpoint file: that step's weights instead of the best."""
     ckpts = lm_run / "checkpoints"

@@ -87,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "a second Ctrl-C stops at once)")
     t.add_argument("--fsdp", action="store_true", help="shard parameters and optimizer state across devices")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--dry-run", action="store_true", help="compile the training step, check that it fits in "
+                   "memory, print the parameter count and memory, and stop (nothing is written)")
     t.add_argument("--coordinator", help="multi-process: HOST:PORT of process 0")
     t.add_argument("--num-processes", type=_positive_int, help="multi-process: number of processes")
     t.add_argument("--process-id", type=int, help="multi-process: this process's index")
@@ -158,6 +160,13 @@ def cmd_train(a) -> int:
         if a.data is not None:
             raise UsageError("--data is for the lm task; reverse generates its data")
         task = ReverseTask(cfg)
+    if a.dry_run:
+        plan = fit(task, out, resume=a.resume, fsdp=a.fsdp, dry_run=True)
+        print(plan["header"])
+        fits = ("fits in memory" if plan["bytes_per_device"] else
+                "has no memory figure from XLA on this backend, so its fit was not checked")
+        print(f"dry run: the training step compiled and {fits}; nothing was trained or written")
+        return 0
     summary = fit(task, out, resume=a.resume, fsdp=a.fsdp, progress=not a.no_progress)
     from .parallel import is_main
     if is_main():

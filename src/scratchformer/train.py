@@ -304,10 +304,13 @@ def _header(cfg: RunConfig, n: int, task, compiled, out_dir) -> str:
             f"{m.block_size}, {m.dtype}); {t.steps:,} steps of {per_step}{memory}; run folder {out_dir}")
 
 
-def fit(task, out_dir, *, resume: bool = False, fsdp: bool = False, progress: bool = True) -> dict:
+def fit(task, out_dir, *, resume: bool = False, fsdp: bool = False, progress: bool = True,
+        dry_run: bool = False) -> dict:
     """Train `task` under its config (`task.cfg`), writing the run to `out_dir`.
     Returns the summary (also written to summary.json). `task.source` (the text file
-    of an LMTask.from_file) is saved with each checkpoint and checked on resume."""
+    of an LMTask.from_file) is saved with each checkpoint and checked on resume.
+    dry_run: compile the step and check that it fits in memory, then return
+    {"parameters", "bytes_per_device", "header"} without allocating or writing anything."""
     cfg = task.cfg
     run = RunFolder(out_dir)
     main = is_main()
@@ -322,6 +325,8 @@ def fit(task, out_dir, *, resume: bool = False, fsdp: bool = False, progress: bo
     n = sum(x.size for x in jax.tree.leaves(template.params))
     check_fits(call, mesh.local_devices, what=_footprint(cfg, n, fsdp, mesh.size),
                advice=_memory_advice(fsdp, mesh.size), allocated=tree_bytes(data))  # replicated: a copy per device
+    if dry_run:
+        return {"parameters": n, "bytes_per_device": program_bytes(call), "header": _header(cfg, n, task, call, out_dir)}
     if progress and main:
         print(_header(cfg, n, task, call, out_dir), file=sys.stderr)
     if main:
