@@ -211,7 +211,7 @@ def test_eval_on_a_text_of_ones_choice(tmp_path, lm_run, corpus, capsys):
     from scratchformer import runs
     from scratchformer.data import text
     from scratchformer.models import lm_forward
-    from scratchformer.tasks import EVAL_CHUNK
+    from scratchformer.tasks import eval_chunk
 
     whole = corpus.read_text()
     val = tmp_path / "val.txt"
@@ -239,7 +239,7 @@ def test_eval_on_a_text_of_ones_choice(tmp_path, lm_run, corpus, capsys):
         seen = []
         task.loss_on(params, ids, on_window=seen.append)
         assert sum(seen) == task.windows_of(n) == len(text.eval_windows(ids, block)["inputs"])
-        assert len(seen) == -(-task.windows_of(n) // EVAL_CHUNK)  # one call per evaluation chunk
+        assert len(seen) == -(-task.windows_of(n) // eval_chunk(block))  # one call per evaluation chunk
 
 
 def test_plot_of_a_run_before_its_first_rows(tmp_path, lm_run, capsys):

@@ -285,13 +285,12 @@ def _eval_text(a, task, params, meta) -> int:
 
 
 def _eval_progress(windows: int, block: int):
-    """A progress bar in characters scored, for an evaluation of more than a few chunks,
-    on a terminal or in a notebook only; erased when done (the result line is the
-    command's output)."""
+    """A progress bar in characters scored, for an evaluation of over 500,000 (several
+    seconds on a CPU), on a terminal or in a notebook only; erased when done (the
+    result line is the command's output)."""
     from tqdm.auto import tqdm
 
-    from .tasks import EVAL_CHUNK
-    shown = (sys.stderr.isatty() or "ipykernel" in sys.modules) and windows > 4 * EVAL_CHUNK
+    shown = (sys.stderr.isatty() or "ipykernel" in sys.modules) and windows * block > 500_000
     return tqdm(total=windows * block, unit="char", unit_scale=True, leave=False, dynamic_ncols=True,
                 file=sys.stderr, mininterval=0.5, desc="scoring", disable=not shown)
 
