@@ -217,8 +217,8 @@ class RunFolder:
 def metrics_rows(path) -> tuple[list[dict], list[int]]:
     """The rows of a metrics.jsonl, and the numbers of the lines that are not rows: a
     row is a JSON object with an integer "step" >= 0 whose other values are numbers,
-    null (not finite) or true/false ("skipped"). A last line without its newline is a row being written (or cut
-    short by a kill) and is left out without being counted as bad."""
+    null (not finite) or true/false ("skipped"). An unreadable last line without its
+    newline is a row still being written (or cut short by a kill): left out, not bad."""
     lines = Path(path).read_text(errors="replace").split("\n")
     rows, bad = [], []
     for number, line in enumerate(lines, 1):
