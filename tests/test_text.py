@@ -100,10 +100,25 @@ def test_tokenizer_round_trip(s):
     assert list(tok.chars) == sorted(set(s))
 
 
-def test_unknown_character_names_it():
+@settings(max_examples=100, deadline=None)
+@given(vocab=st.lists(st.characters(exclude_categories=("Cs",)), min_size=1, max_size=40, unique=True),
+       picks=st.lists(st.integers(0, 10**6), max_size=300), piece=st.integers(1, 64))
+def test_encode_equals_a_naive_lookup(vocab, picks, piece):
+    """Any vocabulary order (a checkpoint's, say), any code points (astral ones too), and
+    texts longer than the pieces encode looks up at a time."""
+    tok = text.CharTokenizer("".join(vocab))
+    s = "".join(vocab[i % len(vocab)] for i in picks)
+    want = np.array([vocab.index(c) for c in s], np.int32)
+    got = tok.encode(s, piece=piece)
+    assert got.dtype == np.int32 and np.array_equal(got, want)
+
+
+def test_unknown_characters_are_all_named():
     tok = text.CharTokenizer.from_text("abc")
-    with pytest.raises(DataError, match="'z'"):
+    with pytest.raises(DataError, match="^character 'z' is not in the model's vocabulary"):
         tok.encode("abz")
+    with pytest.raises(DataError, match=r"^3 characters \('z', 'é', '😀'\) are not in"):
+        tok.encode("z" + "ab" * 10 + "😀é" + "zz", piece=4)  # found in different pieces
 
 
 @settings(max_examples=50, deadline=None)
