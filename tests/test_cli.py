@@ -239,7 +239,8 @@ def test_eval_on_a_text_of_ones_choice(tmp_path, lm_run, corpus, capsys):
         seen = []
         task.loss_on(params, ids, on_window=seen.append)
         assert sum(seen) == task.windows_of(n) == len(text.eval_windows(ids, block)["inputs"])
-        assert len(seen) == -(-task.windows_of(n) // eval_chunk(block))  # one call per evaluation chunk
+        chunk = eval_chunk(block, task.cfg.model.n_head)
+        assert len(seen) == -(-task.windows_of(n) // chunk)  # one call per evaluation chunk
 
 
 def test_plot_of_a_run_before_its_first_rows(tmp_path, lm_run, capsys):

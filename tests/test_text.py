@@ -146,3 +146,14 @@ def test_eval_windows_score_every_target_once(n, block):
     scored = w["targets"][w["weights"] > 0]
     assert sorted(scored.tolist()) == list(range(1, n))  # each target exactly once
     np.testing.assert_array_equal(w["targets"], w["inputs"] + 1)
+
+
+def test_evaluation_chunks():
+    """~2k tokens per call on a CPU; on an accelerator 65,536 tokens (the gpu preset's 256
+    windows of 256), fewer where a layer's attention probabilities would pass 1 GiB."""
+    from scratchformer.tasks import eval_chunk
+    assert [eval_chunk(t, 4, "cpu") for t in (16, 64, 128, 256, 4096)] == [128, 32, 16, 8, 1]
+    assert eval_chunk(256, 6, "gpu") == 256 and eval_chunk(64, 4, "gpu") == 1024
+    big = eval_chunk(1024, 16, "gpu")
+    assert big == 16 and big * 16 * 1024 * 1024 * 4 <= 1 << 30 < (big + 1) * 16 * 1024 * 1024 * 4
+    assert eval_chunk(8192, 64, "tpu") == 1  # never fewer than one window

@@ -20,15 +20,18 @@ from .parallel import chunks_on_mesh, host_value, make_mesh
 # activations in the caches: 1.6-2x the tokens/s of 256-window calls at the
 # cpu-quick, cpu and gpt-small shapes (BENCHMARKS.md, tenth session). An accelerator
 # wants large calls: 65,536 tokens is the 256 windows of 256 that the gpu preset's
-# figures were measured with.
+# figures were measured with; fewer where one layer's float32 attention
+# probabilities (windows x heads x T x T) would pass EVAL_PROBS_BYTES.
 EVAL_TOKENS_CPU = 2_048
 EVAL_TOKENS_ACCELERATOR = 65_536
+EVAL_PROBS_BYTES = 1 << 30
 
 
-def eval_chunk(block: int) -> int:
+def eval_chunk(block: int, n_head: int, backend: str | None = None) -> int:
     """Windows of `block` tokens per LM evaluation call on this backend."""
-    tokens = EVAL_TOKENS_CPU if jax.default_backend() == "cpu" else EVAL_TOKENS_ACCELERATOR
-    return max(1, tokens // block)
+    if (backend or jax.default_backend()) == "cpu":
+        return max(1, EVAL_TOKENS_CPU // block)
+    return max(1, min(EVAL_TOKENS_ACCELERATOR // block, EVAL_PROBS_BYTES // (4 * n_head * block * block)))
 
 
 EVAL_SEQS = 1000  # reversal: sequences per evaluation call, and the periodic evaluation's subset
@@ -112,7 +115,8 @@ class LMTask:
         n windows of model.block_size targets is scored; see `windows_of`."""
         block = self.cfg.model.block_size
         windows = text.eval_windows(ids, block, limit)
-        return _eval_loss(self._loss, params, windows, eval_chunk(block), self.mesh, on_window)
+        chunk = eval_chunk(block, self.cfg.model.n_head)
+        return _eval_loss(self._loss, params, windows, chunk, self.mesh, on_window)
 
     def windows_of(self, n_ids: int) -> int:
         """How many windows `loss_on` scores over n_ids token ids (all of them)."""
