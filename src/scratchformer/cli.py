@@ -7,7 +7,6 @@ diverges (NaN/inf) exits 1. No tracebacks for either.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 
