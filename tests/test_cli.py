@@ -233,14 +233,14 @@ def test_eval_on_a_text_of_ones_choice(tmp_path, lm_run, corpus, capsys):
     code, out, _ = cli(capsys, "eval", lm_run, "--data", one, "--json")
     assert json.loads(out)["loss"] == pytest.approx(want, rel=1e-5) and json.loads(out)["tokens"] == block
 
-    # The progress callback sees every window once, as many as windows_of counts.
+    # The progress callback hears of every target once, one call per evaluation chunk.
     for n in (block + 1, block + 2, 2 * block + 1, 700 * block + 5):
         ids = np.resize(task.tokenizer.encode(whole), n)
         seen = []
-        task.loss_on(params, ids, on_window=seen.append)
-        assert sum(seen) == task.windows_of(n) == len(text.eval_windows(ids, block)["inputs"])
-        chunk = eval_chunk(block, task.cfg.model.n_head)
-        assert len(seen) == -(-task.windows_of(n) // chunk)  # one call per evaluation chunk
+        _, scored = task.loss_on(params, ids, on_scored=seen.append)
+        assert sum(seen) == scored == n - 1
+        windows = len(text.eval_windows(ids, block)["inputs"])
+        assert len(seen) == -(-windows // eval_chunk(block, task.cfg.model.n_head))
 
 
 def test_plot_of_a_run_before_its_first_rows(tmp_path, lm_run, capsys):

@@ -273,8 +273,8 @@ def _eval_text(a, task, params, meta) -> int:
         raise UsageError(f"--data {a.data} has {len(corpus)} characters; the model reads windows of "
                          f"model.block_size={block}, so it needs at least {block + 1}")
     ids = task.tokenizer.encode(corpus)
-    with _eval_progress(task.windows_of(len(ids)), block) as bar:
-        loss, n = task.loss_on(params, ids, on_window=lambda rows: bar.update(rows * block))
+    with _eval_progress(len(ids) - 1) as bar:  # every character but the first is a target
+        loss, n = task.loss_on(params, ids, on_scored=bar.update)
     result = {"task": "lm", "data": str(a.data), "loss": loss, "perplexity": math.exp(loss), "tokens": n,
               "step": meta.get("step")}
     print(strict_json(result) if a.json else
@@ -283,14 +283,14 @@ def _eval_text(a, task, params, meta) -> int:
     return 0
 
 
-def _eval_progress(windows: int, block: int):
+def _eval_progress(targets: int):
     """A progress bar in characters scored, for an evaluation of over 500,000 (several
     seconds on a CPU), on a terminal or in a notebook only; erased when done (the
     result line is the command's output)."""
     from tqdm.auto import tqdm
 
-    shown = (sys.stderr.isatty() or "ipykernel" in sys.modules) and windows * block > 500_000
-    return tqdm(total=windows * block, unit="char", unit_scale=True, leave=False, dynamic_ncols=True,
+    shown = (sys.stderr.isatty() or "ipykernel" in sys.modules) and targets > 500_000
+    return tqdm(total=targets, unit="char", unit_scale=True, leave=False, dynamic_ncols=True,
                 file=sys.stderr, mininterval=0.5, desc="scoring", disable=not shown)
 
 

@@ -39,16 +39,17 @@ EVAL_SEQS = 1000  # reversal: sequences per evaluation call, and the periodic ev
 
 def _eval_loss(loss_fn, params, arrays: dict, chunk: int, mesh=None, on_chunk=None):
     """Sum a loss over fixed-size chunks split over the mesh (zero-weighted padding in
-    the last), so the evaluation compiles once whatever the set's size. `on_chunk(rows)`,
-    if given, is called after each chunk with its number of real rows (for progress).
+    the last), so the evaluation compiles once whatever the set's size. `on_chunk(w)`,
+    if given, is called after each chunk with its weight (for progress).
     Returns (mean loss, total weight)."""
     total, weight = 0.0, 0.0
-    for rows, part in chunks_on_mesh(arrays, chunk, mesh or make_mesh()):
+    for _, part in chunks_on_mesh(arrays, chunk, mesh or make_mesh()):
         s, w = loss_fn(params, part)
         total += float(host_value(s))
-        weight += float(host_value(w))
+        w = float(host_value(w))
+        weight += w
         if on_chunk:
-            on_chunk(rows)
+            on_chunk(int(w))
     return total / max(weight, 1.0), int(weight)
 
 
@@ -109,18 +110,14 @@ class LMTask:
         loss, n = self.loss_on(params, self.val_ids, limit)
         return {"val_loss": loss, "val_perplexity": float(np.exp(loss)), "val_tokens": n}
 
-    def loss_on(self, params, ids, limit: int = 0, on_window=None) -> tuple[float, int]:
+    def loss_on(self, params, ids, limit: int = 0, on_scored=None) -> tuple[float, int]:
         """(mean loss, targets scored) over token ids, each target scored once (all of
-        them, or `limit` evenly spaced windows). `on_window(n)`: called as each batch of
-        n windows of model.block_size targets is scored; see `windows_of`."""
+        them, or `limit` evenly spaced windows). `on_scored(n)`: called after each
+        evaluation call with the number of targets it scored."""
         block = self.cfg.model.block_size
         windows = text.eval_windows(ids, block, limit)
         chunk = eval_chunk(block, self.cfg.model.n_head)
-        return _eval_loss(self._loss, params, windows, chunk, self.mesh, on_window)
-
-    def windows_of(self, n_ids: int) -> int:
-        """How many windows `loss_on` scores over n_ids token ids (all of them)."""
-        return -(-(n_ids - 1) // self.cfg.model.block_size)
+        return _eval_loss(self._loss, params, windows, chunk, self.mesh, on_scored)
 
 
 class ReverseTask:
