@@ -265,8 +265,8 @@ def _eval_text(a, task, params, meta) -> int:
     corpus = text.read_text(a.data)
     unknown = sorted(set(corpus) - set(task.tokenizer.chars))
     if unknown:
-        shown = ", ".join(repr(c) for c in unknown[:8]) + (", ..." if len(unknown) > 8 else "")
-        raise UsageError(f"--data {a.data} holds {len(unknown)} character(s) the model has no token for ({shown}); "
+        raise UsageError(f"--data {a.data} holds {len(unknown)} character(s) the model has no token for "
+                         f"({text.named_characters(unknown)}); "
                          f"it knows the {len(task.tokenizer)} characters of the text it trained on")
     block = task.cfg.model.block_size
     if len(corpus) <= block:

@@ -144,9 +144,14 @@ class CharTokenizer:
         return "".join(self.chars[i] for i in np.asarray(ids).tolist())
 
 
-def _characters(chars: str, most: int = 8) -> str:
-    """"character 'x' is" / "characters 'x', 'y' are", naming at most `most`."""
-    shown = ", ".join(repr(c) for c in chars[:most]) + (", ..." if len(chars) > most else "")
+def named_characters(chars, most: int = 8) -> str:
+    """"'x', 'y', 'z'" for an error message, naming at most `most` (then "...")."""
+    return ", ".join(repr(c) for c in chars[:most]) + (", ..." if len(chars) > most else "")
+
+
+def _characters(chars: str) -> str:
+    """"character 'x' is" / "2 characters ('x', 'y') are"."""
+    shown = named_characters(chars)
     return f"character {shown} is" if len(chars) == 1 else f"{len(chars)} characters ({shown}) are"
 
 
