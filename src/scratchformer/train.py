@@ -310,7 +310,8 @@ def fit(task, out_dir, *, resume: bool = False, fsdp: bool = False, progress: bo
     Returns the summary (also written to summary.json). `task.source` (the text file
     of an LMTask.from_file) is saved with each checkpoint and checked on resume.
     dry_run: compile the step and check that it fits in memory, then return
-    {"parameters", "bytes_per_device", "header"} without allocating or writing anything."""
+    {"parameters", "bytes_per_device", "header"} without allocating the training state
+    or writing anything (the data is on the devices already: the check counts it)."""
     cfg = task.cfg
     run = RunFolder(out_dir)
     main = is_main()
