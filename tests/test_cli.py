@@ -409,6 +409,10 @@ def _bad_inputs(tmp: Path, lm_run: Path, rev_run: Path, corpus: Path):
     nosummary = tmp / "nosummary"
     shutil.copytree(lm_run, nosummary)
     (nosummary / "summary.json").write_text('{"val_loss": 1.5')
+    for name, text in [("str_int.json", '{"model": {"n_layer": "2"}}'), ("lm_task.json", '{"task": "lm"}'),
+                       ("list.json", "[1]"), ("typo.json", '{"model": {"n_layers": 2}}'),
+                       ("section.json", '{"modle": {}}'), ("cut.json", '{"model": {"n_layer": 2')]:
+        (tmp / name).write_text(text)
     locked = tmp / "locked"
     locked.mkdir()
     os.chmod(locked, stat.S_IRUSR | stat.S_IXUSR)
@@ -435,7 +439,7 @@ def _bad_inputs(tmp: Path, lm_run: Path, rev_run: Path, corpus: Path):
         ("resume, saved config", ["train", "lm", "--resume", "--out", tmp / "nockpt"], "no checkpoint to resume"),
         ("resume with another config", [*lm, "--resume", "--out", lm_run, "--set", "model.n_layer=2"],
          "different config (model.n_layer: 1 -> 2, train.steps: 40 -> 2500); a resumed run keeps its config: "
-         "leave out --preset, --set, --steps and --seed"),
+         "leave out --preset, --config, --set, --steps and --seed"),
         ("truncated checkpoint", ["eval", trunc], "truncated or corrupted"),
         ("resume from a garbled header", ["train", "lm", "--resume", "--out", garbled], "truncated or corrupted"),
         ("d_model not divisible", [*lm, "--set", "model.d_model=30", "--set", "model.n_head=4"], "not divisible"),
@@ -457,6 +461,19 @@ def _bad_inputs(tmp: Path, lm_run: Path, rev_run: Path, corpus: Path):
         ("malformed --set", [*lm, "--set", "model.n_layer"], "section.key=value"),
         ("derived key", [*lm, "--set", "model.vocab_size=3"], "derived"),
         ("unwritable out", [*lm, "--out", locked / "run"], "cannot be written"),
+        ("missing --config", [*lm, "--config", tmp / "nope.json"], f"--config {tmp / 'nope.json'}: no such file"),
+        ("--config of another task", ["train", "reverse", "--config", lm_run / "config.json"],
+         f"--config {lm_run / 'config.json'} is a config for task 'lm', not 'reverse'"),
+        ("--config with a string for an int", [*lm, "--config", tmp / "str_int.json"],
+         "str_int.json: model.n_layer='2' has type str, expected int"),
+        ("--config of a reverse task", ["train", "reverse", "--config", tmp / "lm_task.json"],
+         "lm_task.json is a config for task 'lm', not 'reverse'"),
+        ("--config holding a list", [*lm, "--config", tmp / "list.json"], "list.json must hold a JSON object, not list"),
+        ("--config with an unknown key", [*lm, "--config", tmp / "typo.json"],
+         "typo.json: unknown config key 'model.n_layers'; known keys: model.n_layer,"),
+        ("--config with an unknown section", [*lm, "--config", tmp / "section.json"],
+         "section.json: unknown config section(s) ['modle']"),
+        ("--config cut short", [*lm, "--config", tmp / "cut.json"], "cut.json is not a valid config: Expecting"),
         # ~16e9 parameters (under config's limit): ~260 GB of weights, gradients and AdamW moments
         ("model too big for memory", [*lm, "--set", "model.n_layer=5", "--set", "model.d_model=16384",
                                       "--set", "model.d_ff=65536", "--out", tmp / "big"],
@@ -575,3 +592,25 @@ def test_eval_finds_and_checks_the_runs_text(tmp_path, corpus, capsys):
                                  "LMTask.from_text); evaluation needs one: train with LMTask.from_file or the "
                                  "command line\n")
     assert cli(capsys, "sample", tmp_path / "py", "--tokens", "5")[0] == 0  # sampling needs only the vocabulary
+
+
+def test_train_config_file_repeats_a_run_and_layers_under_set(tmp_path, rev_run, capsys):
+    """`--config` with a run's config.json trains that run again (same config, same
+    metrics, line for line); a partial file is applied after the preset, --set after it."""
+    again = tmp_path / "again"
+    assert cli(capsys, "train", "reverse", "--config", rev_run / "config.json", "--out", again, "--no-progress")[0] == 0
+    assert (again / "config.json").read_text() == (rev_run / "config.json").read_text()
+    assert (again / "metrics.jsonl").read_text() == (rev_run / "metrics.jsonl").read_text()
+
+    part = tmp_path / "part.json"
+    part.write_text(json.dumps({"model": {"n_layer": 1, "d_model": 32}, "train": {"steps": 9, "seed": 4}}))
+    code, out, _ = cli(capsys, "train", "reverse", "--config", part, "--set", "train.seed=5", "--dry-run",
+                       "--set", "optim.warmup_steps=2")
+    assert code == 0, out
+    from scratchformer.config import make_config, overrides_from_file
+    cfg = make_config("reverse", None, {**overrides_from_file(part, "reverse"), "train.seed": "5",
+                                        "optim.warmup_steps": "2"})
+    assert (cfg.model.n_layer, cfg.model.d_model, cfg.train.steps, cfg.train.seed) == (1, 32, 9, 5)
+    preset = make_config("reverse")
+    assert (cfg.model.n_head, cfg.train.batch_size) == (preset.model.n_head, preset.train.batch_size)
+    assert "(1+1 layers x 32, 4 heads, context 22, float32); 9 steps of 128 sequences" in out, out

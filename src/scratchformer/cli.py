@@ -23,6 +23,7 @@ EXAMPLES = """examples:
   scratchformer plot runs/quick                    # runs/quick/loss.png, attention.png
   scratchformer plot runs/quick runs/rope --out compare.png   # several runs on one figure
   scratchformer train lm --data my.txt --set model.n_layer=2 --steps 500
+  scratchformer train lm --config runs/quick/config.json --seed 1   # the same run, another seed
   scratchformer bench
 """
 
@@ -79,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, help="random seed (= --set train.seed=N)")
     t.add_argument("--data", help="lm: a UTF-8 text file instead of Tiny Shakespeare (with --resume: the "
                    "run's own file unless given)")
+    t.add_argument("--config", metavar="FILE", help="settings from a JSON file: a run's config.json (to "
+                   "train that run again) or any part of one; applied after --preset, before --set")
     t.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set model.n_layer=2 (repeatable)")
     t.add_argument("--resume", action="store_true",
@@ -129,11 +132,11 @@ def cmd_train(a) -> int:
     from .parallel import initialize_distributed
     initialize_distributed(a.coordinator, a.num_processes, a.process_id)
 
-    from .config import make_config, parse_set_args
+    from .config import make_config, overrides_from_file, parse_set_args
     from .tasks import LMTask, ReverseTask
     from .train import fit
 
-    overrides = parse_set_args(a.sets)
+    overrides = {**(overrides_from_file(a.config, a.task) if a.config else {}), **parse_set_args(a.sets)}
     if a.steps is not None:
         overrides["train.steps"] = str(a.steps)
     if a.seed is not None:

@@ -349,6 +349,11 @@ def from_dict(d: Any) -> RunConfig:
     task = d.get("task")
     if task not in TASKS:
         raise ConfigError(f"task={task!r} is not one of {', '.join(TASKS)}")
+    return apply_overrides(RunConfig(task=task), _json_overrides(d), allow_derived=True)
+
+
+def _json_overrides(d: dict) -> dict[str, Any]:
+    """A config's JSON object (all sections or some) as `section.key -> value`."""
     overrides = {}
     for section in SECTIONS:
         sub = d.get(section, {})
@@ -361,7 +366,39 @@ def from_dict(d: Any) -> RunConfig:
         typ = _field_types(SECTIONS[section]).get(name)
         if typ is not None and typ is not str and isinstance(v, str):
             raise ConfigError(f"{key}={v!r} has type str, expected {typ.__name__}")
-    return apply_overrides(RunConfig(task=task), overrides, allow_derived=True)
+    return overrides
+
+
+def overrides_from_file(path, task: str) -> dict[str, Any]:
+    """`train --config FILE`: the settings in a JSON file (a run's config.json, or any
+    part of one: {"model": {"n_layer": 2}}) as overrides, applied after the preset and
+    before --set. A "task" in the file must be `task`; model.vocab_size is left out
+    (the task derives it from the data). Types are checked as in from_dict; bounds and
+    cross-field rules when make_config validates the whole."""
+    from pathlib import Path
+    try:
+        d = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (FileNotFoundError, IsADirectoryError):
+        raise ConfigError(f"--config {path}: no such file") from None
+    except ValueError as e:  # not JSON, not UTF-8
+        raise ConfigError(f"--config {path} is not a valid config: {str(e).splitlines()[0]}") from None
+    if not isinstance(d, dict):
+        raise ConfigError(f"--config {path} must hold a JSON object, not {type(d).__name__}")
+    extra = set(d) - {"task", *SECTIONS}
+    if extra:
+        raise ConfigError(f"--config {path}: unknown config section(s) {sorted(extra)}; known: task, "
+                          f"{', '.join(SECTIONS)}")
+    if d.get("task", task) != task:
+        raise ConfigError(f"--config {path} is a config for task {d['task']!r}, not {task!r}")
+    try:
+        overrides = _json_overrides(d)
+        for key in overrides:  # unknown keys are named here, with the file
+            section, _, name = key.partition(".")
+            if name not in _field_types(SECTIONS[section]):
+                raise ConfigError(f"unknown config key {key!r}; known keys: {', '.join(all_keys())}")
+    except ConfigError as e:
+        raise ConfigError(f"--config {path}: {e}") from None
+    return {k: v for k, v in overrides.items() if k not in DERIVED}
 
 
 def from_file(path) -> RunConfig:
