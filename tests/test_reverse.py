@@ -1,5 +1,6 @@
 """The reversal experiment at a reduced size: learns to 100% exact match, and the
-decoders agree with each other (beam 1 = greedy, cached = uncached)."""
+decoders agree with each other (beam 1 = greedy, cached = uncached) and with an
+exhaustive search."""
 
 import jax
 import jax.numpy as jnp
@@ -82,3 +83,50 @@ def test_beam_search_is_exact_too(trained):
     ev = {k: v[:300] for k, v in task.eval_set().items()}
     r = seq2seq_accuracy(params, task.cfg.model, ev, beam=4, chunk=300)
     assert r["exact_match"] == 1.0
+
+
+
+def test_beam_search_wide_enough_finds_the_exhaustive_best():
+    """With a beam wider than the number of hypotheses, beam search must return the
+    best of all of them. Every output of up to 3 tokens over a 5-token vocabulary
+    (2 symbols, PAD, BOS, EOS; EOS only last, or no EOS within 3 tokens) is scored by
+    the teacher-forced forward pass in float64 and ranked by log p / len^alpha, for
+    four random models, six sources and three alphas (which pick different winners)."""
+    import itertools
+
+    from scratchformer.models import encdec_forward, init_encdec
+    cfg = ReverseTask(make_config("reverse", None, {"data.vocab_size": 2, "data.max_len": 2,
+                                                    "model.block_size": 4})).cfg.model
+    v, max_out = cfg.vocab_size, 3
+    assert v == 5
+    hyps = [list(h) for n in range(1, max_out + 1) for h in itertools.product(range(v), repeat=n)
+            if (h[-1] == reverse.EOS or n == max_out) and reverse.EOS not in h[:-1]]
+    lengths = np.array([len(h) for h in hyps])
+    srcs = np.array([[3, 4], [4, 3], [3, 0], [4, 4], [3, 3], [4, 0]], np.int32)  # symbols are 3, 4; PAD 0
+    tgt_in = np.array([[reverse.BOS] + h[:-1] + [reverse.PAD] * (max_out - len(h)) for h in hyps], np.int32)
+    alphas = (0.0, 0.6, 2.0)
+    winners, checked = {a: [] for a in alphas}, 0
+    for seed, scale in [(0, 0.5), (2, 0.5), (2, 1.0), (4, 1.0)]:
+        params = init_encdec(jax.random.PRNGKey(7 + seed), cfg)
+        leaves, tree = jax.tree.flatten(params)  # sharper distributions than at initialisation
+        keys = jax.random.split(jax.random.PRNGKey(8 + seed), len(leaves))
+        params = jax.tree.unflatten(tree, [x + scale * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
+        for alpha in alphas:
+            found = np.asarray(beam_search(params, jnp.asarray(srcs), cfg=cfg, max_out=max_out, beam=128,
+                                           alpha=alpha))
+            for src, got in zip(srcs, found):
+                logits = np.asarray(encdec_forward(params, jnp.asarray(np.repeat(src[None], len(hyps), 0)),
+                                                   jnp.asarray(tgt_in), cfg=cfg), np.float64)
+                logp = logits - logits.max(-1, keepdims=True)
+                logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
+                total = np.array([sum(logp[i, t, tok] for t, tok in enumerate(h)) for i, h in enumerate(hyps)])
+                score = total / lengths ** alpha
+                first, second = np.argsort(-score)[:2]
+                winners[alpha].append(first)
+                if score[first] - score[second] < 1e-4:
+                    continue  # a near-tie, which float32 may break either way
+                checked += 1
+                best = hyps[first]
+                assert got.tolist() == best + [reverse.PAD] * (max_out - len(best)), (seed, alpha, src, got, best)
+    assert checked >= 60
+    assert winners[0.0] != winners[0.6] != winners[2.0]  # the test can tell the length normalisation apart
