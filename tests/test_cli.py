@@ -411,7 +411,8 @@ def _bad_inputs(tmp: Path, lm_run: Path, rev_run: Path, corpus: Path):
     (nosummary / "summary.json").write_text('{"val_loss": 1.5')
     for name, text in [("str_int.json", '{"model": {"n_layer": "2"}}'), ("lm_task.json", '{"task": "lm"}'),
                        ("list.json", "[1]"), ("typo.json", '{"model": {"n_layers": 2}}'),
-                       ("section.json", '{"modle": {}}'), ("cut.json", '{"model": {"n_layer": 2')]:
+                       ("section.json", '{"modle": {}}'), ("cut.json", '{"model": {"n_layer": 2'),
+                       ("other_task.json", '{"task": "lm", "data": {"max_len": 7, "min_len": 1}}')]:
         (tmp / name).write_text(text)
     locked = tmp / "locked"
     locked.mkdir()
@@ -474,6 +475,12 @@ def _bad_inputs(tmp: Path, lm_run: Path, rev_run: Path, corpus: Path):
         ("--config with an unknown section", [*lm, "--config", tmp / "section.json"],
          "section.json: unknown config section(s) ['modle']"),
         ("--config cut short", [*lm, "--config", tmp / "cut.json"], "cut.json is not a valid config: Expecting"),
+        ("--config setting the other task's key", [*lm, "--config", tmp / "other_task.json"],
+         "other_task.json: data.max_len=7 is a setting of the reverse task; the lm task does not use it"),
+        ("--set of the other task's key", [*lm, "--set", "data.max_len=7"],
+         "data.max_len is a setting of the reverse task; the lm task does not use it"),
+        ("--set of the other task's key (reverse)", ["train", "reverse", "--set", "train.eval_windows=3"],
+         "train.eval_windows is a setting of the lm task; the reverse task does not use it"),
         # ~16e9 parameters (under config's limit): ~260 GB of weights, gradients and AdamW moments
         ("model too big for memory", [*lm, "--set", "model.n_layer=5", "--set", "model.d_model=16384",
                                       "--set", "model.d_ff=65536", "--out", tmp / "big"],

@@ -166,6 +166,11 @@ class DataConfig:
 SECTIONS = {"model": ModelConfig, "optim": OptimConfig, "train": TrainConfig, "data": DataConfig}
 # Keys the task derives from the data; a person cannot set them.
 DERIVED = {"model.vocab_size"}
+# Keys that one task reads and the other ignores: setting one for the other task is an
+# error, not a silent no-op (a run's config.json still lists them, at their defaults).
+TASK_ONLY = {"data.vocab_size": "reverse", "data.min_len": "reverse", "data.max_len": "reverse",
+             "data.eval_size": "reverse", "data.eval_seed": "reverse",
+             "data.val_fraction": "lm", "train.eval_windows": "lm"}
 
 
 @dataclass(frozen=True)
@@ -299,7 +304,8 @@ def describe_keys() -> list[str]:
         for f in fields(cls):
             key = f"{s}.{f.name}"
             if key not in DERIVED:
-                out.append(f"{key:<26} {f.type:<6} {f.default!r}")
+                only = f" ({TASK_ONLY[key]} only)" if key in TASK_ONLY else ""
+                out.append(f"{key:<26} {f.type:<6} {f.default!r}{only}")
     return out
 
 
@@ -336,7 +342,15 @@ def make_config(task: str, preset: str | None = None, overrides: dict[str, Any] 
         raise ConfigError(f"unknown preset {preset!r} for task {task!r}; choose from "
                           f"{', '.join(PRESETS[task])}")
     merged = {**PRESETS[task][preset], **(overrides or {})}
+    for key in merged:
+        other = TASK_ONLY.get(key.strip(), task)
+        _check(other == task, f"{key.strip()} is a setting of the {other} task; the {task} task does not use it")
     return apply_overrides(RunConfig(task=task), merged)
+
+
+def _default(key: str) -> Any:
+    section, _, name = key.partition(".")
+    return next(f.default for f in fields(SECTIONS[section]) if f.name == name)
 
 
 def from_dict(d: Any) -> RunConfig:
@@ -373,7 +387,8 @@ def overrides_from_file(path, task: str) -> dict[str, Any]:
     """`train --config FILE`: the settings in a JSON file (a run's config.json, or any
     part of one: {"model": {"n_layer": 2}}) as overrides, applied after the preset and
     before --set. A "task" in the file must be `task`; model.vocab_size is left out
-    (the task derives it from the data). Types are checked as in from_dict; bounds and
+    (the task derives it from the data), and so are the other task's keys where they
+    hold their defaults (a config.json lists every key). Types are checked as in from_dict; bounds and
     cross-field rules when make_config validates the whole."""
     from pathlib import Path
     try:
@@ -398,7 +413,12 @@ def overrides_from_file(path, task: str) -> dict[str, Any]:
                 raise ConfigError(f"unknown config key {key!r}; known keys: {', '.join(all_keys())}")
     except ConfigError as e:
         raise ConfigError(f"--config {path}: {e}") from None
-    return {k: v for k, v in overrides.items() if k not in DERIVED}
+    for key, value in overrides.items():  # a run's config.json lists the other task's keys, at their defaults
+        other = TASK_ONLY.get(key, task)
+        if other != task and value != _default(key):
+            raise ConfigError(f"--config {path}: {key}={value!r} is a setting of the {other} task; the {task} "
+                              "task does not use it")
+    return {k: v for k, v in overrides.items() if k not in DERIVED and TASK_ONLY.get(k, task) == task}
 
 
 def from_file(path) -> RunConfig:
