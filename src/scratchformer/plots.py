@@ -209,7 +209,7 @@ def _attention_grid(path: Path, probs_per_layer, row_labels, col_labels, *, ylab
     for layer, probs in enumerate(probs_per_layer):
         for head in range(n_h):
             ax = axes[layer][head]
-            ax.imshow(probs[head], cmap="viridis", vmin=0, vmax=1, aspect="auto")
+            image = ax.imshow(probs[head], cmap="viridis", vmin=0, vmax=1, aspect="auto")
             ax.set_title(f"layer {layer + 1}, head {head + 1}", fontsize=8)
             ax.set_xticks(range(len(col_labels)), col_labels, fontsize=6)
             ax.set_yticks(range(len(row_labels)), row_labels, fontsize=6)
@@ -218,7 +218,10 @@ def _attention_grid(path: Path, probs_per_layer, row_labels, col_labels, *, ylab
             if layer == n_l - 1:
                 ax.set_xlabel(xlabel)
     fig.suptitle(title)
-    fig.tight_layout()
+    right = 1 - 0.9 / fig.get_figwidth()  # ~0.9 inch on the right for the colour scale
+    fig.tight_layout(rect=(0, 0, right, 1))
+    fig.colorbar(image, cax=fig.add_axes((right + 0.1 / fig.get_figwidth(), 0.3, 0.12 / fig.get_figwidth(), 0.4)),
+                 label="attention weight")
     fig.savefig(path)
     plt.close(fig)
     return path
