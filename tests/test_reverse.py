@@ -130,3 +130,16 @@ def test_beam_search_wide_enough_finds_the_exhaustive_best():
                 assert got.tolist() == best + [reverse.PAD] * (max_out - len(best)), (seed, alpha, src, got, best)
     assert checked >= 60
     assert winners[0.0] != winners[0.6] != winners[2.0]  # the test can tell the length normalisation apart
+
+
+def test_output_symbols_and_note_say_how_an_output_ended():
+    E, P, B, o = reverse.EOS, reverse.PAD, reverse.BOS, reverse.OFFSET
+    cases = [([o + 7, o + 3, E, P], [7, 3], None),
+             ([E, P, P], [], "the output is empty: the model emitted EOS first"),
+             ([o + 1, o + 1, o + 1], [1, 1, 1], "no EOS within the 3 output tokens; the output stops there"),
+             ([o + 4, P, P], [4], "the output ended with a PAD token after 1 symbol(s), which a trained model "
+                                  "does not emit"),
+             ([B, E], [], "the output ended with a BOS token after 0 symbol(s), which a trained model does not emit")]
+    for ids, symbols, note in cases:
+        assert reverse.output_symbols(np.array(ids)) == symbols
+        assert reverse.output_note(np.array(ids)) == note

@@ -309,6 +309,9 @@ def cmd_sample(a) -> int:
         src = reverse.parse_symbols(a.input, n_symbols=d.vocab_size, max_len=d.max_len)
         out = seq2seq_decode(params, task.cfg.model, src, beam=a.beam)
         print(" ".join(str(x) for x in reverse.output_symbols(out[0])))
+        note = reverse.output_note(out[0])
+        if note:
+            print(f"scratchformer: note: {note}", file=sys.stderr)
         return 0
     if a.input is not None:
         raise UsageError("--input is for reverse runs; an lm run takes --prompt")

@@ -78,3 +78,15 @@ def output_symbols(ids_T) -> list[int]:
             break
         out.append(t - OFFSET)
     return out
+
+
+def output_note(ids_T) -> str | None:
+    """Why a decoder output is not a plain answer (None when it is symbols then EOS)."""
+    ids = np.asarray(ids_T).tolist()
+    n = len(output_symbols(ids))
+    if n == len(ids):
+        return f"no EOS within the {len(ids)} output tokens; the output stops there"
+    end = {EOS: "EOS", PAD: "PAD", BOS: "BOS"}[ids[n]]
+    if end != "EOS":
+        return f"the output ended with a {end} token after {n} symbol(s), which a trained model does not emit"
+    return "the output is empty: the model emitted EOS first" if n == 0 else None
