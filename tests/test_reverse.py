@@ -143,3 +143,18 @@ def test_output_symbols_and_note_say_how_an_output_ended():
     for ids, symbols, note in cases:
         assert reverse.output_symbols(np.array(ids)) == symbols
         assert reverse.output_note(np.array(ids)) == note
+
+
+def test_wide_beams_decode_in_smaller_chunks_with_the_same_result(trained, monkeypatch):
+    """At most BEAM_HYPOTHESES hypotheses per call (a wide beam would otherwise hold
+    1,000 x beam KV caches at once); the chunking changes nothing in the result."""
+    from scratchformer import decode
+    _, task, params, _ = trained
+    ev = {k: v[:200] for k, v in task.eval_set().items()}
+    whole = decode.seq2seq_accuracy(params, task.cfg.model, ev, beam=16, chunk=200)
+    monkeypatch.setattr(decode, "BEAM_HYPOTHESES", 16 * 48)
+    sizes, real = [], decode.seq2seq_decode
+    monkeypatch.setattr(decode, "seq2seq_decode", lambda p, c, src, beam: sizes.append(len(src)) or real(p, c, src,
+                                                                                                       beam=beam))
+    assert decode.seq2seq_accuracy(params, task.cfg.model, ev, beam=16, chunk=200) == whole
+    assert sizes == [48] * 5  # 200 sequences in chunks of 48, the last one padded
