@@ -156,5 +156,7 @@ def test_wide_beams_decode_in_smaller_chunks_with_the_same_result(trained, monke
     sizes, real = [], decode.seq2seq_decode
     monkeypatch.setattr(decode, "seq2seq_decode", lambda p, c, src, beam: sizes.append(len(src)) or real(p, c, src,
                                                                                                        beam=beam))
-    assert decode.seq2seq_accuracy(params, task.cfg.model, ev, beam=16, chunk=200) == whole
+    decoded = []
+    assert decode.seq2seq_accuracy(params, task.cfg.model, ev, beam=16, chunk=200, on_decoded=decoded.append) == whole
     assert sizes == [48] * 5  # 200 sequences in chunks of 48, the last one padded
+    assert decoded == [48, 48, 48, 48, 8]  # what a progress bar hears: the real sequences of each call

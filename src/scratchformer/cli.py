@@ -249,7 +249,9 @@ def cmd_eval(a) -> int:
         return _eval_text(a, *runs.load(a.dir))
     task, params, meta = runs.load(a.dir, with_data=True)
     if task.name == "reverse":
-        result = {"task": "reverse", **task.evaluate(params, full=True, beam=a.beam)}
+        n = len(task.eval_set()["src"])
+        with _eval_progress(n, shown=n * a.beam > 40_000, unit="seq", desc="decoding") as bar:
+            result = {"task": "reverse", **task.evaluate(params, full=True, beam=a.beam, on_decoded=bar.update)}
     else:
         result = {"task": "lm", **task.evaluate(params, full=True)}
     result["step"] = meta.get("step")
@@ -276,7 +278,8 @@ def _eval_text(a, task, params, meta) -> int:
         raise UsageError(f"--data {a.data} has {len(corpus)} characters; the model reads windows of "
                          f"model.block_size={block}, so it needs at least {block + 1}")
     ids = task.tokenizer.encode(corpus)
-    with _eval_progress(len(ids) - 1) as bar:  # every character but the first is a target
+    targets = len(ids) - 1  # every character but the first
+    with _eval_progress(targets, shown=targets > 500_000) as bar:
         loss, n = task.loss_on(params, ids, on_scored=bar.update)
     result = {"task": "lm", "data": str(a.data), "loss": loss, "perplexity": math.exp(loss), "tokens": n,
               "step": meta.get("step")}
@@ -286,15 +289,16 @@ def _eval_text(a, task, params, meta) -> int:
     return 0
 
 
-def _eval_progress(targets: int):
-    """A progress bar in characters scored, for an evaluation of over 500,000 (several
-    seconds on a CPU), on a terminal or in a notebook only; erased when done (the
-    result line is the command's output)."""
+def _eval_progress(total: int, *, shown: bool, unit: str = "char", desc: str = "scoring"):
+    """A progress bar for an evaluation that takes several seconds or more (`shown`: an
+    LM text of over 500,000 characters; a reverse evaluation of over 40,000 hypotheses,
+    beam 5 and up on the 10,000 sequences), on a terminal or in a notebook only; erased
+    when done (the result line is the command's output)."""
     from tqdm.auto import tqdm
 
-    shown = (sys.stderr.isatty() or "ipykernel" in sys.modules) and targets > 500_000
-    return tqdm(total=targets, unit="char", unit_scale=True, leave=False, dynamic_ncols=True,
-                file=sys.stderr, mininterval=0.5, desc="scoring", disable=not shown)
+    shown = shown and (sys.stderr.isatty() or "ipykernel" in sys.modules)
+    return tqdm(total=total, unit=unit, unit_scale=True, leave=False, dynamic_ncols=True,
+                file=sys.stderr, mininterval=0.5, desc=desc, disable=not shown)
 
 
 def cmd_sample(a) -> int:

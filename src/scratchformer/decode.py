@@ -258,10 +258,12 @@ def seq2seq_decode(params, cfg: ModelConfig, src_BxS, *, beam: int = 1):
 BEAM_HYPOTHESES = 4096
 
 
-def seq2seq_accuracy(params, cfg: ModelConfig, ev: dict, *, beam: int = 1, chunk: int = 1000, mesh=None) -> dict:
+def seq2seq_accuracy(params, cfg: ModelConfig, ev: dict, *, beam: int = 1, chunk: int = 1000, mesh=None,
+                     on_decoded=None) -> dict:
     """Exact match (the whole output, EOS included, nothing after it) and token accuracy
     over a held-out set {"src","tgt_out"}; decoded in fixed-size chunks split over the
-    mesh's devices, at most `chunk` sequences and BEAM_HYPOTHESES hypotheses a call."""
+    mesh's devices, at most `chunk` sequences and BEAM_HYPOTHESES hypotheses a call.
+    `on_decoded(n)`: called after each call with the number of sequences it decoded."""
     from .parallel import chunks_on_mesh, host_value, make_mesh
     chunk = min(chunk, max(1, BEAM_HYPOTHESES // beam))
     tgt = np.asarray(ev["tgt_out"])
@@ -275,5 +277,7 @@ def seq2seq_accuracy(params, cfg: ModelConfig, ev: dict, *, beam: int = 1, chunk
         real = t != PAD
         correct += int(((pred == t) & real).sum())
         total += int(real.sum())
+        if on_decoded:
+            on_decoded(m)
     return {"exact_match": exact / n, "token_accuracy": correct / max(total, 1), "sequences": n,
             "beam": beam}

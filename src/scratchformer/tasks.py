@@ -158,9 +158,10 @@ class ReverseTask:
                                           min_len=d.min_len, max_len=d.max_len)
         return self._eval
 
-    def evaluate(self, params, *, full: bool, beam: int = 1) -> dict:
+    def evaluate(self, params, *, full: bool, beam: int = 1, on_decoded=None) -> dict:
         """Teacher-forced validation loss (periodic: the first 1,000 held-out sequences;
-        full: all of them, plus exact match and token accuracy of decoded outputs)."""
+        full: all of them, plus exact match and token accuracy of decoded outputs;
+        `on_decoded(n)` after each decoding call, as in seq2seq_accuracy)."""
         ev = self.eval_set()
         if not full:
             ev = {k: v[:EVAL_SEQS] for k, v in ev.items()}
@@ -168,7 +169,8 @@ class ReverseTask:
         out = {"val_loss": loss}
         if full:
             from .decode import seq2seq_accuracy
-            out.update(seq2seq_accuracy(params, self.cfg.model, ev, beam=beam, mesh=self.mesh))
+            out.update(seq2seq_accuracy(params, self.cfg.model, ev, beam=beam, mesh=self.mesh,
+                                        on_decoded=on_decoded))
         return out
 
 
