@@ -463,6 +463,7 @@ def _bad_inputs(tmp: Path, lm_run: Path, rev_run: Path, corpus: Path):
         ("derived key", [*lm, "--set", "model.vocab_size=3"], "derived"),
         ("unwritable out", [*lm, "--out", locked / "run"], "cannot be written"),
         ("missing --config", [*lm, "--config", tmp / "nope.json"], f"--config {tmp / 'nope.json'}: no such file"),
+        ("--config of a folder", [*lm, "--config", lm_run], f"--config {lm_run} is a folder; give its config.json"),
         ("--config of another task", ["train", "reverse", "--config", lm_run / "config.json"],
          f"--config {lm_run / 'config.json'} is a config for task 'lm', not 'reverse'"),
         ("--config with a string for an int", [*lm, "--config", tmp / "str_int.json"],

@@ -393,8 +393,10 @@ def overrides_from_file(path, task: str) -> dict[str, Any]:
     from pathlib import Path
     try:
         d = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (FileNotFoundError, IsADirectoryError):
+    except FileNotFoundError:
         raise ConfigError(f"--config {path}: no such file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"--config {path} is a folder; give its config.json") from None
     except ValueError as e:  # not JSON, not UTF-8
         raise ConfigError(f"--config {path} is not a valid config: {str(e).splitlines()[0]}") from None
     if not isinstance(d, dict):
