@@ -463,7 +463,8 @@ def _bad_inputs(tmp: Path, lm_run: Path, rev_run: Path, corpus: Path):
         ("derived key", [*lm, "--set", "model.vocab_size=3"], "derived"),
         ("unwritable out", [*lm, "--out", locked / "run"], "cannot be written"),
         ("missing --config", [*lm, "--config", tmp / "nope.json"], f"--config {tmp / 'nope.json'}: no such file"),
-        ("--config of a folder", [*lm, "--config", lm_run], f"--config {lm_run} is a folder; give its config.json"),
+        ("--config of a folder without a config", [*lm, "--config", tmp / "nockpt"],
+         f"--config {tmp / 'nockpt'} is a folder without a config.json"),
         ("--config of another task", ["train", "reverse", "--config", lm_run / "config.json"],
          f"--config {lm_run / 'config.json'} is a config for task 'lm', not 'reverse'"),
         ("--config with a string for an int", [*lm, "--config", tmp / "str_int.json"],
@@ -605,17 +606,18 @@ def test_eval_finds_and_checks_the_runs_text(tmp_path, corpus, capsys):
 def test_train_config_file_repeats_a_run_and_layers_under_set(tmp_path, rev_run, capsys):
     """`--config` with a run's config.json trains that run again (same config, same
     metrics, line for line); a partial file is applied after the preset, --set after it."""
+    from scratchformer.config import make_config, overrides_from_file
     again = tmp_path / "again"
     assert cli(capsys, "train", "reverse", "--config", rev_run / "config.json", "--out", again, "--no-progress")[0] == 0
     assert (again / "config.json").read_text() == (rev_run / "config.json").read_text()
     assert (again / "metrics.jsonl").read_text() == (rev_run / "metrics.jsonl").read_text()
+    assert overrides_from_file(rev_run, "reverse") == overrides_from_file(rev_run / "config.json", "reverse")
 
     part = tmp_path / "part.json"
     part.write_text(json.dumps({"model": {"n_layer": 1, "d_model": 32}, "train": {"steps": 9, "seed": 4}}))
     code, out, _ = cli(capsys, "train", "reverse", "--config", part, "--set", "train.seed=5", "--dry-run",
                        "--set", "optim.warmup_steps=2")
     assert code == 0, out
-    from scratchformer.config import make_config, overrides_from_file
     cfg = make_config("reverse", None, {**overrides_from_file(part, "reverse"), "train.seed": "5",
                                         "optim.warmup_steps": "2"})
     assert (cfg.model.n_layer, cfg.model.d_model, cfg.train.steps, cfg.train.seed) == (1, 32, 9, 5)

@@ -23,7 +23,7 @@ EXAMPLES = """examples:
   scratchformer plot runs/quick                    # runs/quick/loss.png, attention.png
   scratchformer plot runs/quick runs/rope --out compare.png   # several runs on one figure
   scratchformer train lm --data my.txt --set model.n_layer=2 --steps 500
-  scratchformer train lm --config runs/quick/config.json --seed 1   # the same run, another seed
+  scratchformer train lm --config runs/quick --seed 1 --out runs/quick1   # the same run, another seed
   scratchformer bench
 """
 
@@ -80,8 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, help="random seed (= --set train.seed=N)")
     t.add_argument("--data", help="lm: a UTF-8 text file instead of Tiny Shakespeare (with --resume: the "
                    "run's own file unless given)")
-    t.add_argument("--config", metavar="FILE", help="settings from a JSON file: a run's config.json (to "
-                   "train that run again) or any part of one; applied after --preset, before --set")
+    t.add_argument("--config", metavar="FILE", help="settings from a JSON file: a run's config.json or "
+                   "its folder (to train that run again), or any part of one; applied after --preset, before --set")
     t.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set model.n_layer=2 (repeatable)")
     t.add_argument("--resume", action="store_true",

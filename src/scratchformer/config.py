@@ -384,19 +384,21 @@ def _json_overrides(d: dict) -> dict[str, Any]:
 
 
 def overrides_from_file(path, task: str) -> dict[str, Any]:
-    """`train --config FILE`: the settings in a JSON file (a run's config.json, or any
-    part of one: {"model": {"n_layer": 2}}) as overrides, applied after the preset and
+    """`train --config FILE`: the settings in a JSON file (a run's config.json or its
+    folder, or any part of one: {"model": {"n_layer": 2}}) as overrides, applied after the preset and
     before --set. A "task" in the file must be `task`; model.vocab_size is left out
     (the task derives it from the data), and so are the other task's keys where they
     hold their defaults (a config.json lists every key). Types are checked as in from_dict; bounds and
     cross-field rules when make_config validates the whole."""
     from pathlib import Path
+    if Path(path).is_dir():  # a run folder stands for its config.json
+        if not (Path(path) / "config.json").is_file():
+            raise ConfigError(f"--config {path} is a folder without a config.json")
+        path = Path(path) / "config.json"
     try:
         d = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"--config {path}: no such file") from None
-    except IsADirectoryError:
-        raise ConfigError(f"--config {path} is a folder; give its config.json") from None
     except ValueError as e:  # not JSON, not UTF-8
         raise ConfigError(f"--config {path} is not a valid config: {str(e).splitlines()[0]}") from None
     if not isinstance(d, dict):
