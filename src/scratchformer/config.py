@@ -343,8 +343,8 @@ def make_config(task: str, preset: str | None = None, overrides: dict[str, Any] 
                           f"{', '.join(PRESETS[task])}")
     merged = {**PRESETS[task][preset], **(overrides or {})}
     for key in merged:
-        other = TASK_ONLY.get(key.strip(), task)
-        _check(other == task, f"{key.strip()} is a setting of the {other} task; the {task} task does not use it")
+        other = TASK_ONLY.get(key, task)
+        _check(other == task, f"{key} is a setting of the {other} task; the {task} task does not use it")
     return apply_overrides(RunConfig(task=task), merged)
 
 
@@ -385,11 +385,11 @@ def _json_overrides(d: dict) -> dict[str, Any]:
 
 def overrides_from_file(path, task: str) -> dict[str, Any]:
     """`train --config FILE`: the settings in a JSON file (a run's config.json or its
-    folder, or any part of one: {"model": {"n_layer": 2}}) as overrides, applied after the preset and
-    before --set. A "task" in the file must be `task`; model.vocab_size is left out
-    (the task derives it from the data), and so are the other task's keys where they
-    hold their defaults (a config.json lists every key). Types are checked as in from_dict; bounds and
-    cross-field rules when make_config validates the whole."""
+    folder, or any part of one: {"model": {"n_layer": 2}}) as overrides, applied after
+    the preset and before --set. A "task" in the file must be `task`; model.vocab_size
+    is left out (the task derives it from the data), and so are the other task's keys
+    where they hold their defaults (a config.json lists every key). Types are checked
+    as in from_dict; bounds and cross-field rules when make_config validates the whole."""
     from pathlib import Path
     if Path(path).is_dir():  # a run folder stands for its config.json
         if not (Path(path) / "config.json").is_file():

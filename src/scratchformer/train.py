@@ -344,8 +344,8 @@ def fit(task, out_dir, *, resume: bool = False, fsdp: bool = False, progress: bo
         if meta.get("config") != cfg.to_dict():
             raise ckpt.CheckpointError(f"--resume: {path} was saved with a different config "
                                        f"({_config_difference(meta.get('config'), cfg.to_dict())}); a resumed "
-                                       "run keeps its config: leave out --preset, --config, --set, --steps and --seed, "
-                                       "or start a new run")
+                                       "run keeps its config: leave out --preset, --config, --set, --steps and "
+                                       "--seed, or start a new run")
         saved = meta.get("data") or {}
         if source and saved.get("sha256") and saved["sha256"] != source.get("sha256"):
             raise ckpt.CheckpointError(f"--resume: the run was trained on {saved.get('path')}, not on "
