@@ -152,7 +152,9 @@ def test_the_last_step_is_evaluated_for_the_best_checkpoint(tmp_path, capsys):
     training that is the best, and eval then reports what training reported."""
     out = tmp_path / "rev30"
     assert main(["train", "reverse", "--steps", "30", "--out", str(out), "--no-progress", *REV_TINY]) == 0
-    capsys.readouterr()
+    err = capsys.readouterr().err  # --no-progress: no progress lines, but the start-up and evaluation lines
+    assert err.startswith("reverse: ") and f"; run folder {out}\n" in err and "step 20: val_loss " in err
+    assert "/30: loss=" not in err
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     evals = {r["step"]: r["val_loss"] for r in rows if "val_loss" in r}
     assert list(evals) == [20, 30] and evals[30] < evals[20]

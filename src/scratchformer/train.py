@@ -328,7 +328,7 @@ def fit(task, out_dir, *, resume: bool = False, fsdp: bool = False, progress: bo
                advice=_memory_advice(fsdp, mesh.size), allocated=tree_bytes(data))  # replicated: a copy per device
     if dry_run:
         return {"parameters": n, "bytes_per_device": program_bytes(call), "header": _header(cfg, n, task, call, out_dir)}
-    if progress and main:
+    if main:  # with or without the progress bar, as the evaluation lines
         print(_header(cfg, n, task, call, out_dir), file=sys.stderr)
     if main:
         run.prepare(resume=resume)
