@@ -328,8 +328,6 @@ def fit(task, out_dir, *, resume: bool = False, fsdp: bool = False, progress: bo
                advice=_memory_advice(fsdp, mesh.size), allocated=tree_bytes(data))  # replicated: a copy per device
     if dry_run:
         return {"parameters": n, "bytes_per_device": program_bytes(call), "header": _header(cfg, n, task, call, out_dir)}
-    if main:  # with or without the progress bar, as the evaluation lines
-        print(_header(cfg, n, task, call, out_dir), file=sys.stderr)
     if main:
         run.prepare(resume=resume)
     source = getattr(task, "source", None) or {}  # a task of one's own need not have one
@@ -362,6 +360,8 @@ def fit(task, out_dir, *, resume: bool = False, fsdp: bool = False, progress: bo
         if main:
             run.truncate_metrics(0)
             run.write_json("config.json", cfg.to_dict())
+    if main:  # once the run is set to start (an error above is the only line); with or without the bar
+        print(_header(cfg, n, task, call, out_dir), file=sys.stderr)
 
     task.mesh = mesh
     start = int(host_value(state.step))
