@@ -29,6 +29,9 @@ EXAMPLES = """examples:
 
 
 MAX_SAMPLE_TOKENS = 10**9  # positions are int32; memory.check_fits catches far fewer on most machines
+# `sample`'s options for an LM run, with their defaults; --input and --beam are a reverse run's.
+SAMPLE_LM = {"prompt": "\n", "tokens": 500, "temperature": 0.8, "top_k": 0, "top_p": 1.0, "seed": 0,
+             "no_cache": False}
 
 
 class UsageError(ValueError):
@@ -99,21 +102,23 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="evaluate a run's best checkpoint on its held-out data")
     e.add_argument("dir", metavar="DIR", help=run_help)
     e.add_argument("--json", action="store_true", help="print one JSON object")
-    e.add_argument("--beam", type=_beam_width, default=1, help=f"reverse: beam width, 1 (greedy) to {MAX_BEAM}")
+    e.add_argument("--beam", type=_beam_width, help=f"reverse: beam width, 1 (greedy, the default) to {MAX_BEAM}")
     e.add_argument("--data", help="lm: the loss on this UTF-8 text file, all of it (default: the validation "
                    "split of the run's own text)")
 
     s = sub.add_parser("sample", help="generate from a trained run")
     s.add_argument("dir", metavar="DIR", help=run_help)
-    s.add_argument("--prompt", default="\n", help="lm: text to continue (default a newline)")
-    s.add_argument("--tokens", type=_positive_int, default=500, help="lm: characters to generate")
-    s.add_argument("--temperature", type=float, default=0.8, help="lm: 0 = greedy (default 0.8)")
-    s.add_argument("--top-k", type=int, default=0, help="lm: keep the k most likely (0 = all)")
-    s.add_argument("--top-p", type=float, default=1.0, help="lm: nucleus mass (1 = off)")
-    s.add_argument("--seed", type=int, default=0)
+    # The defaults of one task's options are filled in by cmd_sample, so that an option
+    # given for the other task's run is an error rather than ignored.
+    s.add_argument("--prompt", help="lm: text to continue (default a newline)")
+    s.add_argument("--tokens", type=_positive_int, help=f"lm: characters to generate (default {SAMPLE_LM['tokens']})")
+    s.add_argument("--temperature", type=float, help=f"lm: 0 = greedy (default {SAMPLE_LM['temperature']})")
+    s.add_argument("--top-k", type=int, help="lm: keep the k most likely (0 = all, the default)")
+    s.add_argument("--top-p", type=float, help="lm: nucleus mass (1 = off, the default)")
+    s.add_argument("--seed", type=int, help="lm: the sampling noise's seed (default 0)")
     s.add_argument("--no-cache", action="store_true", help="lm: full forward pass per token (slow; for checking)")
     s.add_argument("--input", help="reverse: space-separated symbols, e.g. '7 3 9 1'")
-    s.add_argument("--beam", type=_beam_width, default=1, help=f"reverse: beam width, 1 (greedy) to {MAX_BEAM}")
+    s.add_argument("--beam", type=_beam_width, help=f"reverse: beam width, 1 (greedy, the default) to {MAX_BEAM}")
 
     pl = sub.add_parser("plot", help="write loss.png and attention.png into the run folder, or compare runs",
                         description="One run: loss.png and attention.png in its folder. Several runs of one "
@@ -248,6 +253,9 @@ def cmd_eval(a) -> int:
     if a.data is not None:
         return _eval_text(a, *runs.load(a.dir))
     task, params, meta = runs.load(a.dir, with_data=True)
+    if task.name == "lm" and a.beam is not None:
+        raise UsageError("--beam is for reverse runs; an lm run is evaluated by its loss")
+    a.beam = a.beam or 1
     if task.name == "reverse":
         n = len(task.eval_set()["src"])
         with _eval_progress(n, shown=n * a.beam > 40_000, unit="seq", desc="decoding") as bar:
@@ -267,6 +275,8 @@ def _eval_text(a, task, params, meta) -> int:
     from .data import text
     if task.name != "lm":
         raise UsageError("--data is for lm runs; a reverse run is evaluated on its generated held-out set")
+    if a.beam is not None:
+        raise UsageError("--beam is for reverse runs; an lm run is evaluated by its loss")
     corpus = text.read_text(a.data)
     unknown = sorted(set(corpus) - set(task.tokenizer.chars))
     if unknown:
@@ -305,20 +315,29 @@ def cmd_sample(a) -> int:
     from . import runs
     from .decode import generate, seq2seq_decode
     task, params, _ = runs.load(a.dir)
+    given = [k for k in SAMPLE_LM if getattr(a, k) is not None and getattr(a, k) is not False]  # 0 counts
+    lm_options = [f"--{k.replace('_', '-')}" for k in given]
     if task.name == "reverse":
         from .data import reverse
+        if lm_options:
+            raise UsageError(f"{', '.join(lm_options)} {'is' if len(lm_options) == 1 else 'are'} for lm runs; a "
+                             "reverse run takes --input and --beam")
         if a.input is None:
             raise UsageError("sample on a reverse run needs --input, e.g. --input '7 3 9 1'")
         d = task.cfg.data
         src = reverse.parse_symbols(a.input, n_symbols=d.vocab_size, max_len=d.max_len)
-        out = seq2seq_decode(params, task.cfg.model, src, beam=a.beam)
+        out = seq2seq_decode(params, task.cfg.model, src, beam=a.beam or 1)
         print(" ".join(str(x) for x in reverse.output_symbols(out[0])))
         note = reverse.output_note(out[0])
         if note:
             print(f"scratchformer: note: {note}", file=sys.stderr)
         return 0
-    if a.input is not None:
-        raise UsageError("--input is for reverse runs; an lm run takes --prompt")
+    if a.input is not None or a.beam is not None:
+        raise UsageError(f"{'--input' if a.input is not None else '--beam'} is for reverse runs; an lm run takes "
+                         "--prompt")
+    for k, default in SAMPLE_LM.items():
+        if getattr(a, k) is None:  # --no-cache is False when not given
+            setattr(a, k, default)
     if a.temperature < 0:
         raise UsageError(f"--temperature={a.temperature} must be >= 0")
     if not 0 < a.top_p <= 1:
