@@ -313,14 +313,21 @@ def apply_overrides(cfg: RunConfig, overrides: dict[str, Any], *, allow_derived=
     """Return cfg with `section.key -> value` overrides applied and validated."""
     changes: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
     for key, raw in overrides.items():
-        section, _, name = key.partition(".")
-        types = _field_types(SECTIONS[section]) if section in SECTIONS else {}
-        if name not in types:
-            raise ConfigError(f"unknown config key {key!r}; known keys: {', '.join(all_keys())}")
+        typ = _key_type(key)
         if key in DERIVED and not allow_derived:
             raise ConfigError(f"{key} is derived from the data and cannot be set")
-        changes[section][name] = _parse_value(key, raw, types[name])
+        section, _, name = key.partition(".")
+        changes[section][name] = _parse_value(key, raw, typ)
     return replace(cfg, **{s: replace(getattr(cfg, s), **c) for s, c in changes.items() if c})
+
+
+def _key_type(key: str) -> type:
+    """The type of config key `section.key`; ConfigError naming the known keys if none."""
+    section, _, name = key.partition(".")
+    types = _field_types(SECTIONS[section]) if section in SECTIONS else {}
+    if name not in types:
+        raise ConfigError(f"unknown config key {key!r}; known keys: {', '.join(all_keys())}")
+    return types[name]
 
 
 def parse_set_args(items: list[str]) -> dict[str, str]:
@@ -376,9 +383,8 @@ def _json_overrides(d: dict) -> dict[str, Any]:
         for k, v in sub.items():
             overrides[f"{section}.{k}"] = v
     for key, v in overrides.items():  # JSON holds typed values; strings only for str fields
-        section, _, name = key.partition(".")
-        typ = _field_types(SECTIONS[section]).get(name)
-        if typ is not None and typ is not str and isinstance(v, str):
+        typ = _key_type(key)
+        if typ is not str and isinstance(v, str):
             raise ConfigError(f"{key}={v!r} has type str, expected {typ.__name__}")
     return overrides
 
@@ -410,11 +416,7 @@ def overrides_from_file(path, task: str) -> dict[str, Any]:
     if d.get("task", task) != task:
         raise ConfigError(f"--config {path} is a config for task {d['task']!r}, not {task!r}")
     try:
-        overrides = _json_overrides(d)
-        for key in overrides:  # unknown keys are named here, with the file
-            section, _, name = key.partition(".")
-            if name not in _field_types(SECTIONS[section]):
-                raise ConfigError(f"unknown config key {key!r}; known keys: {', '.join(all_keys())}")
+        overrides = _json_overrides(d)  # unknown keys and wrong types are named here, with the file
     except ConfigError as e:
         raise ConfigError(f"--config {path}: {e}") from None
     for key, value in overrides.items():  # a run's config.json lists the other task's keys, at their defaults
