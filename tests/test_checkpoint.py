@@ -1,7 +1,5 @@
 """Checkpoint format: round trip, and every way a file can be wrong is a clear error."""
 
-import json
-
 import jax
 import numpy as np
 import pytest
@@ -79,7 +77,7 @@ def test_shape_mismatch_is_an_error(cfg, tmp_path):
     (lambda d: d["optim"].update(lr=-1.0), "optim.lr"),
 ])
 def test_tampered_config_rejected_before_allocation(cfg, mutate, match):
-    d = json.loads(cfg.to_json())
+    d = cfg.to_dict()
     mutate(d)
     with pytest.raises(ConfigError, match=match):
         from_dict(d)

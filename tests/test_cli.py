@@ -21,7 +21,7 @@ from conftest import run_cli
 LM_TINY = ["--set", "model.n_layer=1", "--set", "model.d_model=32", "--set", "model.n_head=2",
            "--set", "model.d_ff=64", "--set", "model.block_size=16", "--set", "train.batch_size=8",
            "--set", "optim.warmup_steps=5", "--set", "train.eval_every=20", "--set", "train.checkpoint_every=20",
-           "--set", "train.eval_windows=8"]
+           "--set", "data.eval_windows=8"]
 REV_TINY = ["--set", "model.n_layer=1", "--set", "model.d_model=32", "--set", "data.max_len=6",
             "--set", "model.block_size=8", "--set", "data.eval_size=200", "--set", "train.batch_size=16",
             "--set", "optim.warmup_steps=5", "--set", "train.eval_every=20", "--set", "train.checkpoint_every=20"]
@@ -180,7 +180,7 @@ def test_reverse_cli(rev_run, capsys):
 
 
 def test_gpu_settings_on_a_cpu_get_a_note(tmp_path, corpus, capsys):
-    from scratchformer.cli import _cpu_note
+    from scratchformer.config import cpu_note as _cpu_note
     from scratchformer.config import make_config
     gpu, f32, bf16 = (make_config("lm", "gpu"), make_config("lm", "cpu"),
                       make_config("lm", "cpu", {"model.dtype": "bfloat16"}))
@@ -213,7 +213,7 @@ def test_eval_on_a_text_of_ones_choice(tmp_path, lm_run, corpus, capsys):
     from scratchformer import runs
     from scratchformer.data import text
     from scratchformer.models import lm_forward
-    from scratchformer.tasks import eval_chunk
+    from scratchformer.tasks.lm import eval_chunk
 
     whole = corpus.read_text()
     val = tmp_path / "val.txt"
@@ -277,7 +277,7 @@ def test_plot_leaves_out_lines_that_are_not_rows(tmp_path, lm_run, capsys):
     line without its newline (a row being written) is left out without a note."""
     import shutil
 
-    from scratchformer.train import metrics_rows
+    from scratchformer.runs import metrics_rows
     run = tmp_path / "damaged"
     shutil.copytree(lm_run, run)
     lines = (run / "metrics.jsonl").read_text().splitlines()
@@ -481,11 +481,11 @@ def _bad_inputs(tmp: Path, lm_run: Path, rev_run: Path, corpus: Path):
          "section.json: unknown config section(s) ['modle']"),
         ("--config cut short", [*lm, "--config", tmp / "cut.json"], "cut.json is not a valid config: Expecting"),
         ("--config setting the other task's key", [*lm, "--config", tmp / "other_task.json"],
-         "other_task.json: data.max_len=7 is a setting of the reverse task; the lm task does not use it"),
+         "other_task.json: data.max_len is a setting of the reverse task; the lm task does not use it"),
         ("--set of the other task's key", [*lm, "--set", "data.max_len=7"],
          "data.max_len is a setting of the reverse task; the lm task does not use it"),
-        ("--set of the other task's key (reverse)", ["train", "reverse", "--set", "train.eval_windows=3"],
-         "train.eval_windows is a setting of the lm task; the reverse task does not use it"),
+        ("--set of the other task's key (reverse)", ["train", "reverse", "--set", "data.eval_windows=3"],
+         "data.eval_windows is a setting of the lm task; the reverse task does not use it"),
         # ~16e9 parameters (under config's limit): ~260 GB of weights, gradients and AdamW moments
         ("model too big for memory", [*lm, "--set", "model.n_layer=5", "--set", "model.d_model=16384",
                                       "--set", "model.d_ff=65536", "--out", tmp / "big"],
@@ -503,20 +503,20 @@ def _bad_inputs(tmp: Path, lm_run: Path, rev_run: Path, corpus: Path):
         ("eval text on a reverse run", ["eval", rev_run, "--data", tmp / "short.txt"], "--data is for lm runs"),
         ("beam too wide", ["eval", rev_run, "--beam", "100000"], "argument --beam: '100000' must be at most 64"),
         ("sample longer than int32 positions", ["sample", lm_run, "--tokens", "3000000000"],
-         "--tokens=3,000,000,000 must be at most 1,000,000,000"),
+         "argument --tokens: '3000000000' must be at most 1,000,000,000"),
         ("existing run without --resume", [*lm, "--out", lm_run], "already holds a run"),
         ("unknown task", ["train", "translate"], "invalid choice"),
         ("bad temperature", ["sample", lm_run, "--temperature", "-1"], "--temperature"),
         ("lm options on a reverse run", ["sample", rev_run, "--input", "1 2", "--temperature", "0", "--no-cache"],
-         "--temperature, --no-cache are for lm runs; a reverse run takes --input and --beam"),
+         "--temperature, --no-cache are for lm runs; reverse runs take --input, --beam"),
         ("a seed on a reverse run", ["sample", rev_run, "--input", "1 2", "--seed", "0"],
-         "--seed is for lm runs; a reverse run takes --input and --beam"),
+         "--seed is for lm runs; reverse runs take --input, --beam"),
         ("--beam on an lm run", ["sample", lm_run, "--beam", "2"],
-         "--beam is for reverse runs; an lm run takes --prompt"),
+         "--beam is for reverse runs; lm runs take --prompt, --tokens"),
         ("eval --beam on an lm run", ["eval", lm_run, "--beam", "2"],
-         "--beam is for reverse runs; an lm run is evaluated by its loss"),
+         "--beam is for reverse runs; lm runs take --data"),
         ("eval --data --beam on an lm run", ["eval", lm_run, "--data", corpus, "--beam", "1"],
-         "--beam is for reverse runs; an lm run is evaluated by its loss"),
+         "--beam is for reverse runs; lm runs take --data"),
         ("bad top-p", ["sample", lm_run, "--top-p", "0"], "--top-p"),
         ("compare runs of two tasks", ["plot", lm_run, rev_run, "--out", tmp / "c.png"],
          "the runs are of different tasks (lm, reverse); compare runs of one task"),

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import pytest
 
 from scratchformer import memory
+from scratchformer.errors import ScratchformerError
 
 
 def _compiled(donate: bool):
@@ -28,7 +29,7 @@ def test_check_fits_raises_only_when_the_need_exceeds_what_is_free():
     # CPU devices of one process share the host's memory: two of them need twice as much
     with pytest.raises(memory.OutOfMemory, match="needs ~16 MB"):
         memory.check_fits(c, [cpu, cpu], what="w", advice="a", available=lambda d: 12_000_000)
-    assert isinstance(e.value, ValueError)  # the command line's one-line, exit-2 errors
+    assert isinstance(e.value, ScratchformerError)  # the command line's one-line, exit-2 errors
     # arguments that already exist are counted in the footprint but no longer free
     memory.check_fits(c, [cpu], what="w", advice="a", allocated=memory.tree_bytes({"x": jnp.zeros((1000, 1000))}),
                       available=lambda d: 4_000_000)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from scratchformer import checkpoint as ckpt
+from scratchformer.errors import UsageError
 
 from conftest import assert_params_close, run_cli
 
@@ -18,7 +19,7 @@ ARGS = ["--steps", "20", "--no-progress", "--set", "model.n_layer=2", "--set", "
         "--set", "model.n_head=2", "--set", "model.d_ff=64", "--set", "model.block_size=16",
         "--set", "train.batch_size=8", "--set", "optim.warmup_steps=5", "--set", "train.eval_every=10",
         "--set", "train.checkpoint_every=10", "--set", "train.steps_per_call=5", "--set", "model.dropout=0.0",
-        "--set", "train.eval_windows=8", "--set", "train.keep_checkpoints=5"]
+        "--set", "data.eval_windows=8", "--set", "train.keep_checkpoints=5"]
 
 
 def devices(n):
@@ -118,7 +119,7 @@ def test_checkpoint_moves_between_device_counts(corpus, single, tmp_path, first,
 
 def test_waiting_for_the_coordinator_ends_in_one_line():
     """A process other than 0 waits for the coordinator's port; JAX's own wait ends in
-    a C++ abort (exit 134), ours in a ValueError that names the address."""
+    a C++ abort (exit 134), ours in a UsageError that names the address."""
     from scratchformer.parallel import wait_for_coordinator
 
     with socket.socket() as srv:
@@ -126,8 +127,8 @@ def test_waiting_for_the_coordinator_ends_in_one_line():
         srv.listen()
         wait_for_coordinator("127.0.0.1", srv.getsockname()[1], timeout=5)  # returns at once
         port = srv.getsockname()[1]
-    with pytest.raises(ValueError, match=rf"--coordinator 127.0.0.1:{port}: nothing accepted a connection there "
+    with pytest.raises(UsageError, match=rf"--coordinator 127.0.0.1:{port}: nothing accepted a connection there "
                                          r"within 0.6 s"):
         wait_for_coordinator("127.0.0.1", port, timeout=0.6)
-    with pytest.raises(ValueError, match="cannot resolve 'no.such.host.invalid'"):
+    with pytest.raises(UsageError, match="cannot resolve 'no.such.host.invalid'"):
         wait_for_coordinator("no.such.host.invalid", 1234)

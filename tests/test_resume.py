@@ -25,7 +25,7 @@ ARGS = ["--steps", "200", "--no-progress", "--set", "model.n_layer=1", "--set", 
         "--set", "model.n_head=2", "--set", "model.d_ff=64", "--set", "model.block_size=16",
         "--set", "train.batch_size=8", "--set", "optim.warmup_steps=5", "--set", "train.eval_every=20",
         "--set", "train.checkpoint_every=10", "--set", "train.steps_per_call=5", "--set", "model.dropout=0.1",
-        "--set", "train.eval_windows=8"]
+        "--set", "data.eval_windows=8"]
 
 
 @pytest.fixture(scope="module")
@@ -150,8 +150,8 @@ def test_resume_checks_the_text_it_continues_on(corpus, tmp_path):
     other.write_text(corpus.read_text()[::-1])  # same characters, another text
     r = run_cli("train", "lm", "--data", other, "--out", out, *args, "--resume")
     assert r.returncode == 2 and r.stderr.strip() == (
-        f"scratchformer: error: --resume: the run was trained on {mine.resolve()}, not on {other.resolve()} "
-        f"(sha256 differs); pass --data {mine.resolve()}"), r.stderr
+        f"scratchformer: error: --data {other.resolve()}: cannot resume on it, the run was trained on "
+        f"{mine.resolve()} (sha256 differs)"), r.stderr
     moved = mine.rename(tmp_path / "moved.txt")
     r = run_cli("train", "lm", "--out", out, *args, "--resume")
     assert r.returncode == 2 and r.stderr.strip() == (

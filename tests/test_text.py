@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from scratchformer.data import text
-from scratchformer.data.errors import DataError
+from scratchformer.errors import DataError
 
 
 @pytest.fixture
@@ -151,7 +151,7 @@ def test_eval_windows_score_every_target_once(n, block):
 def test_evaluation_chunks():
     """~2k tokens per call on a CPU; on an accelerator 65,536 tokens (the gpu preset's 256
     windows of 256), fewer where a layer's attention probabilities would pass 1 GiB."""
-    from scratchformer.tasks import eval_chunk
+    from scratchformer.tasks.lm import eval_chunk
     assert [eval_chunk(t, 4, "cpu") for t in (16, 64, 128, 256, 4096)] == [128, 32, 16, 8, 1]
     assert eval_chunk(256, 6, "gpu") == 256 and eval_chunk(64, 4, "gpu") == 1024
     big = eval_chunk(1024, 16, "gpu")

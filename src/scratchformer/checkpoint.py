@@ -25,15 +25,13 @@ from safetensors import SafetensorError
 from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
+from .errors import CheckpointError
+
 FORMAT = 1
 _STEP_RE = re.compile(r"^step_(\d{8})\.safetensors$")
 BEST = "best.safetensors"
 CKPT_DIR = "checkpoints"
 MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit on the JSON header
-
-
-class CheckpointError(ValueError):
-    """A checkpoint is missing, truncated, corrupted, or does not match the config."""
 
 
 def _name(path) -> str:

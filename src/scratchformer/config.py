@@ -1,9 +1,10 @@
-"""Run configuration: frozen dataclasses, named presets, `--set` overrides, strict JSON.
+"""Run configuration: frozen dataclasses, `--set` overrides, strict JSON.
 
-Every default lives here and nowhere else. A run is described by one `RunConfig`
-(task + four sections); the CLI's `--set section.key=value`, the presets and a
-checkpoint's `config.json` all go through `apply_overrides` / `from_dict`, so they
-are validated by the same code.
+Every default lives here, or in the data section of the task that owns it (each
+task brings its own: `tasks.TASKS`), and nowhere else. A run is described by one
+`RunConfig` (task + model, optim, train and the task's data section); a preset,
+`--set section.key=value`, a `--config` file and a checkpoint's config all go
+through `apply_overrides`, so they are validated by the same code.
 """
 
 from __future__ import annotations
@@ -12,47 +13,45 @@ import dataclasses
 import json
 import math
 from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
 from typing import Any
 
-TASKS = ("reverse", "lm")
+from .errors import ConfigError
+
+# config.json's layout: 1 had one data section holding both tasks' keys and
+# train.eval_windows; 2 gives each task its own data section (see _upgrade).
+FORMAT = 2
 DTYPES = ("float32", "bfloat16", "float64")  # float64: for numerical checks (needs jax_enable_x64)
 POSITIONS = ("learned", "sinusoidal", "rope")
 
 # Upper bounds that keep a tampered or mistyped config from allocating absurd
 # arrays: they are far above anything a CPU or one GPU trains here.
-_MAX = {
+MAX = {
     "n_layer": 256, "n_head": 1024, "d_model": 65536, "d_ff": 262144,
     "block_size": 131072, "vocab_size": 1 << 20, "batch_size": 1 << 20,
     "steps": 1 << 31, "grad_accum": 4096, "steps_per_call": 4096,
     "max_len": 4096, "eval_size": 1 << 24,
 }
-_MAX_PARAMS = 1 << 34  # ~17e9 parameters
+MAX_PARAMS = 1 << 34  # ~17e9 parameters
+SECTIONS = ("model", "optim", "train", "data")
+DERIVED = {"model.vocab_size"}  # set by the task from the data; a person cannot set it
 
 
-class ConfigError(ValueError):
-    """A configuration value a person gave is not acceptable (message names it)."""
-
-
-def _check(cond: bool, msg: str) -> None:
+def check(cond: bool, msg: str) -> None:
     if not cond:
         raise ConfigError(msg)
 
 
-def _positive(obj, *names):
+def check_positive(obj, section: str, *names) -> None:
     for n in names:
         v = getattr(obj, n)
-        _check(v > 0, f"{_section(obj)}.{n}={v!r} must be > 0")
+        check(v > 0, f"{section}.{n}={v!r} must be > 0")
 
 
-def _bounded(obj, *names):
+def check_bounded(obj, section: str, *names) -> None:
     for n in names:
         v = getattr(obj, n)
-        _check(v <= _MAX[n], f"{_section(obj)}.{n}={v!r} is larger than the limit {_MAX[n]}")
-
-
-def _section(obj) -> str:
-    return {ModelConfig: "model", OptimConfig: "optim", TrainConfig: "train",
-            DataConfig: "data"}[type(obj)]
+        check(v <= MAX[n], f"{section}.{n}={v!r} is larger than the limit {MAX[n]}")
 
 
 @dataclass(frozen=True)
@@ -74,20 +73,19 @@ class ModelConfig:
                               # (skips the masked half) when T is a multiple >= 2x; 0 = off
 
     def __post_init__(self):
-        _positive(self, "n_layer", "n_head", "d_model", "d_ff", "block_size")
-        _bounded(self, "n_layer", "n_head", "d_model", "d_ff", "block_size", "vocab_size")
-        _check(self.d_model % self.n_head == 0,
-               f"model.d_model={self.d_model} is not divisible by model.n_head={self.n_head}")
-        _check(0.0 <= self.dropout < 1.0, f"model.dropout={self.dropout!r} must be in [0, 1)")
-        _check(self.vocab_size >= 0, f"model.vocab_size={self.vocab_size} must be >= 0")
-        _check(self.positions in POSITIONS,
-               f"model.positions={self.positions!r} is not one of {', '.join(POSITIONS)}")
-        _check(self.positions != "rope" or self.head_dim % 2 == 0,
-               f"model.positions='rope' rotates pairs of channels: the head width model.d_model / model.n_head = "
-               f"{self.d_model} / {self.n_head} must be even")
-        _check(self.dtype in DTYPES, f"model.dtype={self.dtype!r} is not one of {', '.join(DTYPES)}")
-        _check(self.attn_block >= 0, f"model.attn_block={self.attn_block} must be >= 0 (0 turns it off)")
-        _check(0.0 < self.ln_eps < 1.0, f"model.ln_eps={self.ln_eps!r} must be in (0, 1)")
+        check_positive(self, "model", "n_layer", "n_head", "d_model", "d_ff", "block_size")
+        check_bounded(self, "model", "n_layer", "n_head", "d_model", "d_ff", "block_size", "vocab_size")
+        check(self.d_model % self.n_head == 0,
+              f"model.d_model={self.d_model} is not divisible by model.n_head={self.n_head}")
+        check(0.0 <= self.dropout < 1.0, f"model.dropout={self.dropout!r} must be in [0, 1)")
+        check(self.vocab_size >= 0, f"model.vocab_size={self.vocab_size} must be >= 0")
+        check(self.positions in POSITIONS, f"model.positions={self.positions!r} is not one of {', '.join(POSITIONS)}")
+        check(self.positions != "rope" or self.head_dim % 2 == 0,
+              f"model.positions='rope' rotates pairs of channels: the head width model.d_model / model.n_head = "
+              f"{self.d_model} / {self.n_head} must be even")
+        check(self.dtype in DTYPES, f"model.dtype={self.dtype!r} is not one of {', '.join(DTYPES)}")
+        check(self.attn_block >= 0, f"model.attn_block={self.attn_block} must be >= 0 (0 turns it off)")
+        check(0.0 < self.ln_eps < 1.0, f"model.ln_eps={self.ln_eps!r} must be in (0, 1)")
 
     @property
     def head_dim(self) -> int:
@@ -107,15 +105,15 @@ class OptimConfig:
     decay_embeddings: bool = True
 
     def __post_init__(self):
-        _check(math.isfinite(self.lr) and self.lr > 0, f"optim.lr={self.lr!r} must be > 0")
-        _check(0 <= self.min_lr <= self.lr, f"optim.min_lr={self.min_lr!r} must be in [0, optim.lr={self.lr!r}]")
-        _check(self.warmup_steps >= 0, f"optim.warmup_steps={self.warmup_steps} must be >= 0")
-        _check(self.weight_decay >= 0, f"optim.weight_decay={self.weight_decay!r} must be >= 0")
+        check(math.isfinite(self.lr) and self.lr > 0, f"optim.lr={self.lr!r} must be > 0")
+        check(0 <= self.min_lr <= self.lr, f"optim.min_lr={self.min_lr!r} must be in [0, optim.lr={self.lr!r}]")
+        check(self.warmup_steps >= 0, f"optim.warmup_steps={self.warmup_steps} must be >= 0")
+        check(self.weight_decay >= 0, f"optim.weight_decay={self.weight_decay!r} must be >= 0")
         for n in ("b1", "b2"):
             v = getattr(self, n)
-            _check(0 <= v < 1, f"optim.{n}={v!r} must be in [0, 1)")
-        _check(self.eps > 0, f"optim.eps={self.eps!r} must be > 0")
-        _check(self.clip_norm >= 0, f"optim.clip_norm={self.clip_norm!r} must be >= 0 (0 disables)")
+            check(0 <= v < 1, f"optim.{n}={v!r} must be in [0, 1)")
+        check(self.eps > 0, f"optim.eps={self.eps!r} must be > 0")
+        check(self.clip_norm >= 0, f"optim.clip_norm={self.clip_norm!r} must be >= 0 (0 disables)")
 
 
 @dataclass(frozen=True)
@@ -125,7 +123,6 @@ class TrainConfig:
     grad_accum: int = 1           # micro-batches per optimizer step
     steps_per_call: int = 10      # optimizer steps per jitted call (lax.scan); same numbers as 1
     eval_every: int = 250
-    eval_windows: int = 256       # LM: windows of the periodic evaluation (0 = whole split)
     checkpoint_every: int = 500
     keep_checkpoints: int = 2     # latest K kept, plus the best
     seed: int = 0
@@ -133,44 +130,21 @@ class TrainConfig:
     skip_nonfinite: bool = False  # skip a step whose loss/gradient is NaN/inf instead of stopping
 
     def __post_init__(self):
-        _positive(self, "batch_size", "steps", "grad_accum", "steps_per_call",
-                  "eval_every", "checkpoint_every", "keep_checkpoints")
-        _bounded(self, "batch_size", "steps", "grad_accum", "steps_per_call")
-        _check(self.eval_windows >= 0, f"train.eval_windows={self.eval_windows} must be >= 0")
-        _check(self.batch_size % self.grad_accum == 0,
-               f"train.batch_size={self.batch_size} is not divisible by train.grad_accum={self.grad_accum}")
-        _check(0 <= self.label_smoothing < 1,
-               f"train.label_smoothing={self.label_smoothing!r} must be in [0, 1)")
-        _check(0 <= self.seed < 2**32, f"train.seed={self.seed} must be in [0, 2**32)")
+        check_positive(self, "train", "batch_size", "steps", "grad_accum", "steps_per_call",
+                       "eval_every", "checkpoint_every", "keep_checkpoints")
+        check_bounded(self, "train", "batch_size", "steps", "grad_accum", "steps_per_call")
+        check(self.batch_size % self.grad_accum == 0,
+              f"train.batch_size={self.batch_size} is not divisible by train.grad_accum={self.grad_accum}")
+        check(0 <= self.label_smoothing < 1, f"train.label_smoothing={self.label_smoothing!r} must be in [0, 1)")
+        check(0 <= self.seed < 2**32, f"train.seed={self.seed} must be in [0, 2**32)")
 
 
-@dataclass(frozen=True)
-class DataConfig:
-    # reversal task
-    vocab_size: int = 20          # symbols 0..vocab_size-1 (plus PAD, BOS, EOS)
-    min_len: int = 1
-    max_len: int = 20
-    eval_size: int = 10000
-    eval_seed: int = 1234
-    # language model
-    val_fraction: float = 0.1     # last 10% of the text is validation (nanoGPT's split)
-
-    def __post_init__(self):
-        _positive(self, "vocab_size", "min_len", "max_len", "eval_size")
-        _bounded(self, "vocab_size", "max_len", "eval_size")
-        _check(self.min_len <= self.max_len,
-               f"data.min_len={self.min_len} is larger than data.max_len={self.max_len}")
-        _check(0 < self.val_fraction < 1, f"data.val_fraction={self.val_fraction!r} must be in (0, 1)")
-
-
-SECTIONS = {"model": ModelConfig, "optim": OptimConfig, "train": TrainConfig, "data": DataConfig}
-# Keys the task derives from the data; a person cannot set them.
-DERIVED = {"model.vocab_size"}
-# Keys that one task reads and the other ignores: setting one for the other task is an
-# error, not a silent no-op (a run's config.json still lists them, at their defaults).
-TASK_ONLY = {"data.vocab_size": "reverse", "data.min_len": "reverse", "data.max_len": "reverse",
-             "data.eval_size": "reverse", "data.eval_seed": "reverse",
-             "data.val_fraction": "lm", "train.eval_windows": "lm"}
+def task_class(name):
+    """The task registered under `name` (tasks.TASKS); the one place a name is looked up."""
+    from .tasks import TASKS  # tasks builds on this module
+    if name not in TASKS:
+        raise ConfigError(f"task={name!r} is not one of {', '.join(TASKS)}")
+    return TASKS[name]
 
 
 @dataclass(frozen=True)
@@ -179,90 +153,61 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    data: DataConfig = field(default_factory=DataConfig)
+    data: Any = None  # the task's own data section (its class's `Data`); None: its defaults
 
     def __post_init__(self):
-        _check(self.task in TASKS, f"task={self.task!r} is not one of {', '.join(TASKS)}")
-        _check(self.optim.warmup_steps < self.train.steps,
-               f"optim.warmup_steps={self.optim.warmup_steps} must be smaller than train.steps={self.train.steps} "
-               f"(for a short run, also pass --set optim.warmup_steps=N with N < {self.train.steps})")
-        if self.task == "reverse":
-            need = self.data.max_len + 2
-            _check(self.model.block_size >= need,
-                   f"model.block_size={self.model.block_size} is too small for data.max_len="
-                   f"{self.data.max_len} (needs >= {need}: BOS/EOS)")
-        n = approx_params(self)
-        _check(n <= _MAX_PARAMS, f"the model would have ~{n:.3g} parameters, over the limit {_MAX_PARAMS:.3g}")
+        spec = task_class(self.task)
+        if self.data is None:
+            object.__setattr__(self, "data", spec.Data())
+        check(type(self.data) is spec.Data, f"the data section of a {self.task} run must be a {spec.Data.__name__}")
+        check(self.optim.warmup_steps < self.train.steps,
+              f"optim.warmup_steps={self.optim.warmup_steps} must be smaller than train.steps={self.train.steps} "
+              f"(for a short run, also pass --set optim.warmup_steps=N with N < {self.train.steps})")
+        spec.check_config(self)
+        n = approx_params(self.model, spec.stacks, spec.max_vocab(self))
+        check(n <= MAX_PARAMS, f"the model would have ~{n:.3g} parameters, over the limit {MAX_PARAMS:.3g}")
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+        """What config.json and every checkpoint hold."""
+        return {"format": FORMAT, **dataclasses.asdict(self)}
 
 
-def approx_params(cfg: RunConfig) -> int:
-    m = cfg.model
-    v = max(m.vocab_size, cfg.data.vocab_size + 3)
+def approx_params(m: ModelConfig, stacks: int, vocab: int) -> int:
     per_block = 4 * m.d_model * m.d_model + 2 * m.d_model * m.d_ff
-    stacks = 2 if cfg.task == "reverse" else 1
-    return stacks * m.n_layer * per_block + v * m.d_model + m.block_size * m.d_model
+    return stacks * m.n_layer * per_block + vocab * m.d_model + m.block_size * m.d_model
 
 
-# ---------------------------------------------------------------- presets
-# Each preset is a set of overrides on the defaults above, applied like --set.
-PRESETS: dict[str, dict[str, dict[str, Any]]] = {
-    "reverse": {
-        # Learned positions: on this task they leave the ~400-step loss plateau that
-        # sinusoidal positions show within ~100 steps (measured; see README), so the
-        # default preset reaches 100% in 800 steps. --set model.positions=sinusoidal
-        # gives Vaswani et al.'s encoding (100% in ~1500 steps).
-        "default": {
-            "model.n_layer": 2, "model.n_head": 4, "model.d_model": 64, "model.d_ff": 128,
-            "model.block_size": 22, "model.positions": "learned",
-            "optim.lr": 3e-3, "optim.min_lr": 1e-4, "optim.warmup_steps": 100,
-            "optim.weight_decay": 0.01, "optim.b2": 0.98,
-            "train.batch_size": 128, "train.steps": 800, "train.eval_every": 200,
-            "train.checkpoint_every": 400, "train.steps_per_call": 50,
-        },
-    },
-    "lm": {
-        # Tuned on a 2-core CPU for validation loss <= 1.88 in <= 45 s (see README).
-        "cpu-quick": {
-            "model.n_layer": 3, "model.n_head": 4, "model.d_model": 128, "model.d_ff": 512,
-            "model.block_size": 64, "model.dropout": 0.0,
-            "optim.lr": 5e-3, "optim.min_lr": 5e-4, "optim.warmup_steps": 30,
-            "train.batch_size": 16, "train.steps": 1500, "train.eval_every": 250,
-            "train.checkpoint_every": 500, "train.steps_per_call": 25,
-        },
-        # Tuned on a 2-core CPU for validation loss <= 1.60 within 10 minutes (see README).
-        "cpu": {
-            "model.n_layer": 4, "model.n_head": 4, "model.d_model": 192, "model.d_ff": 768,
-            "model.block_size": 128, "model.dropout": 0.0,
-            "model.attn_block": 64,  # two query blocks at T=128: ~3% faster per step here
-            "optim.lr": 3e-3, "optim.min_lr": 1e-4, "optim.warmup_steps": 100,
-            "train.batch_size": 32, "train.steps": 2500, "train.eval_every": 500,
-            "train.checkpoint_every": 500, "train.steps_per_call": 20,
-        },
-        # nanoGPT's shakespeare_char GPU settings, but 2,500 steps (not 5,000) and bf16:
-        # at 5,000 the validation loss bottoms out at ~1.473 and then overfits; at 2,500 the
-        # cosine decay ends near that bottom (BENCHMARKS.md, GPU).
-        "gpu": {
-            "model.n_layer": 6, "model.n_head": 6, "model.d_model": 384, "model.d_ff": 1536,
-            "model.block_size": 256, "model.dropout": 0.2, "model.dtype": "bfloat16",
-            "model.attn_block": 0,  # 128 is 2-3% faster on an H200; the figures were measured at 0
-            "optim.lr": 1e-3, "optim.min_lr": 1e-4, "optim.warmup_steps": 100, "optim.b2": 0.99,
-            "train.batch_size": 64, "train.steps": 2500, "train.eval_every": 250,
-            "train.checkpoint_every": 500, "train.steps_per_call": 25, "train.eval_windows": 0,
-        },
-    },
-}
-DEFAULT_PRESET = {"reverse": "default", "lm": "cpu"}
+# ---------------------------------------------------------------- keys and values
+def _section_class(cfg_or_task, section: str):
+    if section == "data":
+        spec = task_class(cfg_or_task if isinstance(cfg_or_task, str) else cfg_or_task.task)
+        return spec.Data
+    return {"model": ModelConfig, "optim": OptimConfig, "train": TrainConfig}[section]
+
+
+def _field_types(cls) -> dict[str, type]:
+    return {f.name: {"int": int, "float": float, "bool": bool, "str": str}[f.type] for f in fields(cls)}
+
+
+def _key_type(task: str, key: str) -> type:
+    """The type of `section.key` for a run of `task`; a ConfigError naming the known keys
+    (or the task that does use it) if there is none."""
+    from .tasks import TASKS
+    section, _, name = key.partition(".")
+    types = _field_types(_section_class(task, section)) if section in SECTIONS else {}
+    if name in types:
+        return types[name]
+    if section == "data":
+        owners = [t for t, spec in TASKS.items() if name in _field_types(spec.Data)]
+        if owners:
+            raise ConfigError(f"{key} is a setting of the {owners[0]} task; the {task} task does not use it")
+    known = [f"{s}.{k}" for s in SECTIONS for k in _field_types(_section_class(task, s))]
+    raise ConfigError(f"unknown config key {key!r}; known keys: {', '.join(known)}")
 
 
 def _parse_value(key: str, raw: Any, typ: type) -> Any:
-    """Turn a --set string (or a JSON value) into the field's type, strictly."""
-    if isinstance(raw, str):
+    """Turn a --set string into the field's type, strictly; a JSON value must have it."""
+    if isinstance(raw, str) and typ is not str:
         s = raw.strip()
         try:
             if typ is bool:
@@ -271,167 +216,160 @@ def _parse_value(key: str, raw: Any, typ: type) -> Any:
                 if s.lower() in ("false", "0", "no", "off"):
                     return False
                 raise ValueError
-            if typ is int:
-                return int(s)
-            if typ is float:
-                v = float(s)
-                if not math.isfinite(v):
-                    raise ValueError
-                return v
-            return s
+            v = typ(s)
+            if typ is float and not math.isfinite(v):
+                raise ValueError
+            return v
         except ValueError:
             raise ConfigError(f"{key}={raw!r} is not a valid {typ.__name__}") from None
-    # Non-string values (presets, JSON): exact types only; an int is a valid float.
-    if typ is float and isinstance(raw, int) and not isinstance(raw, bool):
+    if typ is float and isinstance(raw, int) and not isinstance(raw, bool):  # an int is a valid float
         return float(raw)
     if type(raw) is not typ:
         raise ConfigError(f"{key}={raw!r} has type {type(raw).__name__}, expected {typ.__name__}")
     return raw
 
 
-def _field_types(cls) -> dict[str, type]:
-    return {f.name: {"int": int, "float": float, "bool": bool, "str": str}[f.type] for f in fields(cls)}
-
-
-def all_keys() -> list[str]:
-    return [f"{s}.{k}" for s, cls in SECTIONS.items() for k in _field_types(cls)]
-
-
 def describe_keys() -> list[str]:
     """'section.key  type  default' for every key a person may set (for --help)."""
-    out = []
-    for s, cls in SECTIONS.items():
-        for f in fields(cls):
-            key = f"{s}.{f.name}"
-            if key not in DERIVED:
-                only = f" ({TASK_ONLY[key]} only)" if key in TASK_ONLY else ""
-                out.append(f"{key:<26} {f.type:<6} {f.default!r}{only}")
-    return out
+    from .tasks import TASKS
+    rows = [(f"{s}.{f.name}", f, "") for s, cls in (("model", ModelConfig), ("optim", OptimConfig),
+                                                    ("train", TrainConfig)) for f in fields(cls)]
+    rows += [(f"data.{f.name}", f, f" ({t} only)") for t, spec in TASKS.items() for f in fields(spec.Data)]
+    return [f"{key:<26} {f.type:<6} {f.default!r}{only}" for key, f, only in rows if key not in DERIVED]
 
 
 def apply_overrides(cfg: RunConfig, overrides: dict[str, Any], *, allow_derived=False) -> RunConfig:
     """Return cfg with `section.key -> value` overrides applied and validated."""
     changes: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
     for key, raw in overrides.items():
-        typ = _key_type(key)
-        if key in DERIVED and not allow_derived:
-            raise ConfigError(f"{key} is derived from the data and cannot be set")
+        typ = _key_type(cfg.task, key)
+        check(allow_derived or key not in DERIVED, f"{key} is derived from the data and cannot be set")
         section, _, name = key.partition(".")
         changes[section][name] = _parse_value(key, raw, typ)
     return replace(cfg, **{s: replace(getattr(cfg, s), **c) for s, c in changes.items() if c})
-
-
-def _key_type(key: str) -> type:
-    """The type of config key `section.key`; ConfigError naming the known keys if none."""
-    section, _, name = key.partition(".")
-    types = _field_types(SECTIONS[section]) if section in SECTIONS else {}
-    if name not in types:
-        raise ConfigError(f"unknown config key {key!r}; known keys: {', '.join(all_keys())}")
-    return types[name]
 
 
 def parse_set_args(items: list[str]) -> dict[str, str]:
     out = {}
     for item in items:
         key, eq, value = item.partition("=")
-        if not eq or not key:
-            raise ConfigError(f"--set {item!r} is not of the form section.key=value")
+        check(bool(eq and key), f"--set {item!r} is not of the form section.key=value")
         out[key.strip()] = value
     return out
 
 
 def make_config(task: str, preset: str | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
-    """Defaults, then the preset, then the overrides, validated once as a whole (so a
-    preset's train.steps and an override's optim.warmup_steps are checked together)."""
-    _check(task in TASKS, f"task={task!r} is not one of {', '.join(TASKS)}")
-    preset = preset or DEFAULT_PRESET[task]
-    if preset not in PRESETS[task]:
-        raise ConfigError(f"unknown preset {preset!r} for task {task!r}; choose from "
-                          f"{', '.join(PRESETS[task])}")
-    merged = {**PRESETS[task][preset], **(overrides or {})}
-    for key in merged:
-        other = TASK_ONLY.get(key, task)
-        _check(other == task, f"{key} is a setting of the {other} task; the {task} task does not use it")
-    return apply_overrides(RunConfig(task=task), merged)
+    """Defaults, then the task's preset, then the overrides, validated once as a whole (so
+    a preset's train.steps and an override's optim.warmup_steps are checked together)."""
+    spec = task_class(task)
+    preset = preset or spec.default_preset
+    check(preset in spec.presets,
+          f"unknown preset {preset!r} for task {task!r}; choose from {', '.join(spec.presets)}")
+    return apply_overrides(RunConfig(task=task), {**spec.presets[preset], **(overrides or {})})
 
 
-def _default(key: str) -> Any:
-    section, _, name = key.partition(".")
-    return next(f.default for f in fields(SECTIONS[section]) if f.name == name)
+# ---------------------------------------------------------------- JSON
+def read_json(path) -> dict:
+    """A JSON object from a file; a ConfigError naming the file for anything else."""
+    try:
+        d = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except (ValueError, OSError) as e:  # not JSON, not UTF-8, a folder
+        raise ConfigError(f"{path} is not a valid config: {str(e).splitlines()[0]}") from None
+    check(isinstance(d, dict), f"{path} must hold a JSON object, not {type(d).__name__}")
+    return d
+
+
+def _overrides(d: dict, task: str) -> dict[str, Any]:
+    """A config's JSON object (all sections or some, either format) as `section.key ->
+    value` for a run of `task`, with JSON's types checked (strings only for str keys)."""
+    extra = set(d) - {"format", "task", *SECTIONS}
+    check(not extra, f"unknown config section(s) {sorted(extra)}; known: task, {', '.join(SECTIONS)}")
+    fmt = d.get("format", 1)
+    check(fmt in (1, FORMAT), f"config format {fmt!r} is not one this version reads (1 or {FORMAT}); "
+          "a newer scratchformer wrote it")
+    out = {}
+    for section in SECTIONS:
+        sub = d.get(section, {})
+        check(isinstance(sub, dict), f"config section {section!r} must be an object")
+        out.update({f"{section}.{k}": v for k, v in sub.items()})
+    if fmt == 1:
+        out = _upgrade(out, task)
+    for key, v in out.items():
+        typ = _key_type(task, key)
+        check(typ is str or not isinstance(v, str), f"{key}={v!r} has type str, expected {typ.__name__}")
+    return out
+
+
+def _upgrade(old: dict[str, Any], task: str) -> dict[str, Any]:
+    """Format 1 -> 2: train.eval_windows becomes the LM's data.eval_windows, and the keys
+    of the other task's data, which format 1 listed at their defaults, go."""
+    from .tasks import TASKS
+    own = _field_types(task_class(task).Data)
+    defaults = {f"data.{f.name}": f.default for spec in TASKS.values() for f in fields(spec.Data)}
+    out = {}
+    for key, v in old.items():
+        if key == "train.eval_windows":
+            key = "data.eval_windows"
+        if key.startswith("data.") and key.partition(".")[2] not in own and v == defaults.get(key, v):
+            continue
+        out[key] = v
+    return out
 
 
 def from_dict(d: Any) -> RunConfig:
-    """Strictly rebuild a RunConfig from JSON data: no unknown keys, exact types, bounds."""
-    if not isinstance(d, dict):
-        raise ConfigError(f"config must be a JSON object, got {type(d).__name__}")
-    extra = set(d) - {"task", *SECTIONS}
-    if extra:
-        raise ConfigError(f"unknown config section(s) {sorted(extra)}; known: task, {', '.join(SECTIONS)}")
-    task = d.get("task")
-    if task not in TASKS:
-        raise ConfigError(f"task={task!r} is not one of {', '.join(TASKS)}")
-    return apply_overrides(RunConfig(task=task), _json_overrides(d), allow_derived=True)
+    """Strictly rebuild a RunConfig from a config's JSON (either format): no unknown keys,
+    exact types, bounds."""
+    check(isinstance(d, dict), f"config must be a JSON object, got {type(d).__name__}")
+    task = task_class(d.get("task")).name
+    return apply_overrides(RunConfig(task=task), _overrides(d, task), allow_derived=True)
 
 
-def _json_overrides(d: dict) -> dict[str, Any]:
-    """A config's JSON object (all sections or some) as `section.key -> value`."""
-    overrides = {}
-    for section in SECTIONS:
-        sub = d.get(section, {})
-        if not isinstance(sub, dict):
-            raise ConfigError(f"config section {section!r} must be an object")
-        for k, v in sub.items():
-            overrides[f"{section}.{k}"] = v
-    for key, v in overrides.items():  # JSON holds typed values; strings only for str fields
-        typ = _key_type(key)
-        if typ is not str and isinstance(v, str):
-            raise ConfigError(f"{key}={v!r} has type str, expected {typ.__name__}")
-    return overrides
+def from_file(path) -> RunConfig:
+    """from_dict on a config.json, its errors naming the file."""
+    d = read_json(path)
+    try:
+        return from_dict(d)
+    except ConfigError as e:
+        raise ConfigError(f"{path} is not a valid config: {e}") from None
 
 
 def overrides_from_file(path, task: str) -> dict[str, Any]:
     """`train --config FILE`: the settings in a JSON file (a run's config.json or its
     folder, or any part of one: {"model": {"n_layer": 2}}) as overrides, applied after
     the preset and before --set. A "task" in the file must be `task`; model.vocab_size
-    is left out (the task derives it from the data), and so are the other task's keys
-    where they hold their defaults (a config.json lists every key). Types are checked
-    as in from_dict; bounds and cross-field rules when make_config validates the whole."""
-    from pathlib import Path
-    if Path(path).is_dir():  # a run folder stands for its config.json
-        if not (Path(path) / "config.json").is_file():
-            raise ConfigError(f"--config {path} is a folder without a config.json")
-        path = Path(path) / "config.json"
+    is left out (the task derives it from the data). Types are checked as in from_dict;
+    bounds and cross-field rules when make_config validates the whole. Errors name the
+    file first (option "config")."""
     try:
-        d = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"--config {path}: no such file") from None
-    except ValueError as e:  # not JSON, not UTF-8
-        raise ConfigError(f"--config {path} is not a valid config: {str(e).splitlines()[0]}") from None
-    if not isinstance(d, dict):
-        raise ConfigError(f"--config {path} must hold a JSON object, not {type(d).__name__}")
-    extra = set(d) - {"task", *SECTIONS}
-    if extra:
-        raise ConfigError(f"--config {path}: unknown config section(s) {sorted(extra)}; known: task, "
-                          f"{', '.join(SECTIONS)}")
-    if d.get("task", task) != task:
-        raise ConfigError(f"--config {path} is a config for task {d['task']!r}, not {task!r}")
-    try:
-        overrides = _json_overrides(d)  # unknown keys and wrong types are named here, with the file
+        if Path(path).is_dir():  # a run folder stands for its config.json
+            check((Path(path) / "config.json").is_file(), f"{path} is a folder without a config.json")
+            path = Path(path) / "config.json"
+        d = read_json(path)
+        check(d.get("task", task) == task, f"{path} is a config for task {d.get('task')!r}, not {task!r}")
+        try:
+            overrides = _overrides(d, task)
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
     except ConfigError as e:
-        raise ConfigError(f"--config {path}: {e}") from None
-    for key, value in overrides.items():  # a run's config.json lists the other task's keys, at their defaults
-        other = TASK_ONLY.get(key, task)
-        if other != task and value != _default(key):
-            raise ConfigError(f"--config {path}: {key}={value!r} is a setting of the {other} task; the {task} "
-                              "task does not use it")
-    return {k: v for k, v in overrides.items() if k not in DERIVED and TASK_ONLY.get(k, task) == task}
+        raise ConfigError(str(e), option="config") from None
+    return {k: v for k, v in overrides.items() if k not in DERIVED}
 
 
-def from_file(path) -> RunConfig:
-    """from_dict on a run folder's config.json; a ConfigError naming the file if it is
-    not valid JSON or not a valid config."""
-    from pathlib import Path
-    try:
-        return from_dict(json.loads(Path(path).read_text()))
-    except ValueError as e:  # json's errors and ConfigError alike
-        raise ConfigError(f"{path} is not a valid config: {str(e).splitlines()[0]}") from None
+def cpu_note(cfg: RunConfig, preset: str, backend: str | None = None) -> str | None:
+    """A line for settings that are meant for a GPU but about to run on a CPU."""
+    if backend is None:
+        import jax
+        backend = jax.default_backend()
+    if backend != "cpu":
+        return None
+    if preset == "gpu":  # the figures are the preset's own, whatever --set changed
+        g = make_config(cfg.task, "gpu")
+        m, t = g.model, g.train
+        return (f"the gpu preset ({m.n_layer}x{m.d_model}, batch {t.batch_size} x {m.block_size}, {m.dtype}) is "
+                f"sized for a GPU; on a 2-core CPU a step of it takes ~6 s, its {t.steps:,} steps "
+                f"~{6 * t.steps / 3600:.0f} hours (the cpu preset is sized for a CPU)")
+    if cfg.model.dtype == "bfloat16":
+        return "model.dtype=bfloat16 is slower than float32 on a CPU; it is meant for GPUs"
+    return None

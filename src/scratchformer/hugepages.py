@@ -1,12 +1,11 @@
 """Transparent huge pages for XLA's CPU buffers, through glibc's malloc tunable.
 
-XLA's CPU runtime allocates each call's temporary buffer afresh (gpt-small
-training: one 636 MB block per call) and frees it at the end, so every call
-first-touches it again: 164,000 page faults of 4 KiB per call, about 150 ms in
-this VM, 14% of a 2-step call. Linux kernels set to transparent huge pages
-"madvise" (the common default) give 2 MiB pages only to memory that asks for
-them, and glibc >= 2.35 asks for them when started with
-GLIBC_TUNABLES=glibc.malloc.hugetlb=1: ~680 faults per call instead.
+XLA's CPU runtime allocates each call's temporary buffer afresh (hundreds of MB
+for a mid-sized model) and frees it at the end, so every call first-touches it
+again, one page fault per 4 KiB page (BENCHMARKS.md has the cost). Linux kernels
+set to transparent huge pages "madvise" (the common default) give 2 MiB pages
+only to memory that asks for them, and glibc >= 2.35 asks for them when started
+with GLIBC_TUNABLES=glibc.malloc.hugetlb=1: 512 times fewer faults.
 
 Tunables are read once at process start, so the command line re-executes
 itself with the tunable set (`reexec_if_wanted`), before importing JAX. Set

@@ -1,4 +1,4 @@
-"""Token cross-entropy with a weight mask, and the two tasks' losses.
+"""Token cross-entropy with a weight mask, and the two model families' losses.
 
 Losses return (sum of weighted token losses, sum of weights) rather than a mean,
 so that gradient accumulation and sharded evaluation can add them up exactly.
@@ -39,6 +39,3 @@ def seq2seq_loss(params, batch, *, cfg: ModelConfig, train=False, key=None, labe
     logits = encdec_forward(params, batch["src"], batch["tgt_in"], cfg=cfg, train=train, key=key)
     return cross_entropy(logits, batch["tgt_out"], batch["tgt_out"] != PAD_ID, label_smoothing)
 
-
-def task_loss(task: str):
-    return seq2seq_loss if task == "reverse" else lm_loss

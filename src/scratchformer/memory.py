@@ -14,9 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
-class OutOfMemory(ValueError):
-    """A program needs more memory than the machine has free (a bad input: exit 2)."""
+from .errors import OutOfMemory
 
 
 def program_bytes(compiled) -> int | None:

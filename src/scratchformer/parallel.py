@@ -16,6 +16,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from .errors import ConfigError, UsageError
+
 AXIS = "data"
 
 
@@ -30,7 +32,7 @@ def check_batch(batch_size: int, grad_accum: int, mesh: Mesh) -> None:
     if micro % n:
         what = (f"train.batch_size={batch_size}" if grad_accum == 1 else
                 f"the micro-batch train.batch_size/train.grad_accum={micro}")
-        raise ValueError(f"{what} is not divisible by the {n} devices; use a multiple of {n}")
+        raise ConfigError(f"{what} is not divisible by the {n} devices; use a multiple of {n}")
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
@@ -110,7 +112,7 @@ def _env_int(name: str) -> int | None:
     try:
         return int(raw)
     except ValueError:
-        raise ValueError(f"{name}={raw!r} is not an integer") from None
+        raise UsageError(f"{name}={raw!r} is not an integer") from None
 
 
 COORDINATOR_TIMEOUT_S = 300  # jax.distributed.initialize's own default
@@ -127,10 +129,10 @@ def wait_for_coordinator(host: str, port: int, timeout: float = COORDINATOR_TIME
             socket.create_connection((host, port), timeout=5).close()
             return
         except socket.gaierror as e:
-            raise ValueError(f"--coordinator {host}:{port}: cannot resolve {host!r} ({e.strerror})") from None
+            raise UsageError(f"--coordinator {host}:{port}: cannot resolve {host!r} ({e.strerror})") from None
         except OSError as e:
             if time.monotonic() >= deadline:
-                raise ValueError(f"--coordinator {host}:{port}: nothing accepted a connection there within "
+                raise UsageError(f"--coordinator {host}:{port}: nothing accepted a connection there within "
                                  f"{timeout:g} s ({e.strerror or e}); start process 0 with the same --coordinator, "
                                  "or check the host and port") from None
             time.sleep(0.5)
@@ -147,15 +149,15 @@ def initialize_distributed(coordinator: str | None, num_processes: int | None, p
         process_id = _env_int("JAX_PROCESS_ID")
     if not coordinator:
         if num_processes not in (None, 1) or process_id not in (None, 0):
-            raise ValueError("--num-processes/--process-id need --coordinator HOST:PORT")
+            raise UsageError("--num-processes/--process-id need --coordinator HOST:PORT")
         return False
     if num_processes is None or process_id is None:
-        raise ValueError(f"--coordinator {coordinator} needs --num-processes and --process-id")
+        raise UsageError(f"--coordinator {coordinator} needs --num-processes and --process-id")
     if not 0 <= process_id < num_processes:
-        raise ValueError(f"--process-id={process_id} must be in [0, --num-processes={num_processes})")
+        raise UsageError(f"--process-id={process_id} must be in [0, --num-processes={num_processes})")
     host, _, port = coordinator.rpartition(":")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"--coordinator {coordinator!r} is not HOST:PORT (a host name or address, a port 1-65535)")
+        raise UsageError(f"--coordinator {coordinator!r} is not HOST:PORT (a host name or address, a port 1-65535)")
     if process_id != 0:
         wait_for_coordinator(host, int(port))
     # Collectives between CPU devices of different processes go through gloo; the

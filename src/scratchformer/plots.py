@@ -12,6 +12,9 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .config import task_class
+from .errors import CheckpointError, DataError, UsageError
+
 
 def _matplotlib():
     import matplotlib
@@ -29,10 +32,10 @@ class Metrics(NamedTuple):
 def read_metrics(run_dir) -> Metrics:
     """The rows of a run's metrics.jsonl; lines that are not rows are left out with a
     note on stderr naming them."""
-    from .train import metrics_rows
+    from .runs import metrics_rows
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist; is {run_dir} a run folder?")
+        raise CheckpointError(f"{path} does not exist; is {run_dir} a run folder?")
     rows, bad = metrics_rows(path)
     if bad:
         shown = ", ".join(map(str, bad[:5])) + (", ..." if len(bad) > 5 else "")
@@ -168,13 +171,11 @@ def lm_snippet(task, params, meta: dict, run_dir, length: int = 40) -> tuple[np.
     """Token ids to look at the LM's attention on, and what they are: held-out text from
     the validation split's first line that is not empty, when the run's text file is at
     hand, else the model's own sample (seed 0, temperature 0.8)."""
-    from . import runs
-    from .data.errors import DataError
     from .decode import generate
 
     length = min(length, task.cfg.model.block_size)
     try:
-        val = runs.with_text(task, meta, run_dir).val_ids
+        val = task.with_training_data(meta, run_dir).val_ids
     except DataError:
         ids = generate(params, task.cfg.model, [0], length - 1, seed=0, temperature=0.8)
         return ids, "the model's own sample (the run's text file is not at hand)"
@@ -230,15 +231,10 @@ def _attention_grid(path: Path, probs_per_layer, row_labels, col_labels, *, ylab
 def plot_run(run_dir) -> list[Path]:
     from . import runs
     if Path(run_dir).is_file():
-        raise ValueError(f"{run_dir} is a file; plot takes the run folder (it reads metrics.jsonl beside the "
+        raise UsageError(f"{run_dir} is a file; plot takes the run folder (it reads metrics.jsonl beside the "
                          "checkpoints)")
     task, params, meta = runs.load(run_dir)
-    paths = [plot_loss(run_dir, task.tokens_per_step(), task.unit)]
-    if task.name == "reverse":
-        paths.append(plot_attention(run_dir, task, params))
-    else:
-        paths.append(plot_lm_attention(run_dir, task, params, meta))
-    return paths
+    return [plot_loss(run_dir, task.tokens_per_step(task.cfg), task.unit), task.plot_attention(run_dir, params, meta)]
 
 
 def read_run(run_dir) -> dict:
@@ -247,9 +243,9 @@ def read_run(run_dir) -> dict:
     d = Path(run_dir)
     path = d / "config.json"
     if not d.is_dir():
-        raise FileNotFoundError(f"run folder {d} does not exist")
+        raise CheckpointError(f"run folder {d} does not exist")
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist; is {run_dir} a run folder?")
+        raise CheckpointError(f"{path} does not exist; is {run_dir} a run folder?")
     cfg = from_file(path)
     train, evals, _ = read_metrics(d)
     summary = {}
@@ -257,9 +253,10 @@ def read_run(run_dir) -> dict:
         try:
             summary = json.loads((d / "summary.json").read_text())
         except ValueError as e:
-            raise ValueError(f"{d / 'summary.json'} is not JSON ({e}); delete it to compare the run without it") from e
+            raise CheckpointError(f"{d / 'summary.json'} is not JSON ({e}); delete it to compare the run without it") \
+                from None
         if not isinstance(summary, dict):
-            raise ValueError(f"{d / 'summary.json'} holds {type(summary).__name__}, not a JSON object")
+            raise CheckpointError(f"{d / 'summary.json'} holds {type(summary).__name__}, not a JSON object")
     return {"dir": d, "name": d.resolve().name, "cfg": cfg, "train": train, "evals": evals, "summary": summary}
 
 
@@ -280,9 +277,9 @@ def plot_comparison(ax, runs: list[dict]) -> str:
     """Validation loss (points) and smoothed training loss (thin) of each run, against the
     optimizer step, or against what was seen when the runs' steps differ in size.
     Returns the x axis's name."""
-    from .tasks import LMTask, ReverseTask, tokens_per_step
-    sizes = [tokens_per_step(r["cfg"]) for r in runs]
-    unit = (LMTask if runs[0]["cfg"].task == "lm" else ReverseTask).unit
+    spec = task_class(runs[0]["cfg"].task)
+    sizes = [spec.tokens_per_step(r["cfg"]) for r in runs]
+    unit = spec.unit
     by_step = len(set(sizes)) == 1
     xname = "optimizer step" if by_step else f"{'tokens' if unit == 'tok' else 'sequences'} seen (millions)"
     for i, (r, label, size) in enumerate(zip(runs, run_labels(runs), sizes)):
@@ -314,12 +311,12 @@ def compare_runs(run_dirs, out) -> tuple[Path, list[dict]]:
     runs = [read_run(d) for d in run_dirs]
     tasks = sorted({r["cfg"].task for r in runs})
     if len(tasks) > 1:
-        raise ValueError(f"the runs are of different tasks ({', '.join(tasks)}); compare runs of one task")
+        raise UsageError(f"the runs are of different tasks ({', '.join(tasks)}); compare runs of one task")
     out = Path(out)
     if not out.parent.is_dir():
-        raise FileNotFoundError(f"folder {out.parent} for {out} does not exist")
+        raise UsageError(f"folder {out.parent} for {out} does not exist")
     if out.suffix.lower() != ".png":
-        raise ValueError(f"--out {out} must end in .png")
+        raise UsageError(f"{out} must end in .png", option="out")
     plt = _matplotlib()
     fig, ax = plt.subplots(figsize=(9, 5.5), dpi=120)
     plot_comparison(ax, runs)
@@ -339,3 +336,14 @@ def compare_runs(run_dirs, out) -> tuple[Path, list[dict]]:
                      "final_val_loss": r["summary"].get("val_loss"),  # whole held-out set, at the end
                      "train_time_s": r["summary"].get("train_time_s")})
     return out, rows
+
+
+def table(rows: list[dict]) -> str:
+    """compare_runs' rows as a text table."""
+    lines = [f"{'run':<30} {'steps':>7} {'best val loss (step)':>22} {'final val loss':>15} {'train s':>8}"]
+    for r in rows:
+        best = "-" if r["best_val_loss"] is None else f"{r['best_val_loss']:.4f} ({r['best_step']})"
+        final = "-" if r["final_val_loss"] is None else f"{r['final_val_loss']:.4f}"
+        secs = "-" if r["train_time_s"] is None else f"{r['train_time_s']:.1f}"
+        lines.append(f"{r['run']:<30} {r['steps']:>7} {best:>22} {final:>15} {secs:>8}")
+    return "\n".join(lines)

@@ -1,16 +1,80 @@
-"""Opening a saved run folder: its config, its checkpoint and its task (with the data
-the task needs), checked before anything is used."""
+"""Run folders: the files of one run (config.json, metrics.jsonl, summary.json,
+checkpoints/), and opening a saved run again: its config, its checkpoint and its task,
+checked before anything is used."""
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
 from . import checkpoint as ckpt
-from .config import ConfigError, from_dict
-from .data import text
-from .data.errors import DataError
-from .tasks import LMTask, task_from_meta
-from .train import state_template
+from .config import from_dict, from_file, task_class
+from .errors import CheckpointError, ConfigError, DataError
+
+
+class RunFolder:
+    """The files of one run: config.json, metrics.jsonl, summary.json, checkpoints/."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.metrics = self.path / "metrics.jsonl"
+
+    def prepare(self, *, resume: bool) -> None:
+        try:
+            (self.path / ckpt.CKPT_DIR).mkdir(parents=True, exist_ok=True)
+            probe = self.path / ".write-test"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as e:
+            raise DataError(f"{self.path} cannot be written ({e.strerror})", option="out") from None
+        if not resume and (ckpt.latest(self.path) or self.metrics.exists()):
+            raise CheckpointError(f"{self.path} already holds a run; resume it or choose another run folder",
+                                  option="out")
+        # Temp files of saves that a kill interrupted (the renamed files are complete).
+        for d in (self.path, self.path / ckpt.CKPT_DIR):
+            for stale in d.glob(".*.tmp"):
+                stale.unlink(missing_ok=True)
+
+    def write_json(self, name: str, obj) -> None:
+        ckpt.atomic_write_bytes(self.path / name, (ckpt.strict_json(obj, indent=2) + "\n").encode())
+
+    def truncate_metrics(self, step: int) -> None:
+        """Keep only rows up to `step` (those covered by the checkpoint being resumed);
+        unreadable lines (one cut short by a kill) go too."""
+        if not self.metrics.exists():
+            return
+        rows, _ = metrics_rows(self.metrics)
+        kept = "".join(ckpt.strict_json(r) + "\n" for r in rows if r["step"] <= step)
+        ckpt.atomic_write_bytes(self.metrics, kept.encode())
+
+    def append(self, rows: list[dict]) -> None:
+        with open(self.metrics, "a") as f:
+            f.write("".join(ckpt.strict_json(r) + "\n" for r in rows))
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def metrics_rows(path) -> tuple[list[dict], list[int]]:
+    """The rows of a metrics.jsonl, and the numbers of the lines that are not rows: a
+    row is a JSON object with an integer "step" >= 0 whose other values are numbers,
+    null (not finite) or true/false ("skipped"). An unreadable last line without its
+    newline is a row still being written (or cut short by a kill): left out, not bad."""
+    lines = Path(path).read_text(errors="replace").split("\n")
+    rows, bad = [], []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            row = None
+        if (isinstance(row, dict) and type(row.get("step")) is int and row["step"] >= 0
+                and all(v is None or type(v) in (int, float, bool) for k, v in row.items() if k != "step")):
+            rows.append(row)
+        elif number < len(lines):  # the last element is "" after a final newline
+            bad.append(number)
+    return rows, bad
 
 
 def checkpoint_path(run_dir, which: str = "best") -> Path:
@@ -19,51 +83,66 @@ def checkpoint_path(run_dir, which: str = "best") -> Path:
     run_dir = Path(run_dir)
     if run_dir.is_file():
         if run_dir.suffix != ".safetensors":
-            raise ckpt.CheckpointError(f"{run_dir} is a file, not a run folder or a .safetensors checkpoint")
+            raise CheckpointError(f"{run_dir} is a file, not a run folder or a .safetensors checkpoint")
         return run_dir
     if not run_dir.is_dir():
-        raise ckpt.CheckpointError(f"run folder {run_dir} does not exist")
+        raise CheckpointError(f"run folder {run_dir} does not exist")
     path = (ckpt.best(run_dir) if which == "best" else None) or ckpt.latest(run_dir)
     if path is None:
         inside = run_dir.name == ckpt.CKPT_DIR and any(run_dir.glob("*.safetensors"))
         hint = f"; the run folder is {run_dir.parent}, or name one checkpoint file" if inside else ""
-        raise ckpt.CheckpointError(f"{run_dir} has no checkpoint (expected {run_dir}/{ckpt.CKPT_DIR}/*.safetensors)"
-                                   + hint)
+        raise CheckpointError(f"{run_dir} has no checkpoint (expected {run_dir}/{ckpt.CKPT_DIR}/*.safetensors)"
+                              + hint)
     return path
+
+
+def config_of(meta: dict, path):
+    """The RunConfig a checkpoint's metadata holds (either config format)."""
+    try:
+        return from_dict(meta.get("config"))
+    except ConfigError as e:
+        raise CheckpointError(f"checkpoint {path} has an invalid config: {e}") from None
 
 
 def load(run_dir, *, which: str = "best", with_data: bool = False):
     """Returns (task, params, meta). `run_dir`: a run folder (its best checkpoint, or its
-    latest without one), or one checkpoint file. with_data also reloads an LM's text
-    for evaluation."""
+    latest without one), or one checkpoint file. with_data also reloads the data the
+    run trained on (an LM's text) for evaluation."""
+    from .train import state_template
     path = checkpoint_path(run_dir, which)
     tensors, meta = ckpt.read(path)
-    try:
-        cfg = from_dict(meta.get("config"))
-    except ConfigError as e:
-        raise ckpt.CheckpointError(f"checkpoint {path} has an invalid config: {e}") from None
-    task = task_from_meta(cfg, meta.get("task_meta") or {})
+    cfg = config_of(meta, path)
+    task = task_class(cfg.task).from_meta(cfg, meta.get("task_meta") or {})
     state = ckpt.restore(tensors, state_template(task.cfg), source=str(path))
-    if with_data and isinstance(task, LMTask):
-        task = with_text(task, meta, run_dir)
+    if with_data:
+        task = task.with_training_data(meta, run_dir)
     return task, state.params, meta
 
 
-def with_text(task: LMTask, meta: dict, run_dir) -> LMTask:
-    """The LM task again with the text it trained on (its splits), after checking that
-    the file is still there and unchanged; a one-line DataError otherwise."""
-    d = meta.get("data") or {}
-    if not d.get("path"):
-        raise DataError(f"{run_dir} records no text file (trained with LMTask.from_text); evaluation needs "
-                        "one: train with LMTask.from_file or the command line")
-    src = Path(str(d["path"]))
-    if not src.is_file():
-        raise DataError(f"the run's text file {src} is gone; evaluation needs it")
-    source = text.file_identity(src)
-    if source["sha256"] != d.get("sha256"):
-        raise DataError(f"the run's text file {src} changed since training (sha256 differs)")
-    fresh = LMTask.from_text(task.cfg, text.read_text(src))
-    if fresh.tokenizer.chars != task.tokenizer.chars:
-        raise DataError(f"the vocabulary of {src} differs from the checkpoint's")
-    fresh.source = source
-    return fresh
+def saved_config(run_dir, task: str):
+    """The config of the run in `run_dir` (its config.json), to continue exactly that run."""
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise CheckpointError(f"{run_dir} has no checkpoint to resume from (no config.json)")
+    cfg = from_file(path)
+    if cfg.task != task:
+        raise CheckpointError(f"{run_dir} is a {cfg.task!r} run, not {task!r}")
+    return cfg
+
+
+def training_source(run_dir) -> str | None:
+    """The data file the run in `run_dir` trained on, as its latest checkpoint records it
+    (None for generated data or before the first checkpoint)."""
+    last = ckpt.latest(run_dir)
+    return (ckpt.read_meta(last).get("data") or {}).get("path") if last else None
+
+
+def describe(summary: dict) -> str:
+    """One line for a finished run's summary (or an evaluation's result)."""
+    line = task_class(summary["task"]).describe(summary)
+    if "train_time_s" in summary:  # a resumed run timed only the steps after its checkpoint
+        r, n = summary.get("resumed_from"), summary["steps"]
+        steps = f"steps {r}-{n}" if r else f"{n} steps"
+        line += (f"; trained {steps} in {summary['train_time_s']:.1f} s" if r != n
+                 else f"; the run had already trained its {r} steps")
+    return line

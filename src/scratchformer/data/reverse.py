@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .errors import DataError
+from ..errors import DataError
 
 PAD, BOS, EOS = 0, 1, 2
 OFFSET = 3
@@ -59,13 +59,13 @@ def parse_symbols(text: str, *, n_symbols: int, max_len: int) -> np.ndarray:
     """'7 3 9 1' -> source ids (1 x max_len, PAD-filled); one-line errors for bad input."""
     parts = text.split()
     if not parts:
-        raise DataError(f"--input {text!r} is empty; give space-separated integers 0..{n_symbols - 1}")
+        raise DataError(f"{text!r} is empty; give space-separated integers 0..{n_symbols - 1}", option="input")
     if len(parts) > max_len:
-        raise DataError(f"--input has {len(parts)} symbols; the model accepts at most {max_len}")
+        raise DataError(f"{text!r} has {len(parts)} symbols; the model accepts at most {max_len}", option="input")
     ids = np.full((1, max_len), PAD, np.int32)
     for i, p in enumerate(parts):
         if not p.isdigit() or int(p) >= n_symbols:
-            raise DataError(f"--input symbol {p!r} is unknown; symbols are integers 0..{n_symbols - 1}")
+            raise DataError(f"{text!r}: symbol {p!r} is unknown; symbols are integers 0..{n_symbols - 1}", option="input")
         ids[0, i] = int(p) + OFFSET
     return ids
 

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .errors import DataError
+from ..errors import DataError
 
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
@@ -93,18 +93,18 @@ def read_text(path) -> str:
     """Read a UTF-8 text file, with a one-line error for anything that is not one."""
     p = Path(path)
     if not p.exists():
-        raise DataError(f"--data {p}: no such file")
+        raise DataError(f"{p}: no such file", option="data")
     if p.is_dir():
-        raise DataError(f"--data {p} is a folder; give a UTF-8 text file")
+        raise DataError(f"{p} is a folder; give a UTF-8 text file", option="data")
     raw = p.read_bytes()
     if not raw:
-        raise DataError(f"--data {p} is empty; give a UTF-8 text file")
+        raise DataError(f"{p} is empty; give a UTF-8 text file", option="data")
     if b"\x00" in raw:
-        raise DataError(f"--data {p} looks binary (it contains NUL bytes); give a UTF-8 text file")
+        raise DataError(f"{p} looks binary (it contains NUL bytes); give a UTF-8 text file", option="data")
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise DataError(f"--data {p} is not UTF-8 (bad byte at offset {e.start}); give a UTF-8 text file") from None
+        raise DataError(f"{p} is not UTF-8 (bad byte at offset {e.start}); give a UTF-8 text file", option="data") from None
 
 
 class CharTokenizer:

@@ -1,0 +1,238 @@
+"""The language model: a decoder-only Transformer on a UTF-8 text (Tiny Shakespeare by
+default), one token per character."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from dataclasses import dataclass, replace
+
+import jax
+import numpy as np
+
+from ..config import RunConfig, check
+from ..data import text
+from ..errors import DataError, UsageError
+from ..loss import lm_loss
+from ..models import init_lm
+from ..progress import eval_bar
+from .base import eval_loss
+
+# LM tokens per jitted evaluation call. On a CPU, calls of ~2k tokens keep the
+# activations in the caches; an accelerator wants large calls: 65,536 tokens (256
+# windows of 256), fewer where one layer's float32 attention probabilities
+# (windows x heads x T x T) would pass EVAL_PROBS_BYTES.
+EVAL_TOKENS_CPU = 2_048
+EVAL_TOKENS_ACCELERATOR = 65_536
+EVAL_PROBS_BYTES = 1 << 30
+PROGRESS_TARGETS = 500_000  # an evaluation of more targets than this shows a bar (several seconds)
+MAX_SAMPLE_TOKENS = 10**9  # positions are int32; memory.check_fits catches far fewer on most machines
+
+
+def eval_chunk(block: int, n_head: int, backend: str | None = None) -> int:
+    """Windows of `block` tokens per LM evaluation call on this backend."""
+    if (backend or jax.default_backend()) == "cpu":
+        return max(1, EVAL_TOKENS_CPU // block)
+    return max(1, min(EVAL_TOKENS_ACCELERATOR // block, EVAL_PROBS_BYTES // (4 * n_head * block * block)))
+
+
+@dataclass(frozen=True)
+class TextData:
+    val_fraction: float = 0.1  # last 10% of the text is validation (nanoGPT's split)
+    eval_windows: int = 256    # windows of the periodic evaluation (0 = the whole split)
+
+    def __post_init__(self):
+        check(0 < self.val_fraction < 1, f"data.val_fraction={self.val_fraction!r} must be in (0, 1)")
+        check(self.eval_windows >= 0, f"data.eval_windows={self.eval_windows} must be >= 0")
+
+
+PRESETS = {
+    # Tuned on a 2-core CPU for a low validation loss within ~45 s (README, results).
+    "cpu-quick": {
+        "model.n_layer": 3, "model.n_head": 4, "model.d_model": 128, "model.d_ff": 512,
+        "model.block_size": 64, "model.dropout": 0.0,
+        "optim.lr": 5e-3, "optim.min_lr": 5e-4, "optim.warmup_steps": 30,
+        "train.batch_size": 16, "train.steps": 1500, "train.eval_every": 250,
+        "train.checkpoint_every": 500, "train.steps_per_call": 25,
+    },
+    # Tuned on a 2-core CPU for a low validation loss within 10 minutes (README, results).
+    "cpu": {
+        "model.n_layer": 4, "model.n_head": 4, "model.d_model": 192, "model.d_ff": 768,
+        "model.block_size": 128, "model.dropout": 0.0,
+        "model.attn_block": 64,  # two query blocks at T=128: a little faster per step on a CPU
+        "optim.lr": 3e-3, "optim.min_lr": 1e-4, "optim.warmup_steps": 100,
+        "train.batch_size": 32, "train.steps": 2500, "train.eval_every": 500,
+        "train.checkpoint_every": 500, "train.steps_per_call": 20,
+    },
+    # nanoGPT's shakespeare_char GPU settings, but 2,500 steps (not 5,000) and bf16: the
+    # validation loss bottoms out near 2,500 steps and then overfits (BENCHMARKS.md, GPU).
+    "gpu": {
+        "model.n_layer": 6, "model.n_head": 6, "model.d_model": 384, "model.d_ff": 1536,
+        "model.block_size": 256, "model.dropout": 0.2, "model.dtype": "bfloat16",
+        "model.attn_block": 0,  # the GPU figures were measured without query blocks
+        "optim.lr": 1e-3, "optim.min_lr": 1e-4, "optim.warmup_steps": 100, "optim.b2": 0.99,
+        "train.batch_size": 64, "train.steps": 2500, "train.eval_every": 250,
+        "train.checkpoint_every": 500, "train.steps_per_call": 25, "data.eval_windows": 0,
+    },
+}
+
+
+class LMTask:
+    """Character language model on a text."""
+
+    name = "lm"
+    unit = "tok"
+    stacks = 1
+    Data = TextData
+    presets = PRESETS
+    default_preset = "cpu"
+    sample_options = {"prompt": "\n", "tokens": 500, "temperature": 0.8, "top_k": 0, "top_p": 1.0, "seed": 0,
+                      "no_cache": False}
+    eval_options = {"data": None}  # data: score this text file instead of the validation split
+    mesh = None
+    source = None  # {"path", "sha256"} of the text file (from_file), saved with each checkpoint
+
+    def __init__(self, cfg: RunConfig, tokenizer: text.CharTokenizer, ids: np.ndarray | None = None):
+        self.tokenizer = tokenizer
+        self.cfg = replace(cfg, model=replace(cfg.model, vocab_size=len(tokenizer)))
+        if ids is not None:
+            self.train_ids, self.val_ids = text.split(ids, cfg.data.val_fraction)
+            block = cfg.model.block_size
+            if len(self.train_ids) <= block + 1:
+                raise DataError(f"the text gives {len(self.train_ids)} training characters, fewer than one "
+                                f"block (model.block_size={block}) plus one; use a longer text or a smaller block")
+            text.eval_windows(self.val_ids, block)  # raises if validation is shorter than a block
+        self._loss = jax.jit(lambda p, b: self.loss(p, b, cfg=self.cfg.model))
+
+    # ------------------------------------------------------------ configuration
+    @classmethod
+    def check_config(cls, cfg: RunConfig) -> None:
+        pass
+
+    @classmethod
+    def max_vocab(cls, cfg: RunConfig) -> int:
+        return cfg.model.vocab_size
+
+    @classmethod
+    def tokens_per_step(cls, cfg: RunConfig) -> int:
+        return cfg.train.batch_size * cfg.model.block_size
+
+    # ------------------------------------------------------------ construction
+    @classmethod
+    def from_text(cls, cfg: RunConfig, corpus: str) -> "LMTask":
+        tok = text.CharTokenizer.from_text(corpus)
+        return cls(cfg, tok, tok.encode(corpus))
+
+    @classmethod
+    def from_file(cls, cfg: RunConfig, path) -> "LMTask":
+        """from_text on a UTF-8 file, remembering which file (its absolute path and
+        sha256) so that `eval` can find it again and a resumed run can check it."""
+        task = cls.from_text(cfg, text.read_text(path))
+        task.source = text.file_identity(path)
+        return task
+
+    @classmethod
+    def from_data(cls, cfg: RunConfig, path=None) -> "LMTask":
+        """The task on a text file; Tiny Shakespeare (downloaded once) without one."""
+        return cls.from_file(cfg, path if path is not None else text.shakespeare_path())
+
+    @classmethod
+    def from_meta(cls, cfg: RunConfig, meta: dict) -> "LMTask":
+        vocab = meta.get("vocab")
+        if not isinstance(vocab, str):
+            raise DataError("checkpoint metadata has no character vocabulary")
+        return cls(cfg, text.CharTokenizer(vocab))
+
+    def meta(self) -> dict:
+        return {"vocab": self.tokenizer.chars}
+
+    def with_training_data(self, meta: dict, run_dir) -> "LMTask":
+        """The task again with the text it trained on (its splits), after checking that
+        the file is still there and unchanged; a one-line DataError otherwise."""
+        d = meta.get("data") or {}
+        if not d.get("path"):
+            raise DataError(f"{run_dir} records no text file (trained with LMTask.from_text); evaluation needs "
+                            "one: train with LMTask.from_file or the command line")
+        src = Path(str(d["path"]))
+        if not src.is_file():
+            raise DataError(f"the run's text file {src} is gone; evaluation needs it")
+        source = text.file_identity(src)
+        if source["sha256"] != d.get("sha256"):
+            raise DataError(f"the run's text file {src} changed since training (sha256 differs)")
+        fresh = LMTask.from_text(self.cfg, text.read_text(src))
+        if fresh.tokenizer.chars != self.tokenizer.chars:
+            raise DataError(f"the vocabulary of {src} differs from the checkpoint's")
+        fresh.source = source
+        return fresh
+
+    # ------------------------------------------------------------ training
+    init_params = staticmethod(init_lm)  # (key, model config) -> params
+    loss = staticmethod(lm_loss)  # (params, batch, *, cfg, train, key, label_smoothing) -> (sum, weight)
+
+    def device_data(self) -> dict:
+        return {"train": jax.numpy.asarray(self.train_ids)}
+
+    def sample_batch(self, data: dict, key, batch: int):
+        return text.sample_batch(key, data["train"], batch=batch, block=self.cfg.model.block_size)
+
+    # ------------------------------------------------------------ evaluation
+    def evaluate(self, params, *, full: bool, progress: bool = False, data=None) -> dict:
+        """Loss on the validation split (periodic: eval_windows windows of it), or on the
+        whole text file `data`."""
+        if data is not None:
+            return self.evaluate_file(params, data, progress=progress)
+        limit = 0 if full else self.cfg.data.eval_windows
+        loss, n = self.loss_on(params, self.val_ids, limit, progress=progress)
+        return {"val_loss": loss, "val_perplexity": float(np.exp(loss)), "val_tokens": n}
+
+    def loss_on(self, params, ids, limit: int = 0, *, progress: bool = False, on_scored=None) -> tuple[float, int]:
+        """(mean loss, targets scored) over token ids, each target scored once (all of
+        them, or `limit` evenly spaced windows). `on_scored(n)`: called after each
+        evaluation call with the number of targets it scored (else a bar, if `progress`)."""
+        block = self.cfg.model.block_size
+        windows = text.eval_windows(ids, block, limit)
+        chunk = eval_chunk(block, self.cfg.model.n_head)
+        targets = int(windows["weights"].sum())
+        with eval_bar(targets, shown=progress and targets > PROGRESS_TARGETS, unit="char", desc="scoring") as bar:
+            return eval_loss(self._loss, params, windows, chunk, self.mesh, on_scored or bar.update)
+
+    def evaluate_file(self, params, path, *, progress: bool = False) -> dict:
+        """The loss on a text of the user's choosing, every character of it scored."""
+        corpus = text.read_text(path)
+        unknown = sorted(set(corpus) - set(self.tokenizer.chars))
+        if unknown:
+            raise DataError(f"{path} holds {len(unknown)} character(s) the model has no token for "
+                            f"({text.named_characters(unknown)}); it knows the {len(self.tokenizer)} characters of "
+                            "the text it trained on", option="data")
+        block = self.cfg.model.block_size
+        if len(corpus) <= block:
+            raise DataError(f"{path} has {len(corpus)} characters; the model reads windows of model.block_size="
+                            f"{block}, so it needs at least {block + 1}", option="data")
+        loss, n = self.loss_on(params, self.tokenizer.encode(corpus), progress=progress)
+        return {"data": str(path), "loss": loss, "perplexity": math.exp(loss), "tokens": n}
+
+    @staticmethod
+    def describe(r: dict) -> str:
+        if "data" in r:
+            return (f"loss on {r['data']}: {r['loss']:.4f} (perplexity {r['perplexity']:.3f}) over {r['tokens']} "
+                    f"tokens, checkpoint of step {r.get('step')}")
+        return f"validation loss {r['val_loss']:.4f} (perplexity {r['val_perplexity']:.3f}) over {r['val_tokens']} tokens"
+
+    # ------------------------------------------------------------ use
+    def sample(self, params, *, prompt, tokens, temperature, top_k, top_p, seed, no_cache) -> tuple[str, None]:
+        """The prompt and `tokens` generated characters, as text."""
+        from ..decode import generate
+        vocab = self.cfg.model.vocab_size
+        if not 0 <= top_k <= vocab:
+            raise UsageError(f"top_k={top_k} must be in [0, {vocab}]")
+        if not prompt:
+            raise UsageError("the prompt is empty; give at least one character")
+        if tokens > MAX_SAMPLE_TOKENS:
+            raise UsageError(f"tokens={tokens:,} must be at most {MAX_SAMPLE_TOKENS:,}")
+        out = generate(params, self.cfg.model, self.tokenizer.encode(prompt), tokens, seed=seed,
+                       temperature=temperature, top_k=top_k, top_p=top_p, use_cache=not no_cache)
+        return self.tokenizer.decode(out), None
+
+    def plot_attention(self, run_dir, params, meta: dict):
+        from ..plots import plot_lm_attention
+        return plot_lm_attention(run_dir, self, params, meta)

@@ -1,0 +1,190 @@
+"""The parts of a training run around the step, each named for what it does: starting
+fresh or from the latest checkpoint (`start_state`), metrics rows and progress lines
+(`Metrics`), checkpoints and the best one (`Checkpoints`), and the start-up line."""
+
+from __future__ import annotations
+
+import math
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import checkpoint as ckpt
+from .errors import CheckpointError, DataError, ResumeMismatch
+from .memory import format_bytes
+from .parallel import host_value
+from .runs import RunFolder, config_of
+
+
+class TrainingDiverged(RuntimeError):
+    """Loss or gradient norm became NaN/inf."""
+
+
+class TrainingInterrupted(RuntimeError):
+    """SIGINT or SIGTERM: the run stopped after saving a checkpoint (see stop.py)."""
+
+    def __init__(self, signum: int, step: int, checkpoint: Path, run: Path):
+        super().__init__(f"{signal.Signals(signum).name}: stopped at step {step}, saved {checkpoint}; "
+                         f"to continue, run the same command with --out {run} --resume")
+        self.signum, self.step, self.checkpoint = signum, step, checkpoint
+
+
+def _json_float(x) -> float | None:
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def start_state(run: RunFolder, task, shardings, *, resume: bool, main: bool):
+    """(state, best validation loss so far): the latest checkpoint's when resuming, else
+    the initial state (a function of the seed, so a resumed run that was killed before
+    its first checkpoint starting over is exact). Checks that a resumed run keeps its
+    config and data; writes config.json for a fresh run."""
+    from .train import init_sharded_state, restore_state
+    cfg = task.cfg
+    if main:
+        run.prepare(resume=resume)
+    path = ckpt.latest(run.path) if resume else None
+    if resume and path is None and not (run.path / "config.json").is_file():
+        raise CheckpointError(f"cannot resume: {run.path} has no checkpoint to resume from")
+    if path is None:
+        if main:
+            run.truncate_metrics(0)
+            run.write_json("config.json", cfg.to_dict())
+        return init_sharded_state(cfg, shardings), math.inf
+    tensors, meta = ckpt.read(path)
+    saved = config_of(meta, path)
+    if saved != cfg:
+        raise ResumeMismatch(f"cannot resume: {path} was saved with a different config "
+                             f"({_config_difference(saved.to_dict(), cfg.to_dict())}); a resumed run keeps its config")
+    _check_same_data(meta.get("data") or {}, task.source or {})
+    state = restore_state(tensors, cfg, shardings, str(path))
+    if main:
+        run.truncate_metrics(int(meta.get("step", host_value(state.step))))
+    return state, meta.get("best_val_loss") or math.inf
+
+
+def _check_same_data(saved: dict, source: dict) -> None:
+    if source and saved.get("sha256") and saved["sha256"] != source.get("sha256"):
+        raise DataError(f"{source.get('path')}: cannot resume on it, the run was trained on {saved.get('path')} "
+                        "(sha256 differs)", option="data")
+
+
+def _config_difference(saved: dict, now: dict) -> str:
+    """The first keys where two config dicts differ, as 'key: saved -> now'."""
+    a, b = ckpt.flatten(saved), ckpt.flatten(now)
+    diff = [f"{k}: {a.get(k, '(none)')} -> {b.get(k, '(none)')}" for k in sorted(a.keys() | b.keys())
+            if a.get(k) != b.get(k)]
+    return ", ".join(diff[:3]) + (f" and {len(diff) - 3} more" if len(diff) > 3 else "")
+
+
+class Metrics:
+    """Training metrics, a jitted call's worth at a time: rows in metrics.jsonl (run is
+    None on processes other than 0), the progress report, and a stop on a step whose
+    loss or gradient is not finite (unless train.skip_nonfinite)."""
+
+    def __init__(self, run: RunFolder | None, task, bar, start: int):
+        self.run, self.task, self.bar = run, task, bar
+        self.pending = None       # (first step, metrics) of the call in flight
+        self.rate_from = None     # (time, step) after the first call: a rate of steady calls
+
+    def dispatched(self, first_step: int, metrics) -> None:
+        """A call was dispatched: write the previous call's rows while it runs."""
+        self.flush()
+        self.pending = (first_step, metrics)
+        if self.rate_from is None:
+            host_value(metrics["loss"])  # the first call waits for its warm-up
+            self.rate_from = (time.perf_counter(), first_step + len(metrics["loss"]))
+
+    def flush(self) -> None:
+        if self.pending is not None:
+            first, metrics = self.pending
+            self.pending = None
+            self._write(first, {k: host_value(v) for k, v in metrics.items()})
+
+    def _write(self, first_step: int, m: dict) -> None:
+        skip = self.task.cfg.train.skip_nonfinite
+        rows = []
+        for i in range(len(m["loss"])):
+            bad = not (np.isfinite(m["loss"][i]) and np.isfinite(m["grad_norm"][i]))
+            rows.append({"step": first_step + i + 1, "loss": _json_float(m["loss"][i]),
+                         "grad_norm": _json_float(m["grad_norm"][i]), "lr": float(m["lr"][i]),
+                         **({"skipped": True} if bad and skip else {})})
+            if bad and not skip:
+                self._append(rows)
+                last = ckpt.latest(self.run.path) if self.run else None
+                raise TrainingDiverged(
+                    f"loss or gradient norm is not finite at step {rows[-1]['step']} (loss={m['loss'][i]}, "
+                    f"grad_norm={m['grad_norm'][i]}); stopped. Last good checkpoint: "
+                    f"{last if last else 'none'} (train.skip_nonfinite=true skips such steps)")
+        self._append(rows)
+        self.bar.report(rows[-1]["step"], f"loss={m['loss'][-1]:.4f}, lr={m['lr'][-1]:.2e}{self._rate(rows)}")
+
+    def _append(self, rows: list[dict]) -> None:
+        if self.run:
+            self.run.append(rows)
+
+    def _rate(self, rows) -> str:
+        t0, step0 = self.rate_from
+        done = rows[-1]["step"] - step0
+        if done <= 0:
+            return ""
+        per_s = done * self.task.tokens_per_step(self.task.cfg) / (time.perf_counter() - t0)
+        return f", {self.task.unit}/s={per_s:,.0f}"
+
+    def evaluation(self, params, step: int, elapsed: float) -> float:
+        """The periodic validation loss, in metrics.jsonl and as a line that stays."""
+        val = self.task.evaluate(params, full=False)["val_loss"]
+        if self.run:
+            self.run.append([{"step": step, "val_loss": val}])
+            self.bar.write(f"step {step}: val_loss {val:.4f} ({elapsed:.1f} s)")
+        return val
+
+
+class Checkpoints:
+    """The run's checkpoints: the latest train.keep_checkpoints steps, and the best
+    periodic validation loss's state (what eval and sample open). Every process takes
+    part in a save (gathering sharded arrays); process 0 writes."""
+
+    def __init__(self, run: RunFolder, task, main: bool, best_val: float):
+        self.run, self.task, self.main, self.best_val = run, task, main, best_val
+
+    def path(self, step: int) -> Path:
+        return ckpt.step_path(self.run.path, step)
+
+    def evaluated(self, state, step: int, val_loss: float) -> None:
+        if val_loss < self.best_val:
+            self.best_val = val_loss
+            self._write(state, step, self.run.path / ckpt.CKPT_DIR / ckpt.BEST)
+
+    def save(self, state, step: int) -> None:
+        self._write(state, step, self.path(step))
+        if self.main:
+            ckpt.prune(self.run.path, self.task.cfg.train.keep_checkpoints)
+
+    def _write(self, state, step: int, path: Path) -> None:
+        meta = {"config": self.task.cfg.to_dict(), "task_meta": self.task.meta(), "data": self.task.source or {},
+                "step": step, "best_val_loss": _json_float(self.best_val)}
+        if self.main:
+            ckpt.save(path, state, meta)
+        else:
+            ckpt.to_host(state)
+
+
+def footprint(cfg, n: int, fsdp: bool, n_devices: int) -> str:
+    m, t = cfg.model, cfg.train
+    spread = f", fsdp over {n_devices} devices" if fsdp else ""
+    return (f"training this model (model.n_layer={m.n_layer}, model.d_model={m.d_model}, model.d_ff={m.d_ff}, "
+            f"model.block_size={m.block_size}: {n:,} parameters) at train.batch_size={t.batch_size}{spread}")
+
+
+def header(task, n: int, need: int | None, out_dir) -> str:
+    """One line before training starts: what is trained, how long, in how much memory."""
+    cfg = task.cfg
+    m, t = cfg.model, cfg.train
+    shape = "+".join([str(m.n_layer)] * task.stacks) + " layers"
+    per_step = f"{task.tokens_per_step(cfg):,} {'tokens' if task.unit == 'tok' else 'sequences'}"
+    memory = f"; needs ~{format_bytes(need)} per device" if need else ""
+    return (f"{cfg.task}: {n:,} parameters ({shape} x {m.d_model}, {m.n_head} heads, context "
+            f"{m.block_size}, {m.dtype}); {t.steps:,} steps of {per_step}{memory}; run folder {out_dir}")
