@@ -20,7 +20,7 @@ steps, median of 5 runs, in microseconds per step:
 
     python benchmarks/decode_threads.py          # about a minute on the 2-core development machine
 
-BENCHMARKS.md ("Fifth session") quotes a run and reads the numbers.
+BENCHMARKS.md ("Targets": why cached sampling stays below 20x) reads its numbers.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One prepared GPU check (run on a lent GPU machine from the repository root), in order
+# One prepared GPU check (run on a GPU machine from the repository root), in order
 # of importance; a part runs only if its time limit fits before $BUDGET s (default 540):
 #   1. the GPU, JAX, and its bf16 / f32 matmul rates at 8192^3 (the MFU denominators);
 #   2. the `gpu` LM preset as shipped (bf16, 2,500 steps), each evaluation timed, so that

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A second prepared GPU check (after benchmarks/gpu_check.sh has been run once), run on a
-# lent GPU machine from the repository root, about 6 minutes:
+# GPU machine from the repository root, about 6 minutes:
 #   1. bf16 matmul rates in JAX at 4096^3 / 8192^3 / 16384^3, and at 8192^3 with f32
 #      output, 20 chained products per call and all-ones data (why 528 TFLOP/s where
 #      PyTorch measured ~790 on the same kind of machine);
