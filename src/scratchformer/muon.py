@@ -1,0 +1,183 @@
+"""Hand-written Muon, and a hybrid optimizer: Muon on the hidden weight matrices, the
+project's AdamW (optim.py) on every other leaf.
+
+Muon, "MomentUm Orthogonalized by Newton-schulz" (Jordan et al. 2024), replaces each matrix's momentum by the nearest
+semi-orthogonal matrix, approximated by a quintic Newton-Schulz iteration, so that a
+step moves every singular direction by about the same amount. It is meant for the 2-D
+weights of hidden layers only; embeddings, the output head, gains and biases stay on
+AdamW, as in the reference and in Liu et al. 2025.
+
+As AdamW in optim.py: pure functions over small NamedTuple states, `muon_init(params)`
+and `muon_update(grads, state, params, ...) -> (new_params, new_state)`, and the same
+pair for the whole tree, `hybrid_init` / `hybrid_update`.
+
+Weights are stored d_in x d_out (y = x @ w, layers.init_linear), the transpose of
+torch's nn.Linear.weight (d_out x d_in) that the reference code indexes.
+
+References:
+  K. Jordan, Y. Jin, V. Boza, J. You, F. Cesista, L. Newhouse, J. Bernstein, "Muon: An
+  optimizer for hidden layers in neural networks", 2024,
+  https://kellerjordan.github.io/posts/muon/ (code: github.com/KellerJordan/Muon, and
+  the modded-nanogpt speedrun, github.com/KellerJordan/modded-nanogpt).
+  J. Liu et al., "Muon is Scalable for LLM Training" (Moonlight), arXiv:2502.16982, 2025.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from .optim import AdamWState, adamw_init, adamw_update
+
+NS_COEFFS = (3.4445, -4.7750, 2.0315)  # (a, b, c) of the reference's quintic iteration
+# Fused projections orthogonalised block by block: name of the linear -> number of
+# equal column blocks (self-attention's q|k|v, cross-attention's k|v).
+FUSED_BLOCKS = {"qkv": 3, "kv": 2}
+# Newton-Schulz in float32 by default: on XLA's CPU backend bfloat16 was no faster and
+# left the result much further from U V^T.
+NS_DTYPE = jnp.float32
+
+
+class MuonState(NamedTuple):
+    count: jax.Array  # int32 scalar: updates applied so far
+    mu: Any           # momentum, same tree as params
+
+
+class HybridState(NamedTuple):
+    muon: MuonState   # over the Muon leaves (None, an empty subtree, at the others)
+    adam: AdamWState  # over the other leaves (None at the Muon ones)
+
+
+def muon_init(params) -> MuonState:
+    return MuonState(jnp.zeros((), jnp.int32), jax.tree.map(jnp.zeros_like, params))
+
+
+def newton_schulz(g_MxN, steps: int = 5, dtype=NS_DTYPE, eps: float = 1e-7):
+    """Approximate U V^T for g = U S V^T (the reference's zeropower_via_newtonschulz5):
+
+        X <- g / (||g||_F + eps)                      (singular values into [0, 1])
+        X <- a X + (b A + c A^2) X,   A = X X^T       (`steps` times)
+
+    with (a, b, c) = NS_COEFFS, chosen for a steep slope at zero rather than exact
+    convergence: the singular values come out spread around 1 (about 0.7-1.2), not at 1.
+    A tall g is transposed first so that A is the smaller Gram matrix. The iteration
+    runs in `dtype` (the reference uses bfloat16 on GPU); the result has g's dtype."""
+    x = g_MxN.astype(jnp.promote_types(g_MxN.dtype, jnp.float32))
+    tall = x.shape[0] > x.shape[1]
+    if tall:
+        x = x.T
+    x = (x / (jnp.linalg.norm(x) + eps)).astype(dtype)
+    a, b, c = NS_COEFFS
+    for _ in range(steps):
+        a_MxM = x @ x.T
+        x = a * x + (b * a_MxM + c * (a_MxM @ a_MxM)) @ x
+    return (x.T if tall else x).astype(g_MxN.dtype)
+
+
+def shape_factor(d_in: int, d_out: int, rms_scale: float | None = None) -> float:
+    """Multiplier of the orthogonalised update of a d_in x d_out matrix.
+
+    rms_scale=None (default), the reference's max(1, d_out/d_in)**0.5 (modded-nanogpt and
+    KellerJordan/Muon write max(1, p.size(-2)/p.size(-1))**0.5 on torch's d_out x d_in
+    weight; optax.contrib.muon does the same): an update of unit spectral norm, made
+    larger for a matrix that widens. A float s gives Moonlight's s * max(d_in, d_out)**0.5
+    (Liu et al. 2025, sec. 2.2; s = 0.2 matches AdamW's update RMS, so AdamW's learning
+    rate and weight decay carry over)."""
+    if rms_scale is None:
+        return max(1.0, d_out / d_in) ** 0.5
+    return rms_scale * max(d_in, d_out) ** 0.5
+
+
+def _blocks(path) -> int:
+    """Number of fused column blocks of the leaf at `path` (1: not fused)."""
+    names = [getattr(k, "key", None) for k in path]
+    return FUSED_BLOCKS.get(names[-2], 1) if len(names) >= 2 else 1
+
+
+def orthogonalise(u_MxN, *, blocks: int = 1, steps: int = 5, dtype=NS_DTYPE, rms_scale=None, eps: float = 1e-7):
+    """Scaled Newton-Schulz of each of `blocks` equal column blocks of u, side by side.
+    A fused q|k|v weight (D x 3D) is three D x D blocks, orthogonalised separately as the
+    reference does for its separate projections (a whole-matrix U V^T would couple q, k
+    and v, and its shape factor would be that of a D x 3D matrix)."""
+    parts = jnp.split(u_MxN, blocks, axis=1)
+    return jnp.concatenate([shape_factor(*p.shape, rms_scale) * newton_schulz(p, steps, dtype, eps)
+                            for p in parts], axis=1)
+
+
+def muon_update(grads, state: MuonState, params, *, lr, momentum: float = 0.95, nesterov: bool = True,
+                ns_steps: int = 5, weight_decay: float = 0.0, mask=None, ns_dtype=NS_DTYPE,
+                rms_scale: float | None = None, ns_eps: float = 1e-7):
+    """One Muon step on a tree of 2-D matrices (Jordan et al. 2024):
+
+        m <- beta m + (1-beta) g                          (beta = momentum)
+        u = beta m + (1-beta) g   (nesterov)   or   u = m
+        p <- p - lr * (s * NS(u) + weight_decay * p)      [decay only where mask]
+
+    NS is `newton_schulz`, run per block on a fused projection (a leaf under "qkv" or
+    "kv", see `orthogonalise`); s is `shape_factor` (rms_scale). The defaults are the
+    reference's. The momentum is its EMA form without bias correction: NS ignores a
+    scalar factor, so torch-style m <- beta m + g gives the same step (optax.contrib.muon's
+    Nesterov, which bias-corrects m and g by different factors, does not, from step 2).
+    As in optim.adamw_update, the decay is decoupled from the gradient and multiplied by
+    the learning rate (the reference's p *= 1 - lr * wd).
+    """
+    count = state.count + 1
+    mu = jax.tree.map(lambda m, g: momentum * m + (1 - momentum) * g, state.mu, grads)
+    if mask is None:
+        mask = jax.tree.map(lambda _: True, params)
+
+    def direction(path, m, g):
+        u = momentum * m + (1 - momentum) * g if nesterov else m
+        return orthogonalise(u, blocks=_blocks(path), steps=ns_steps, dtype=ns_dtype, rms_scale=rms_scale,
+                             eps=ns_eps)
+
+    def step(p, o, decay):
+        if decay and weight_decay:
+            o = o + weight_decay * p
+        return p - lr * o
+
+    updates = jax.tree_util.tree_map_with_path(direction, mu, grads)
+    return jax.tree.map(step, params, updates, mask), MuonState(count, mu)
+
+
+def muon_mask(params):
+    """True for the leaves Muon should train: 2-D weight matrices inside "blocks" (the
+    LM's, the encoder's and the decoder's). Embedding tables, the output head, LayerNorm
+    gains and biases, and linear biases are False (AdamW's)."""
+    def rule(path, leaf):
+        return leaf.ndim == 2 and any(getattr(k, "key", None) == "blocks" for k in path)
+    return jax.tree_util.tree_map_with_path(rule, params)
+
+
+def _part(tree, mask, keep: bool):
+    """`tree` with None in place of the leaves whose mask is not `keep`."""
+    return jax.tree.map(lambda x, m: x if m == keep else None, tree, mask)
+
+
+def _merge(mask, if_true, if_false):
+    return jax.tree.map(lambda m, a, b: a if m else b, mask, if_true, if_false)
+
+
+def hybrid_init(params, muon_mask) -> HybridState:
+    return HybridState(muon_init(_part(params, muon_mask, True)), adamw_init(_part(params, muon_mask, False)))
+
+
+def hybrid_update(grads, state: HybridState, params, *, muon_lr, adam_lr, muon_mask, decay_mask=None,
+                  b1: float, b2: float, eps: float, weight_decay: float = 0.0, **muon_kw):
+    """One step of Muon on the leaves where muon_mask is True and of optim.adamw_update
+    (b1, b2, eps) on the others, each with its own learning rate. weight_decay is
+    decoupled and multiplied by the leaf's learning rate, where decay_mask is True.
+    muon_kw go to muon_update (momentum, nesterov, ns_steps, ns_dtype, rms_scale, ns_eps).
+    The masks are trees of Python bools (static under jit): `muon_mask(params)` and
+    optim.decay_mask(params)."""
+    if decay_mask is None:
+        decay_mask = jax.tree.map(lambda _: True, params)
+    parts = [(_part(t, muon_mask, True), _part(t, muon_mask, False)) for t in (grads, params, decay_mask)]
+    (g_m, g_a), (p_m, p_a), (d_m, d_a) = parts
+    new_m, muon_state = muon_update(g_m, state.muon, p_m, lr=muon_lr, weight_decay=weight_decay, mask=d_m,
+                                    **muon_kw)
+    new_a, adam_state = adamw_update(g_a, state.adam, p_a, lr=adam_lr, b1=b1, b2=b2, eps=eps,
+                                     weight_decay=weight_decay, mask=d_a)
+    return _merge(muon_mask, new_m, new_a), HybridState(muon_state, adam_state)

@@ -1,0 +1,210 @@
+"""Muon and the Muon + AdamW hybrid against two independent implementations
+(optax.contrib.muon, and the published Newton-Schulz iteration written out in numpy),
+and their properties: singular values near 1, invariance to the gradient's scale, the
+decay mask, AdamW on the other leaves, fused projections split into blocks."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from scratchformer.config import ModelConfig
+from scratchformer.models import init_encdec, init_lm
+from scratchformer.muon import (hybrid_init, hybrid_update, muon_init, muon_mask, muon_update, newton_schulz,
+                                shape_factor)
+from scratchformer.optim import adamw_init, adamw_update
+
+from conftest import float64
+
+CFG = ModelConfig(n_layer=1, n_head=2, d_model=16, d_ff=32, block_size=8, vocab_size=11, tie_embeddings=False)
+SHAPES = [(16, 16), (24, 64), (96, 32)]  # square, wide and tall
+
+
+def _grad(tree, i):
+    """A gradient that depends on the parameters and on the step."""
+    return jax.tree.map(lambda x: jnp.sin(x * 37.0 * (i + 1)) + 0.1 * i * x, tree)
+
+
+def _run(update, params, state, steps):
+    """`steps` jitted steps of update(grads, state, params) -> (params, state) on _grad."""
+    update = jax.jit(update)
+    for i in range(steps):
+        params, state = update(_grad(params, i), state, params)
+    return params
+
+
+def _optax_update(opt):
+    def update(grads, state, params):
+        upd, state = opt.update(grads, state, params)
+        return optax.apply_updates(params, upd), state
+    return update
+
+
+def reference_zeropower(g, steps=5):
+    """zeropower_via_newtonschulz5 of modded-nanogpt / KellerJordan/Muon, in float64 numpy."""
+    a, b, c = (3.4445, -4.7750, 2.0315)
+    x = np.asarray(g, np.float64)
+    if x.shape[-2] > x.shape[-1]:
+        x = x.T
+    x = x / (np.linalg.norm(x) + 1e-7)
+    for _ in range(steps):
+        m = x @ x.T
+        x = a * x + (b * m + c * m @ m) @ x
+    return x.T if g.shape[-2] > g.shape[-1] else x
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_newton_schulz_matches_the_published_iteration(shape):
+    g = jax.random.normal(jax.random.PRNGKey(sum(shape)), shape)
+    ns = jax.jit(newton_schulz, static_argnames="dtype")
+    np.testing.assert_allclose(ns(g), reference_zeropower(g), rtol=0, atol=2e-5)
+    with float64():
+        g64 = g.astype(jnp.float64)
+        np.testing.assert_allclose(ns(g64, dtype=jnp.float64), reference_zeropower(g), rtol=0, atol=1e-12)
+
+
+def test_singular_values_land_near_one():
+    """NS is an odd matrix polynomial: it keeps g's singular vectors and maps each
+    singular value s (over ||g||_F) to p(s). The quintic puts every s >= 2e-3 into
+    [0.68, 1.21] (not 1: the coefficients trade exactness for a steep start). Random
+    non-square matrices have no smaller s; square ones do (s_min ~ D^-3/2)."""
+    for shape in SHAPES:
+        g = np.asarray(jax.random.normal(jax.random.PRNGKey(1), shape), np.float64)
+        u, s, vt = np.linalg.svd(g, full_matrices=False)
+        in_basis = u.T @ np.asarray(newton_schulz(jnp.asarray(g, jnp.float32)), np.float64) @ vt.T
+        d = np.diag(in_basis)
+        assert np.linalg.norm(in_basis - np.diag(d)) < 1e-4 * np.linalg.norm(d)
+        kept = s / np.linalg.norm(g) >= 2e-3
+        assert kept.all() or shape[0] == shape[1]
+        assert d[kept].min() > 0.68 and d[kept].max() < 1.21, (shape, d[kept].min(), d[kept].max())
+
+
+def test_update_is_invariant_to_the_gradient_scale():
+    """Up to NS's eps (1e-7 against momentum norms of about 0.1 here, times the scale)."""
+    params = {"w": jax.random.normal(jax.random.PRNGKey(0), (24, 64))}
+    grads = [{"w": jax.random.normal(jax.random.PRNGKey(i + 1), (24, 64))} for i in range(3)]
+    step = jax.jit(lambda g, s, p: muon_update(g, s, p, lr=0.05))
+    runs = []
+    for scale in (1.0, 1e-2, 1e3):
+        p, st = params, muon_init(params)
+        for g in grads:
+            p, st = step(jax.tree.map(lambda x: scale * x, g), st, p)
+        runs.append(p["w"])
+    assert np.isfinite(runs).all() and np.abs(runs[0] - params["w"]).max() > 0.02
+    np.testing.assert_allclose(runs[1], runs[0], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(runs[2], runs[0], rtol=0, atol=1e-6)
+
+
+def test_shape_factor_conventions():
+    # d_in x d_out: the reference's max(1, d_out/d_in)**0.5, or Moonlight's s*sqrt(max(d_in, d_out))
+    assert shape_factor(16, 64) == 2.0 and shape_factor(64, 16) == 1.0 and shape_factor(16, 16) == 1.0
+    assert shape_factor(16, 64, rms_scale=0.2) == pytest.approx(0.2 * 8)
+
+
+# ---------------------------------------------------------------- against optax
+def _optax_dims(params, mask):
+    """optax's per-leaf Muon spec: (reduction=0, output=1) on Muon leaves, None (AdamW) else."""
+    dims = optax.contrib.MuonDimensionNumbers(reduction_axis=0, output_axis=1)
+    return jax.tree.map(lambda m: dims if m else None, mask)
+
+
+@pytest.mark.parametrize("rms_scale", [None, 0.2])
+def test_hybrid_matches_optax_contrib_muon(rms_scale):
+    """optax.contrib.muon configured as this module: nesterov off (optax's Nesterov
+    bias-corrects m and g with different denominators, so from step 2 it is not the
+    reference's; its plain momentum's bias correction is a scalar NS ignores), one eps
+    for NS and AdamW, AdamW decaying every non-Muon leaf, separate projections (optax
+    orthogonalises a fused qkv as one matrix)."""
+    params = init_lm(jax.random.PRNGKey(0), ModelConfig(**{**CFG.__dict__, "fused_qkv": False}))
+    mask = muon_mask(params)
+    hp = dict(b1=0.9, b2=0.95, eps=1e-8)
+    ref = optax.contrib.muon(0.02, adam_learning_rate=3e-3, nesterov=False, beta=0.95, eps=hp["eps"],
+                             weight_decay=0.1, adam_weight_decay=0.1, adam_b1=hp["b1"], adam_b2=hp["b2"],
+                             muon_weight_dimension_numbers=_optax_dims(params, mask), consistent_rms=rms_scale)
+    ours = _run(lambda g, s, p: hybrid_update(g, s, p, muon_lr=0.02, adam_lr=3e-3, muon_mask=mask, weight_decay=0.1,
+                                              nesterov=False, ns_eps=hp["eps"], rms_scale=rms_scale, **hp),
+                params, hybrid_init(params, mask), 4)
+    theirs = _run(_optax_update(ref), params, ref.init(params), 4)
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs)):
+        np.testing.assert_allclose(a, b, rtol=0, atol=2e-6)
+    moved = ours["blocks"][0]["mlp"]["fc"]["w"] - params["blocks"][0]["mlp"]["fc"]["w"]
+    assert np.abs(moved).max() > 1e-2  # the comparison is of steps that did something
+
+
+def test_nesterov_matches_optax_trace_then_muon():
+    """Nesterov momentum as the reference has it (u = beta m + (1-beta) g, m an EMA), built
+    from optax's own pieces: trace(nesterov) gives (1-beta)^-1 u, then optax's Muon with
+    beta = 0 orthogonalises it (NS ignores the scale)."""
+    params = {"blocks": [{"w": jax.random.normal(jax.random.PRNGKey(i), s)} for i, s in enumerate(SHAPES)]}
+    ref = optax.chain(optax.trace(decay=0.95, nesterov=True),
+                      optax.contrib.muon(0.02, beta=0.0, nesterov=False, eps=1e-7, weight_decay=0.1))
+    ours = _run(lambda g, s, p: muon_update(g, s, p, lr=0.02, weight_decay=0.1), params, muon_init(params), 4)
+    theirs = _run(_optax_update(ref), params, ref.init(params), 4)
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs)):
+        np.testing.assert_allclose(a, b, rtol=0, atol=2e-6)
+
+
+# ---------------------------------------------------------------- masks and the hybrid
+def test_muon_mask_takes_the_hidden_matrices_only():
+    for params in (init_lm(jax.random.PRNGKey(0), CFG), init_encdec(jax.random.PRNGKey(0), CFG)):
+        flat = jax.tree_util.tree_flatten_with_path(muon_mask(params))[0]
+        names = {jax.tree_util.keystr(p): m for p, m in flat}
+        chosen = {n for n, m in names.items() if m}
+        assert chosen and all("['blocks']" in n and n.endswith("['w']") for n in chosen)
+        assert not any(m for n, m in names.items() if "embed" in n or "head" in n or n.endswith("['b']"))
+        leaves = dict(zip(names, jax.tree.leaves(params)))
+        assert chosen == {n for n, x in leaves.items() if x.ndim == 2 and "['blocks']" in n}
+    assert "['decoder']['blocks'][0]['cross']['kv']['w']" in chosen
+
+
+def test_weight_decay_only_where_masked():
+    """Zero gradients: NS(0) = 0, so a leaf moves only by its decay, lr * wd * p."""
+    params = init_lm(jax.random.PRNGKey(0), CFG)
+    mask = muon_mask(params)
+    decay = jax.tree.map(lambda x: x.ndim == 2, params)
+    decay["blocks"][0]["mlp"]["proj"]["w"] = False
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    step = jax.jit(lambda g, s, p: hybrid_update(g, s, p, muon_lr=0.1, adam_lr=0.01, muon_mask=mask,
+                                                 decay_mask=decay, weight_decay=0.5, b1=0.9, b2=0.95, eps=1e-8))
+    new, _ = step(zeros, hybrid_init(params, mask), params)
+    lr = jax.tree.map(lambda m: 0.1 if m else 0.01, mask)
+    expect = jax.tree.map(lambda p, d, r: p * (1 - r * 0.5) if d else p, params, decay, lr)
+    for a, b in zip(jax.tree.leaves(new), jax.tree.leaves(expect)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=0)
+    np.testing.assert_array_equal(new["blocks"][0]["mlp"]["proj"]["w"], params["blocks"][0]["mlp"]["proj"]["w"])
+
+
+def test_hybrid_is_adamw_and_muon_side_by_side():
+    """Every non-Muon leaf is exactly what adamw_update alone gives on the whole tree, and
+    every Muon leaf what muon_update alone gives on the Muon leaves; under jit (the masks
+    are static)."""
+    params = init_lm(jax.random.PRNGKey(0), CFG)
+    mask, hp = muon_mask(params), dict(b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1)
+    only_muon = jax.tree.map(lambda x, m: x if m else None, params, mask)
+    hyb = _run(lambda g, s, p: hybrid_update(g, s, p, muon_lr=0.02, adam_lr=3e-3, muon_mask=mask, **hp),
+               params, hybrid_init(params, mask), 3)
+    adam = _run(lambda g, s, p: adamw_update(g, s, p, lr=3e-3, **hp), params, adamw_init(params), 3)
+    muon = _run(lambda g, s, p: muon_update(g, s, p, lr=0.02, weight_decay=0.1), only_muon, muon_init(only_muon), 3)
+    muon = jax.tree.map(lambda m, x: x if m else None, mask, muon)
+    jax.tree.map(lambda is_muon, h, a, m: np.testing.assert_array_equal(h, m if is_muon else a), mask, hyb, adam, muon)
+    state = hybrid_init(params, mask)
+    assert len(jax.tree.leaves(state.muon.mu)) == sum(jax.tree.leaves(mask))
+    assert len(jax.tree.leaves(state.adam.nu)) == len(jax.tree.leaves(mask)) - sum(jax.tree.leaves(mask))
+
+
+def test_fused_qkv_is_orthogonalised_as_three_blocks():
+    """A fused D x 3D qkv step equals the separate q, k, v steps side by side (not the
+    whole matrix's NS, whose shape factor would also be sqrt(3))."""
+    d = 16
+    w = jax.random.normal(jax.random.PRNGKey(0), (d, 3 * d))
+    g = jax.random.normal(jax.random.PRNGKey(1), (d, 3 * d))
+    fused = {"blocks": [{"attn": {"qkv": {"w": w}}}]}
+    split = {"blocks": [{"attn": {n: {"w": x} for n, x in zip("qkv", jnp.split(w, 3, axis=1))}}]}
+    step = lambda tree, grad: muon_update(grad, muon_init(tree), tree, lr=0.1)[0]
+    new_fused = step(fused, {"blocks": [{"attn": {"qkv": {"w": g}}}]})["blocks"][0]["attn"]["qkv"]["w"]
+    grads = {"blocks": [{"attn": {n: {"w": x} for n, x in zip("qkv", jnp.split(g, 3, axis=1))}}]}
+    new_split = step(split, grads)["blocks"][0]["attn"]
+    np.testing.assert_allclose(new_fused, jnp.concatenate([new_split[n]["w"] for n in "qkv"], axis=1), atol=1e-7)
+    whole = w - 0.1 * 3 ** 0.5 * newton_schulz(g)
+    assert np.abs(new_fused - whole).max() > 1e-2
