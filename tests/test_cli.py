@@ -416,6 +416,17 @@ def _bad_inputs(tmp: Path, lm_run: Path, rev_run: Path, corpus: Path):
                        ("section.json", '{"modle": {}}'), ("cut.json", '{"model": {"n_layer": 2'),
                        ("other_task.json", '{"task": "lm", "data": {"max_len": 7, "min_len": 1}}')]:
         (tmp / name).write_text(text)
+    from scratchformer.data.tokens import prepare
+    prepare([corpus], tmp / "tok")
+    broken = {}
+    for name, change in [("cut", lambda d: (d / "train.bin").write_bytes((d / "train.bin").read_bytes()[:-2])),
+                         ("badtok", lambda d: (d / "tokenizer.json").write_text("{\"model\": 3}")),
+                         ("wide", lambda d: (d / "meta.json").write_text((d / "meta.json").read_text().replace(
+                             '"vocab_size": 29', '"vocab_size": 70000')))]:
+        broken[name] = tmp / f"tok-{name}"
+        shutil.copytree(tmp / "tok", broken[name])
+        change(broken[name])
+    (tmp / "tok-empty").mkdir()
     locked = tmp / "locked"
     locked.mkdir()
     os.chmod(locked, stat.S_IRUSR | stat.S_IXUSR)
@@ -426,6 +437,21 @@ def _bad_inputs(tmp: Path, lm_run: Path, rev_run: Path, corpus: Path):
         ("binary data", ["train", "lm", "--data", tmp / "binary.txt"], "binary"),
         ("non-utf8 data", ["train", "lm", "--data", tmp / "latin1.txt"], "not UTF-8"),
         ("text shorter than a block", ["train", "lm", "--data", tmp / "short.txt"], "block"),
+        ("token folder without its files", ["train", "lm", "--data", tmp / "tok-empty"],
+         f"--data {tmp / 'tok-empty'} lacks train.bin, val.bin, tokenizer.json, meta.json"),
+        ("truncated token file", ["train", "lm", "--data", broken["cut"]],
+         f"--data {broken['cut']}: train.bin has "),
+        ("tokenizer file that does not load", ["train", "lm", "--data", broken["badtok"]],
+         f"{broken['badtok'] / 'tokenizer.json'} is not a tokenizer this version reads"),
+        ("vocabulary too large for its dtype", ["train", "lm", "--data", broken["wide"]],
+         "a vocabulary of 70000 symbols does not fit uint16"),
+        ("resume on other data", [*lm, "--steps", "40", "--resume", "--out", lm_run, "--data", tmp / "tok"],
+         f"--data {tmp / 'tok'}: cannot resume on it, the run was trained on {corpus.resolve()}"),
+        ("prepare into an existing folder", ["prepare", corpus, "--out", tmp / "tok"], "already exists"),
+        ("prepare bpe without a size", ["prepare", corpus, "--out", tmp / "tok2", "--tokenizer", "bpe"],
+         "--tokenizer bpe needs --vocab-size N"),
+        ("prepare bpe with a tiny vocabulary", ["prepare", corpus, "--out", tmp / "tok2", "--tokenizer", "bpe",
+                                                "--vocab-size", "5"], "argument --vocab-size: '5' must be >= 257"),
         ("prompt char out of vocab", ["sample", lm_run, "--prompt", "hello Z"], "'Z'"),
         ("escaped newline in prompt", ["sample", lm_run, "--prompt", "the\\n"],
          "--prompt \"the\\n\" holds a backslash, which is not in the model's vocabulary; for a newline, pass a "
@@ -499,7 +525,7 @@ def _bad_inputs(tmp: Path, lm_run: Path, rev_run: Path, corpus: Path):
         ("eval text outside the vocabulary", ["eval", lm_run, "--data", tmp / "foreign.txt"],
          "foreign.txt holds 3 character(s) the model has no token for ('S', 'Z', 'ß'); it knows the 29 characters"),
         ("eval text shorter than a window", ["eval", lm_run, "--data", tmp / "short.txt"],
-         "short.txt has 12 characters; the model reads windows of model.block_size=16, so it needs at least 17"),
+         "short.txt has 12 tokens; the model reads windows of model.block_size=16, so it needs at least 17"),
         ("eval text on a reverse run", ["eval", rev_run, "--data", tmp / "short.txt"], "--data is for lm runs"),
         ("beam too wide", ["eval", rev_run, "--beam", "100000"], "argument --beam: '100000' must be at most 64"),
         ("sample longer than int32 positions", ["sample", lm_run, "--tokens", "3000000000"],

@@ -2,7 +2,7 @@
 them while a checkpoint is being written) and resumed each time ends with the same
 metrics.jsonl, byte for byte, and the same parameters as an uninterrupted run; so
 does one stopped by Ctrl-C and by SIGTERM (which save a checkpoint first). Also:
-a resume checks its text file, and a NaN stops training with a clear message and
+a resume checks its text file, a streamed run resumes as exactly, and a NaN stops training with a clear message and
 keeps the last good checkpoint."""
 
 import json
@@ -50,9 +50,9 @@ _CLI = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_
         "sys.argv[0] = 'scratchformer'; runpy.run_module('scratchformer.cli', run_name='__main__')")
 
 
-def _start(corpus, out, resume, data=True):
+def _start(corpus, out, resume, data=True, extra=()):
     cmd = [sys.executable, "-c", _CLI, "train", "lm", *(["--data", str(corpus)] if data else []),
-           "--out", str(out), *ARGS, *(["--resume"] if resume else [])]
+           "--out", str(out), *ARGS, *extra, *(["--resume"] if resume else [])]
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
@@ -104,6 +104,25 @@ def test_kill9_and_resume_is_exact(corpus, tmp_path, reference):
         kills += 1
         resume = True
     assert proc.returncode == 0 and kills >= 3, kills
+    _assert_same_run(out, reference)
+
+
+def test_kill9_and_resume_of_a_streamed_run_is_exact(corpus, tmp_path, reference):
+    """The same text as token files, its batches streamed from disk: killed twice and
+    resumed, the run ends as the uninterrupted text-file run (the same batches, drawn from
+    the same keys), byte for byte."""
+    from scratchformer.data.tokens import prepare
+    prepare([corpus], tmp_path / "tok")
+    out, resume = tmp_path / "streamed", False
+    for attempt in range(3):
+        proc = _start(tmp_path / "tok", out, resume, extra=("--set", "data.stream=on"))
+        if attempt < 2:
+            target = _rows(out) + 30
+            _kill_when(proc, lambda: _rows(out) >= target)
+            assert proc.returncode == -signal.SIGKILL, proc.stderr.read()
+            resume = True
+        else:
+            assert proc.wait(timeout=300) == 0, proc.stderr.read()
     _assert_same_run(out, reference)
 
 

@@ -25,6 +25,7 @@ from .config import make_config
 from .decode import generate
 from .models import init_lm
 from .parallel import make_mesh, replicated
+from .tasks.base import DrawnOnDevice
 from .train import init_sharded_state, make_train_call
 
 SHAPES = {
@@ -60,7 +61,7 @@ def model_flops_per_step(cfg) -> float:
     return 6.0 * n * tokens + 12.0 * m.n_layer * m.d_model * m.block_size * tokens
 
 
-class _RandomTokens:
+class _RandomTokens(DrawnOnDevice):
     """Stand-in for LMTask: windows of a fixed random token stream (speed does not
     depend on the text)."""
 

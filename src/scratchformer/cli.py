@@ -24,6 +24,8 @@ EXAMPLES = """examples:
   scratchformer plot runs/quick                    # runs/quick/loss.png, attention.png
   scratchformer plot runs/quick runs/rope --out compare.png   # several runs on one figure
   scratchformer train lm --data my.txt --set model.n_layer=2 --steps 500
+  scratchformer prepare my_texts/ --out data/mine --tokenizer bpe --vocab-size 4096   # token files
+  scratchformer train lm --data data/mine --preset cpu-quick   # streamed from disk when large
   scratchformer train lm --config runs/quick --seed 1 --out runs/quick1   # the same run, another seed
   scratchformer bench
 """
@@ -66,8 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", help="run folder (default runs/TASK-PRESET-TIME)")
     t.add_argument("--steps", type=_number(int, 0, open_low=True), help="optimizer steps (= --set train.steps=N)")
     t.add_argument("--seed", type=int, help="random seed (= --set train.seed=N)")
-    t.add_argument("--data", help="lm: a UTF-8 text file instead of Tiny Shakespeare (with --resume: the "
-                   "run's own file unless given)")
+    t.add_argument("--data", help="lm: a UTF-8 text file, or a folder of token files (scratchformer prepare), "
+                   "instead of Tiny Shakespeare (with --resume: the run's own data unless given)")
     t.add_argument("--config", metavar="FILE", help="settings from a JSON file: a run's config.json or "
                    "its folder (to train that run again), or any part of one; applied after --preset, before --set")
     t.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
@@ -112,6 +114,21 @@ def build_parser() -> argparse.ArgumentParser:
                                     "that differ, and a table of their best and final validation losses.")
     pl.add_argument("dirs", nargs="+", metavar="DIR")
     pl.add_argument("--out", help="several runs: the figure's path (default compare.png)")
+
+    pr = sub.add_parser("prepare", help="tokenize text files into token files to train on (--data DIR)",
+                        description="Tokenize UTF-8 text files (or folders of .txt files) into OUT: train.bin and "
+                        "val.bin (uint16 ids where the vocabulary fits, else uint32), tokenizer.json, meta.json.")
+    pr.add_argument("texts", nargs="+", metavar="TEXT")
+    pr.add_argument("--out", required=True, help="the folder to write (must not exist)")
+    pr.add_argument("--tokenizer", choices=["char", "bpe"], default="char",
+                    help="char: the text's characters; bpe: GPT-2's byte-level BPE, learned here (--vocab-size) "
+                    "or GPT-2's own (--gpt2)")
+    pr.add_argument("--vocab-size", type=_number(int, 257, 1 << 20), help="bpe: symbols to learn (e.g. 1024 for "
+                    "1 MB of text)")
+    pr.add_argument("--gpt2", nargs=2, metavar=("VOCAB_JSON", "MERGES_TXT"), help="bpe: GPT-2's vocab.json and "
+                    "merges.txt instead of learning one")
+    pr.add_argument("--val-fraction", type=_number(float, 0, 1, open_low=True), default=0.1,
+                    help="the last part of the tokens held out for validation (default 0.1)")
 
     b = sub.add_parser("bench", help="measure training and sampling speed on this machine")
     b.add_argument("--json", action="store_true", help="print one JSON object")
@@ -227,6 +244,22 @@ def cmd_plot(a) -> int:
     return 0
 
 
+def cmd_prepare(a) -> int:
+    from .data.tokens import prepare
+    from .errors import UsageError
+    if a.tokenizer == "char" and (a.vocab_size or a.gpt2):
+        raise UsageError("--vocab-size and --gpt2 are for --tokenizer bpe")
+    if a.tokenizer == "bpe" and not (a.vocab_size or a.gpt2):
+        raise UsageError("--tokenizer bpe needs --vocab-size N (e.g. 1024) or --gpt2 VOCAB_JSON MERGES_TXT")
+    meta = prepare(a.texts, a.out, tokenizer=a.tokenizer, vocab_size=a.vocab_size, gpt2=a.gpt2,
+                   val_fraction=a.val_fraction, progress=True)
+    tr, va = meta["train"], meta["val"]
+    print(f"{a.out}: {meta['tokenizer']['kind']} tokenizer of {meta['tokenizer']['vocab_size']:,} symbols; "
+          f"{tr['tokens']:,} training and {va['tokens']:,} validation tokens ({meta['dtype']}) from "
+          f"{tr['text_bytes'] + va['text_bytes']:,} bytes of text")
+    return 0
+
+
 def cmd_bench(a) -> int:
     from .bench import main as bench_main
     return bench_main(as_json=a.json, quick=a.quick)
@@ -258,7 +291,7 @@ def main(argv=None) -> int:
             parser.print_help()
             return 2
         return {"train": cmd_train, "eval": cmd_eval, "sample": cmd_sample, "plot": cmd_plot,
-                "bench": cmd_bench}[a.command](a)
+                "prepare": cmd_prepare, "bench": cmd_bench}[a.command](a)
     except ScratchformerError as e:
         print(_error_line(e), file=sys.stderr)
         return 2

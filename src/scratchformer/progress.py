@@ -63,8 +63,8 @@ def training_bar(total: int, initial: int, *, enabled: bool, per_call: int):
     return TrainingBar(total, initial, enabled=enabled)
 
 
-def eval_bar(total: int, *, shown: bool, unit: str, desc: str):
-    """A bar for an evaluation that takes several seconds or more (`shown`), on a terminal
+def counter(total: int, *, shown: bool, unit: str, desc: str):
+    """A bar for work that takes several seconds or more (`shown`: evaluation, tokenizing), on a terminal
     or in a notebook only; erased when done (the result line is the command's output)."""
     from tqdm.auto import tqdm
     return tqdm(total=total, unit=unit, unit_scale=True, leave=False, dynamic_ncols=True, file=sys.stderr,

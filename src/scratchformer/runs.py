@@ -37,7 +37,10 @@ class RunFolder:
                 stale.unlink(missing_ok=True)
 
     def write_json(self, name: str, obj) -> None:
-        ckpt.atomic_write_bytes(self.path / name, (ckpt.strict_json(obj, indent=2) + "\n").encode())
+        self.write_text(name, ckpt.strict_json(obj, indent=2) + "\n")
+
+    def write_text(self, name: str, text: str) -> None:
+        ckpt.atomic_write_bytes(self.path / name, text.encode())
 
     def truncate_metrics(self, step: int) -> None:
         """Keep only rows up to `step` (those covered by the checkpoint being resumed);

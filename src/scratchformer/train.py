@@ -49,6 +49,11 @@ def init_state(cfg: RunConfig) -> TrainState:
     return TrainState(jnp.zeros((), jnp.int32), params, adamw_init(params), k_run)
 
 
+def run_key(cfg: RunConfig):
+    """The run's PRNG key (TrainState.rng), without building the state."""
+    return jax.random.split(jax.random.PRNGKey(cfg.train.seed))[1]
+
+
 def init_sharded_state(cfg: RunConfig, shardings) -> TrainState:
     """init_state created directly in its shardings (committed, as the train call returns it,
     so the first and later calls share one compiled executable)."""
@@ -123,13 +128,7 @@ def make_train_call(cfg: RunConfig, task, n_steps: int, mesh=None, *, fsdp: bool
     steps_bs = NamedSharding(mesh, P(None, *bs.spec))  # n_steps x batch x ..., batch split
 
     def call(state, data):
-        # The batches of all n_steps steps drawn at once, before the loop: the same
-        # numbers as drawing each inside its step (batch i depends on rng and step
-        # only), in one vectorised random-bits computation instead of one per step.
-        def draw(step):
-            key = jax.random.fold_in(jax.random.fold_in(state.rng, step), 0)
-            return task.sample_batch(data, key, cfg.train.batch_size)
-        batches = jax.vmap(draw)(state.step + jnp.arange(n_steps))
+        batches = task.batches(data, state.rng, state.step, n_steps, cfg.train.batch_size)
         batches = jax.lax.with_sharding_constraint(batches, steps_bs)
 
         def body(st, batch):
@@ -137,8 +136,9 @@ def make_train_call(cfg: RunConfig, task, n_steps: int, mesh=None, *, fsdp: bool
         return jax.lax.scan(body, state, batches)
 
     shardings = state_shardings(state_template(cfg), mesh, fsdp=fsdp)
-    fn = jax.jit(call, donate_argnums=0, in_shardings=(shardings, replicated(mesh)),
-                 out_shardings=(shardings, replicated(mesh)))
+    # The data keeps the sharding it comes with (replicated device data, or streamed
+    # windows split along the batch).
+    fn = jax.jit(call, donate_argnums=0, in_shardings=(shardings, None), out_shardings=(shardings, replicated(mesh)))
     return fn, shardings
 
 
@@ -153,7 +153,7 @@ def steps_per_call(cfg: RunConfig) -> int:
 class Plan(NamedTuple):
     call: Any        # the compiled training call: (state, data) -> (state, metrics)
     shardings: Any   # of the TrainState
-    data: dict       # the task's device data, replicated
+    data: dict       # the task's input_spec: its device data, or the shape of a streamed call's
     mesh: Any
     k: int           # steps per call
     n_params: int
@@ -166,13 +166,19 @@ def plan(task, *, fsdp: bool = False) -> Plan:
     mesh = make_mesh()
     k = steps_per_call(cfg)
     call, shardings = make_train_call(cfg, task, k, mesh, fsdp=fsdp)
-    data = put_global(task.device_data(), replicated(mesh))
+    data = task.input_spec(mesh, k)
     template = state_template(cfg)
     call = call.lower(template, data).compile()
     n = sum(x.size for x in jax.tree.leaves(template.params))
     check_fits(call, mesh.local_devices, what=footprint(cfg, n, fsdp, mesh.size), advice=_advice(fsdp, mesh.size),
-               allocated=tree_bytes(data))  # replicated: a copy per device
+               allocated=_allocated(data))
     return Plan(call, shardings, data, mesh, k, n)
+
+
+def _allocated(data) -> int:
+    """Bytes per device of the call's data that exist already (device data, replicated);
+    streamed windows are made call by call."""
+    return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(data) if isinstance(x, jax.Array))
 
 
 def _advice(fsdp: bool, n_devices: int) -> str:
@@ -205,11 +211,12 @@ def fit(task, out_dir, *, resume: bool = False, fsdp: bool = False, progress: bo
     bar = training_bar(t.steps, start, enabled=progress and main, per_call=p.k)
     metrics = Metrics(run if main else None, task, bar, start)
     saves = Checkpoints(run, task, main, best_val)
+    feed = task.feed(p.data, run_key(task.cfg), start, p.k)
     stop = StopRequest(enabled=jax.process_count() == 1).install()
     t_start = time.perf_counter()
     try:
         while step < t.steps:
-            state, out = p.call(state, p.data)
+            state, out = p.call(state, next(feed))
             metrics.dispatched(step, out)  # reads the previous call's metrics, not this one's
             step += p.k
             bar.update(p.k)
@@ -224,6 +231,7 @@ def fit(task, out_dir, *, resume: bool = False, fsdp: bool = False, progress: bo
             if stop.signum is not None:
                 raise TrainingInterrupted(stop.signum, step, saves.path(step), run.path)
     finally:
+        feed.close()
         stop.restore()
         bar.close()
     return _summary(task, state, run, p, start=start if resume else None, best_val=saves.best_val,

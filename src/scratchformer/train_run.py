@@ -52,6 +52,8 @@ def start_state(run: RunFolder, task, shardings, *, resume: bool, main: bool):
         if main:
             run.truncate_metrics(0)
             run.write_json("config.json", cfg.to_dict())
+            for name, text in task.run_files().items():  # the tokenizer, for tools of one's own
+                run.write_text(name, text)
         return init_sharded_state(cfg, shardings), math.inf
     tensors, meta = ckpt.read(path)
     saved = config_of(meta, path)

@@ -143,6 +143,15 @@ class CharTokenizer:
     def decode(self, ids) -> str:
         return "".join(self.chars[i] for i in np.asarray(ids).tolist())
 
+    kind = "char"
+
+    def to_json(self) -> str:
+        return json.dumps({"kind": self.kind, "chars": self.chars})
+
+    def token_bytes(self) -> np.ndarray:
+        """UTF-8 bytes of each id's character (bits per byte divides by their sum)."""
+        return np.array([len(c.encode("utf-8", "surrogatepass")) for c in self.chars], np.int64)
+
 
 def named_characters(chars, most: int = 8) -> str:
     """"'x', 'y', 'z'" for an error message, naming at most `most` (then "...")."""
@@ -170,29 +179,37 @@ def sample_batch(key, data_N, *, batch: int, block: int):
 
 
 def eval_windows(val_N: np.ndarray, block: int, limit: int = 0) -> dict:
-    """Non-overlapping windows scoring every validation target exactly once.
+    """Non-overlapping windows scoring every validation target exactly once
+    (`eval_starts`), as {"inputs","targets","weights"}: W x T."""
+    starts, weights = eval_starts(len(val_N), block, limit)
+    return windows_at(val_N, starts, weights, block)
+
+
+def eval_starts(n_tokens: int, block: int, limit: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Where the evaluation windows of a split of `n_tokens` start, and their weights W x T.
 
     Windows start at 0, T, 2T...; a last window ending at the split's end covers
     the remainder, with weight only on targets no earlier window scored.
     With limit > 0, only `limit` evenly spaced full windows (for quick periodic
-    evaluation). Returns {"inputs","targets","weights"}: W x T."""
-    n = len(val_N) - 1  # number of targets
+    evaluation)."""
+    n = n_tokens - 1  # number of targets
     if n < block:
         raise DataError(f"validation split has {n} targets, fewer than one block ({block}); "
                         "use more text or a smaller model.block_size")
-    starts = list(range(0, n - block + 1, block))
-    weights = [np.ones(block, np.float32) for _ in starts]
-    covered = starts[-1] + block
+    starts = np.arange(0, n - block + 1, block)
+    weights = np.ones((len(starts), block), np.float32)
+    covered = int(starts[-1]) + block
     if covered < n:
-        last = n - block
-        w = np.zeros(block, np.float32)
-        w[covered - last:] = 1.0
-        starts.append(last)
-        weights.append(w)
+        last = np.zeros((1, block), np.float32)
+        last[0, covered - (n - block):] = 1.0
+        starts, weights = np.append(starts, n - block), np.concatenate([weights, last])
     if limit and limit < len(starts):
         pick = np.linspace(0, len(starts) - 2 if covered < n else len(starts) - 1, limit).astype(int)
-        starts = [starts[i] for i in pick]
-        weights = [np.ones(block, np.float32) for _ in pick]
-    idx = np.asarray(starts)[:, None] + np.arange(block + 1)[None, :]
-    w = val_N[idx]
-    return {"inputs": w[:, :-1], "targets": w[:, 1:], "weights": np.stack(weights)}
+        starts, weights = starts[pick], np.ones((limit, block), np.float32)
+    return starts, weights
+
+
+def windows_at(tokens_N, starts_W, weights_WxT, block: int) -> dict:
+    """The windows of `tokens_N` (an array or a memmap) at `starts`: inputs and targets W x T."""
+    w = np.asarray(tokens_N[np.asarray(starts_W)[:, None] + np.arange(block + 1)[None, :]], np.int32)
+    return {"inputs": w[:, :-1], "targets": w[:, 1:], "weights": weights_WxT}

@@ -6,8 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
+import jax
+import jax.numpy as jnp
+
 from ..config import ModelConfig, RunConfig
-from ..parallel import chunks_on_mesh, host_value, make_mesh
+from ..parallel import chunks_on_mesh, host_value, make_mesh, put_global, replicated
 
 
 class Task(Protocol):
@@ -37,14 +40,16 @@ class Task(Protocol):
     def describe(result: dict) -> str: ...
 
     def meta(self) -> dict: ...
+    def run_files(self) -> dict[str, str]: ...
     def with_training_data(self, meta: dict, run_dir) -> "Task": ...
     @staticmethod
     def init_params(key, cfg: ModelConfig) -> dict: ...
     @staticmethod
     def loss(params, batch, *, cfg: ModelConfig, train: bool = False, key=None, label_smoothing: float = 0.0):
         """(sum of token losses, sum of weights) of a batch."""
-    def device_data(self) -> dict: ...
-    def sample_batch(self, data: dict, key, batch: int) -> dict: ...
+    def input_spec(self, mesh, k: int) -> dict: ...
+    def feed(self, spec: dict, rng, first_step: int, k: int): ...
+    def batches(self, data: dict, rng, first_step, n_steps: int, batch: int) -> dict: ...
     def evaluate(self, params, *, full: bool, progress: bool = False, **options) -> dict: ...
     def sample(self, params, **options) -> tuple[str, str | None]: ...
     def plot_attention(self, run_dir, params, meta: dict) -> Path: ...
@@ -64,3 +69,31 @@ def eval_loss(loss_fn, params, arrays: dict, chunk: int, mesh=None, on_chunk=Non
         if on_chunk:
             on_chunk(int(w))
     return total / max(weight, 1.0), int(weight)
+
+
+def batch_key(rng, step):
+    """The key of step `step`'s batch: a function of the run's key and the step alone."""
+    return jax.random.fold_in(jax.random.fold_in(rng, step), 0)
+
+
+class DrawnOnDevice:
+    """Batches drawn on device inside the jitted call from data placed there once
+    (`device_data`): step s's batch is `sample_batch(data, batch_key(rng, s), batch)`."""
+
+    def input_spec(self, mesh, k: int) -> dict:
+        """What the training call takes besides the state (here: the device data)."""
+        return put_global(self.device_data(), replicated(mesh))
+
+    def feed(self, spec: dict, rng, first_step: int, k: int):
+        """The training call's data, call after call (here the same every call); a
+        generator, closed when training ends."""
+        while True:
+            yield spec
+
+    def batches(self, data: dict, rng, first_step, n_steps: int, batch: int) -> dict:
+        """The batches of steps first_step..first_step+n_steps-1, stacked (inside jit).
+        Drawn at once, before the steps run: the same numbers as one at a time, in one
+        vectorised random-bits computation."""
+        def draw(step):
+            return self.sample_batch(data, batch_key(rng, step), batch)
+        return jax.vmap(draw)(first_step + jnp.arange(n_steps))

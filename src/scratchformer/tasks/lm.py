@@ -1,22 +1,26 @@
 """The language model: a decoder-only Transformer on a UTF-8 text (Tiny Shakespeare by
-default), one token per character."""
+default, one token per character) or on token files made by `scratchformer prepare`
+(characters or byte-level BPE), which are streamed from disk when they are large."""
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import jax
 import numpy as np
 
 from ..config import RunConfig, check
 from ..data import text
+from ..data.bpe import tokenizer_from_json
+from ..data.stream import WindowStream
+from ..data.tokens import TokenFiles
 from ..errors import DataError, UsageError
 from ..loss import lm_loss
 from ..models import init_lm
-from ..progress import eval_bar
-from .base import eval_loss
+from ..progress import counter
+from .base import DrawnOnDevice, batch_key, eval_loss
 
 # LM tokens per jitted evaluation call. On a CPU, calls of ~2k tokens keep the
 # activations in the caches; an accelerator wants large calls: 65,536 tokens (256
@@ -26,6 +30,11 @@ EVAL_TOKENS_CPU = 2_048
 EVAL_TOKENS_ACCELERATOR = 65_536
 EVAL_PROBS_BYTES = 1 << 30
 PROGRESS_TARGETS = 500_000  # an evaluation of more targets than this shows a bar (several seconds)
+# The one rule for where batches are drawn: a training split of up to this many bytes (as
+# int32 tokens) is put on every device and drawn from there; a larger one is streamed
+# from its token file (BENCHMARKS.md, "Streaming from token files").
+DEVICE_DATA_BYTES = 256 << 20
+STREAM = ("auto", "on", "off")
 MAX_SAMPLE_TOKENS = 10**9  # positions are int32; memory.check_fits catches far fewer on most machines
 
 
@@ -40,10 +49,13 @@ def eval_chunk(block: int, n_head: int, backend: str | None = None) -> int:
 class TextData:
     val_fraction: float = 0.1  # last 10% of the text is validation (nanoGPT's split)
     eval_windows: int = 256    # windows of the periodic evaluation (0 = the whole split)
+    stream: str = "auto"       # token files: read batches from disk ("on"), from the devices ("off"), or
+                               # by the size of the training split ("auto": DEVICE_DATA_BYTES)
 
     def __post_init__(self):
         check(0 < self.val_fraction < 1, f"data.val_fraction={self.val_fraction!r} must be in (0, 1)")
         check(self.eval_windows >= 0, f"data.eval_windows={self.eval_windows} must be >= 0")
+        check(self.stream in STREAM, f"data.stream={self.stream!r} is not one of {', '.join(STREAM)}")
 
 
 PRESETS = {
@@ -77,8 +89,8 @@ PRESETS = {
 }
 
 
-class LMTask:
-    """Character language model on a text."""
+class LMTask(DrawnOnDevice):
+    """Language model on a text, or on token files."""
 
     name = "lm"
     unit = "tok"
@@ -92,17 +104,22 @@ class LMTask:
     mesh = None
     source = None  # {"path", "sha256"} of the text file (from_file), saved with each checkpoint
 
-    def __init__(self, cfg: RunConfig, tokenizer: text.CharTokenizer, ids: np.ndarray | None = None):
+    def __init__(self, cfg: RunConfig, tokenizer, ids: np.ndarray | None = None, *, splits=None):
+        """`tokenizer`: a CharTokenizer or a BpeTokenizer; the data: `ids` (split by
+        data.val_fraction), or `splits` = (train, val) token arrays (memmaps of token files)."""
         self.tokenizer = tokenizer
         self.cfg = replace(cfg, model=replace(cfg.model, vocab_size=len(tokenizer)))
         if ids is not None:
-            self.train_ids, self.val_ids = text.split(ids, cfg.data.val_fraction)
+            splits = text.split(ids, cfg.data.val_fraction)
+        if splits is not None:
+            self.train_ids, self.val_ids = splits
             block = cfg.model.block_size
             if len(self.train_ids) <= block + 1:
-                raise DataError(f"the text gives {len(self.train_ids)} training characters, fewer than one "
-                                f"block (model.block_size={block}) plus one; use a longer text or a smaller block")
-            text.eval_windows(self.val_ids, block)  # raises if validation is shorter than a block
+                raise DataError(f"the data gives {len(self.train_ids)} training tokens, fewer than one "
+                                f"block (model.block_size={block}) plus one; use more text or a smaller block")
+            text.eval_starts(len(self.val_ids), block)  # raises if validation is shorter than a block
         self._loss = jax.jit(lambda p, b: self.loss(p, b, cfg=self.cfg.model))
+        self._token_bytes = tokenizer.token_bytes()
 
     # ------------------------------------------------------------ configuration
     @classmethod
@@ -132,19 +149,40 @@ class LMTask:
         return task
 
     @classmethod
+    def from_token_files(cls, cfg: RunConfig, folder) -> "LMTask":
+        """The task on a folder of token files (`scratchformer prepare`), its tokenizer
+        theirs; the splits stay on disk (memmaps) until used."""
+        files = TokenFiles(folder)
+        task = cls(cfg, files.tokenizer, splits=(files.train, files.val))
+        task.source = files.identity()
+        return task
+
+    @classmethod
     def from_data(cls, cfg: RunConfig, path=None) -> "LMTask":
-        """The task on a text file; Tiny Shakespeare (downloaded once) without one."""
+        """The task on a text file or a token-file folder; Tiny Shakespeare (downloaded
+        once) without one."""
+        if path is not None and Path(path).is_dir():
+            return cls.from_token_files(cfg, path)
         return cls.from_file(cfg, path if path is not None else text.shakespeare_path())
 
     @classmethod
     def from_meta(cls, cfg: RunConfig, meta: dict) -> "LMTask":
+        if isinstance(meta.get("tokenizer"), str):
+            return cls(cfg, tokenizer_from_json(meta["tokenizer"], "the checkpoint's tokenizer"))
         vocab = meta.get("vocab")
         if not isinstance(vocab, str):
             raise DataError("checkpoint metadata has no character vocabulary")
         return cls(cfg, text.CharTokenizer(vocab))
 
     def meta(self) -> dict:
-        return {"vocab": self.tokenizer.chars}
+        """What a checkpoint carries to encode and decode as training did."""
+        if self.tokenizer.kind == "char":
+            return {"vocab": self.tokenizer.chars}
+        return {"tokenizer": self.tokenizer.to_json()}
+
+    def run_files(self) -> dict[str, str]:
+        """Files written into the run folder beside config.json."""
+        return {"tokenizer.json": self.tokenizer.to_json()}
 
     def with_training_data(self, meta: dict, run_dir) -> "LMTask":
         """The task again with the text it trained on (its splits), after checking that
@@ -154,23 +192,51 @@ class LMTask:
             raise DataError(f"{run_dir} records no text file (trained with LMTask.from_text); evaluation needs "
                             "one: train with LMTask.from_file or the command line")
         src = Path(str(d["path"]))
-        if not src.is_file():
+        if src.is_dir():
+            fresh = LMTask.from_token_files(self.cfg, src)
+        elif not src.is_file():
             raise DataError(f"the run's text file {src} is gone; evaluation needs it")
-        source = text.file_identity(src)
-        if source["sha256"] != d.get("sha256"):
+        elif text.file_identity(src)["sha256"] != d.get("sha256"):
             raise DataError(f"the run's text file {src} changed since training (sha256 differs)")
-        fresh = LMTask.from_text(self.cfg, text.read_text(src))
-        if fresh.tokenizer.chars != self.tokenizer.chars:
+        else:
+            fresh = LMTask.from_file(self.cfg, src)
+        if fresh.source["sha256"] != d.get("sha256"):
+            raise DataError(f"the run's token files {src} changed since training (sha256 differs)")
+        if fresh.tokenizer.to_json() != self.tokenizer.to_json():
             raise DataError(f"the vocabulary of {src} differs from the checkpoint's")
-        fresh.source = source
         return fresh
 
     # ------------------------------------------------------------ training
     init_params = staticmethod(init_lm)  # (key, model config) -> params
     loss = staticmethod(lm_loss)  # (params, batch, *, cfg, train, key, label_smoothing) -> (sum, weight)
 
+    def streams(self) -> bool:
+        """Whether training batches are read from disk (data.stream; "auto": DEVICE_DATA_BYTES)."""
+        if self.cfg.data.stream == "auto":
+            return len(self.train_ids) * 4 > DEVICE_DATA_BYTES
+        return self.cfg.data.stream == "on"
+
     def device_data(self) -> dict:
-        return {"train": jax.numpy.asarray(self.train_ids)}
+        return {"train": jax.numpy.asarray(np.asarray(self.train_ids, np.int32))}
+
+    def input_spec(self, mesh, k: int) -> dict:
+        if not self.streams():
+            return super().input_spec(mesh, k)
+        shape = (k, self.cfg.train.batch_size, self.cfg.model.block_size + 1)
+        return {"windows": jax.ShapeDtypeStruct(shape, np.int32, sharding=WindowStream.sharding_of(mesh))}
+
+    def feed(self, spec: dict, rng, first_step: int, k: int):
+        if not self.streams():
+            return super().feed(spec, rng, first_step, k)
+        return WindowStream(self.train_ids, block=self.cfg.model.block_size, batch=self.cfg.train.batch_size,
+                            rng=rng, mesh=spec["windows"].sharding.mesh, first_step=first_step, k=k,
+                            key_of=batch_key)
+
+    def batches(self, data: dict, rng, first_step, n_steps: int, batch: int) -> dict:
+        if "windows" in data:  # streamed: the windows of these steps, read from disk
+            w = data["windows"]
+            return {"inputs": w[..., :-1], "targets": w[..., 1:]}
+        return super().batches(data, rng, first_step, n_steps, batch)
 
     def sample_batch(self, data: dict, key, batch: int):
         return text.sample_batch(key, data["train"], batch=batch, block=self.cfg.model.block_size)
@@ -178,58 +244,75 @@ class LMTask:
     # ------------------------------------------------------------ evaluation
     def evaluate(self, params, *, full: bool, progress: bool = False, data=None) -> dict:
         """Loss on the validation split (periodic: eval_windows windows of it), or on the
-        whole text file `data`."""
+        whole text file `data`; with bits per byte of the text scored (loss per token
+        over the bytes each token stands for: comparable across tokenizers)."""
         if data is not None:
             return self.evaluate_file(params, data, progress=progress)
         limit = 0 if full else self.cfg.data.eval_windows
-        loss, n = self.loss_on(params, self.val_ids, limit, progress=progress)
-        return {"val_loss": loss, "val_perplexity": float(np.exp(loss)), "val_tokens": n}
+        loss, n, bpb = self.loss_on(params, self.val_ids, limit, progress=progress)
+        return {"val_loss": loss, "val_perplexity": float(np.exp(loss)), "val_tokens": n, "bits_per_byte": bpb}
 
-    def loss_on(self, params, ids, limit: int = 0, *, progress: bool = False, on_scored=None) -> tuple[float, int]:
-        """(mean loss, targets scored) over token ids, each target scored once (all of
+    def loss_on(self, params, ids, limit: int = 0, *, progress: bool = False,
+                on_scored=None) -> tuple[float, int, float]:
+        """(mean loss per token, targets scored, bits per byte) over token ids (an array
+        or a memmap, read a chunk of windows at a time), each target scored once (all of
         them, or `limit` evenly spaced windows). `on_scored(n)`: called after each
         evaluation call with the number of targets it scored (else a bar, if `progress`)."""
         block = self.cfg.model.block_size
-        windows = text.eval_windows(ids, block, limit)
+        starts, weights = text.eval_starts(len(ids), block, limit)
         chunk = eval_chunk(block, self.cfg.model.n_head)
-        targets = int(windows["weights"].sum())
-        with eval_bar(targets, shown=progress and targets > PROGRESS_TARGETS, unit="char", desc="scoring") as bar:
-            return eval_loss(self._loss, params, windows, chunk, self.mesh, on_scored or bar.update)
+        targets = int(weights.sum())
+        total = scored = text_bytes = 0.0
+        with counter(targets, shown=progress and targets > PROGRESS_TARGETS, unit="tok", desc="scoring") as bar:
+            for i in range(0, len(starts), chunk):
+                windows = text.windows_at(ids, starts[i:i + chunk], weights[i:i + chunk], block)
+                loss, n = eval_loss(self._loss, params, windows, chunk, self.mesh, on_scored or bar.update)
+                total, scored = total + loss * n, scored + n
+                text_bytes += float((self._token_bytes[windows["targets"]] * windows["weights"]).sum())
+        mean = total / max(scored, 1.0)
+        return mean, int(scored), total / math.log(2) / max(text_bytes, 1.0)
 
     def evaluate_file(self, params, path, *, progress: bool = False) -> dict:
-        """The loss on a text of the user's choosing, every character of it scored."""
+        """The loss on a text of the user's choosing, every token of it scored."""
         corpus = text.read_text(path)
-        unknown = sorted(set(corpus) - set(self.tokenizer.chars))
-        if unknown:
-            raise DataError(f"{path} holds {len(unknown)} character(s) the model has no token for "
-                            f"({text.named_characters(unknown)}); it knows the {len(self.tokenizer)} characters of "
-                            "the text it trained on", option="data")
+        if self.tokenizer.kind == "char":
+            unknown = sorted(set(corpus) - set(self.tokenizer.chars))
+            if unknown:
+                raise DataError(f"{path} holds {len(unknown)} character(s) the model has no token for "
+                                f"({text.named_characters(unknown)}); it knows the {len(self.tokenizer)} characters "
+                                "of the text it trained on", option="data")
+        ids = self.tokenizer.encode(corpus)
         block = self.cfg.model.block_size
-        if len(corpus) <= block:
-            raise DataError(f"{path} has {len(corpus)} characters; the model reads windows of model.block_size="
-                            f"{block}, so it needs at least {block + 1}", option="data")
-        loss, n = self.loss_on(params, self.tokenizer.encode(corpus), progress=progress)
-        return {"data": str(path), "loss": loss, "perplexity": math.exp(loss), "tokens": n}
+        if len(ids) <= block:
+            raise DataError(f"{path} has {len(ids)} tokens; the model reads windows of model.block_size={block}, "
+                            f"so it needs at least {block + 1}", option="data")
+        loss, n, bpb = self.loss_on(params, ids, progress=progress)
+        return {"data": str(path), "loss": loss, "perplexity": math.exp(loss), "tokens": n, "bits_per_byte": bpb}
 
     @staticmethod
     def describe(r: dict) -> str:
         if "data" in r:
-            return (f"loss on {r['data']}: {r['loss']:.4f} (perplexity {r['perplexity']:.3f}) over {r['tokens']} "
-                    f"tokens, checkpoint of step {r.get('step')}")
-        return f"validation loss {r['val_loss']:.4f} (perplexity {r['val_perplexity']:.3f}) over {r['val_tokens']} tokens"
+            return (f"loss on {r['data']}: {r['loss']:.4f} (perplexity {r['perplexity']:.3f}, "
+                    f"{r['bits_per_byte']:.4f} bits per byte) over {r['tokens']} tokens, checkpoint of step "
+                    f"{r.get('step')}")
+        return (f"validation loss {r['val_loss']:.4f} (perplexity {r['val_perplexity']:.3f}, "
+                f"{r['bits_per_byte']:.4f} bits per byte) over {r['val_tokens']} tokens")
 
     # ------------------------------------------------------------ use
     def sample(self, params, *, prompt, tokens, temperature, top_k, top_p, seed, no_cache) -> tuple[str, None]:
-        """The prompt and `tokens` generated characters, as text."""
+        """The prompt and `tokens` generated tokens, as text."""
         from ..decode import generate
         vocab = self.cfg.model.vocab_size
         if not 0 <= top_k <= vocab:
             raise UsageError(f"top_k={top_k} must be in [0, {vocab}]")
         if not prompt:
             raise UsageError("the prompt is empty; give at least one character")
+        ids = self.tokenizer.encode(prompt)
+        if len(ids) == 0:
+            raise UsageError(f"the prompt {prompt!r} encodes to no tokens")
         if tokens > MAX_SAMPLE_TOKENS:
             raise UsageError(f"tokens={tokens:,} must be at most {MAX_SAMPLE_TOKENS:,}")
-        out = generate(params, self.cfg.model, self.tokenizer.encode(prompt), tokens, seed=seed,
+        out = generate(params, self.cfg.model, ids, tokens, seed=seed,
                        temperature=temperature, top_k=top_k, top_p=top_p, use_cache=not no_cache)
         return self.tokenizer.decode(out), None
 

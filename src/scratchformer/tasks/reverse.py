@@ -12,8 +12,8 @@ from ..data import reverse
 from ..errors import UsageError
 from ..loss import seq2seq_loss
 from ..models import init_encdec
-from ..progress import eval_bar
-from .base import eval_loss
+from ..progress import counter
+from .base import DrawnOnDevice, eval_loss
 
 EVAL_SEQS = 1000  # sequences per evaluation call, and the periodic evaluation's subset
 PROGRESS_HYPOTHESES = 40_000  # a decoding of more (sequences x beam) than this shows a bar
@@ -49,7 +49,7 @@ PRESETS = {
 }
 
 
-class ReverseTask:
+class ReverseTask(DrawnOnDevice):
     """Encoder-decoder sequence reversal on generated data."""
 
     name = "reverse"
@@ -97,6 +97,9 @@ class ReverseTask:
     def meta(self) -> dict:
         return {}
 
+    def run_files(self) -> dict[str, str]:
+        return {}
+
     def with_training_data(self, meta: dict, run_dir) -> "ReverseTask":
         return self
 
@@ -131,7 +134,7 @@ class ReverseTask:
         out = {"val_loss": loss}
         if full:
             n = len(ev["src"])
-            with eval_bar(n, shown=progress and n * beam > PROGRESS_HYPOTHESES, unit="seq", desc="decoding") as bar:
+            with counter(n, shown=progress and n * beam > PROGRESS_HYPOTHESES, unit="seq", desc="decoding") as bar:
                 out.update(seq2seq_accuracy(params, self.cfg.model, ev, beam=beam, mesh=self.mesh,
                                             on_decoded=on_decoded or bar.update))
         return out
