@@ -90,7 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true", help="print one JSON object")
     e.add_argument("--beam", type=beam, help=f"reverse: beam width, 1 (greedy, the default) to {MAX_BEAM}")
     e.add_argument("--data", help="lm: the loss on this UTF-8 text file, all of it (default: the validation "
-                   "split of the run's own text)")
+                   "split of the run's own data)")
+    e.add_argument("--windows", type=_number(int, 0, open_low=True), help="lm: score only this many evenly spaced "
+                   "windows (of model.block_size tokens) instead of every token")
 
     # Options default to None: a task's own defaults are filled in once the run's task is
     # known, so that an option given for another task's run is an error, not ignored.
@@ -206,7 +208,7 @@ def cmd_eval(a) -> int:
     from . import runs
     from .checkpoint import strict_json
     task, params, meta = runs.load(a.dir, with_data=a.data is None)
-    options = _options(a, task, ["beam", "data"], "eval_options")
+    options = _options(a, task, ["beam", "data", "windows"], "eval_options")
     result = {"task": task.name, **task.evaluate(params, full=True, progress=True, **options), "step": meta.get("step")}
     print(strict_json(result) if a.json else runs.describe(result))
     return 0

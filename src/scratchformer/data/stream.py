@@ -3,12 +3,15 @@
 A background thread builds each jitted call's windows (k steps x B rows x T+1 tokens)
 `depth` calls ahead. Step s's window starts come from the same key and the same
 `jax.random.randint` as the on-device path draws them with (computed here on the CPU),
-so both paths train on identical batches. Each process reads from the memmap only the
-rows that its own devices hold of the global batch.
+so both paths train on identical batches. Each process reads only the rows that its own
+devices hold of the global batch, with pread rather than through the memmap's pages: a
+page fault maps the pages read ahead around it too, and those stay in the process's
+resident memory, which crept towards the whole file's size over a long run.
 """
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 
@@ -28,9 +31,11 @@ class WindowStream:
     """An iterator of {"windows": k x B x (T+1) int32, split over the mesh along B}, one
     per training call from `first_step` on; `close()` stops the thread."""
 
-    def __init__(self, tokens, *, block: int, batch: int, rng, mesh, first_step: int, k: int, key_of,
+    def __init__(self, tokens: np.memmap, *, block: int, batch: int, rng, mesh, first_step: int, k: int, key_of,
                  depth: int = 2):
-        self.tokens, self.block, self.batch, self.k = tokens, block, batch, k
+        self.block, self.batch, self.k = block, batch, k
+        self._fd, self._dtype = os.open(tokens.filename, os.O_RDONLY), tokens.dtype
+        self._base = tokens.offset
         self.sharding = self.sharding_of(mesh)
         cpu = jax.devices("cpu")[0]
         self._rng = jax.device_put(rng, cpu)
@@ -68,8 +73,10 @@ class WindowStream:
         def rows(index):  # this device's part: all k steps, its slice of the batch
             picked = starts[:, index[1]]
             out = np.empty(picked.shape + (width,), np.int32)
+            size = self._dtype.itemsize
             for i, j in np.ndindex(picked.shape):
-                out[i, j] = self.tokens[picked[i, j]:picked[i, j] + width]
+                raw = os.pread(self._fd, width * size, self._base + int(picked[i, j]) * size)
+                out[i, j] = np.frombuffer(raw, self._dtype)
             return out
         return {"windows": jax.make_array_from_callback((self.k, self.batch, width), self.sharding, rows)}
 
@@ -85,3 +92,4 @@ class WindowStream:
     def close(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
+        os.close(self._fd)

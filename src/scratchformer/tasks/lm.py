@@ -100,7 +100,9 @@ class LMTask(DrawnOnDevice):
     default_preset = "cpu"
     sample_options = {"prompt": "\n", "tokens": 500, "temperature": 0.8, "top_k": 0, "top_p": 1.0, "seed": 0,
                       "no_cache": False}
-    eval_options = {"data": None}  # data: score this text file instead of the validation split
+    # data: score this text file instead of the validation split; windows: only that many
+    # evenly spaced windows of it (0: all), for a validation split too large to score whole
+    eval_options = {"data": None, "windows": 0}
     mesh = None
     source = None  # {"path", "sha256"} of the text file (from_file), saved with each checkpoint
 
@@ -242,13 +244,14 @@ class LMTask(DrawnOnDevice):
         return text.sample_batch(key, data["train"], batch=batch, block=self.cfg.model.block_size)
 
     # ------------------------------------------------------------ evaluation
-    def evaluate(self, params, *, full: bool, progress: bool = False, data=None) -> dict:
-        """Loss on the validation split (periodic: eval_windows windows of it), or on the
-        whole text file `data`; with bits per byte of the text scored (loss per token
-        over the bytes each token stands for: comparable across tokenizers)."""
+    def evaluate(self, params, *, full: bool, progress: bool = False, data=None, windows: int = 0) -> dict:
+        """Loss on the validation split (periodic: data.eval_windows windows of it; full:
+        all of it, or `windows` evenly spaced windows), or on the text file `data`; with
+        bits per byte of the text scored (loss per token over the bytes each token stands
+        for: comparable across tokenizers)."""
         if data is not None:
-            return self.evaluate_file(params, data, progress=progress)
-        limit = 0 if full else self.cfg.data.eval_windows
+            return self.evaluate_file(params, data, progress=progress, windows=windows)
+        limit = windows if full else self.cfg.data.eval_windows
         loss, n, bpb = self.loss_on(params, self.val_ids, limit, progress=progress)
         return {"val_loss": loss, "val_perplexity": float(np.exp(loss)), "val_tokens": n, "bits_per_byte": bpb}
 
@@ -272,8 +275,9 @@ class LMTask(DrawnOnDevice):
         mean = total / max(scored, 1.0)
         return mean, int(scored), total / math.log(2) / max(text_bytes, 1.0)
 
-    def evaluate_file(self, params, path, *, progress: bool = False) -> dict:
-        """The loss on a text of the user's choosing, every token of it scored."""
+    def evaluate_file(self, params, path, *, progress: bool = False, windows: int = 0) -> dict:
+        """The loss on a text of the user's choosing, every token of it scored (or
+        `windows` evenly spaced windows)."""
         corpus = text.read_text(path)
         if self.tokenizer.kind == "char":
             unknown = sorted(set(corpus) - set(self.tokenizer.chars))
@@ -286,7 +290,7 @@ class LMTask(DrawnOnDevice):
         if len(ids) <= block:
             raise DataError(f"{path} has {len(ids)} tokens; the model reads windows of model.block_size={block}, "
                             f"so it needs at least {block + 1}", option="data")
-        loss, n, bpb = self.loss_on(params, ids, progress=progress)
+        loss, n, bpb = self.loss_on(params, ids, windows, progress=progress)
         return {"data": str(path), "loss": loss, "perplexity": math.exp(loss), "tokens": n, "bits_per_byte": bpb}
 
     @staticmethod
