@@ -24,7 +24,7 @@ import numpy as np
 
 from ..errors import DataError
 from .bpe import END_OF_TEXT, BpeTokenizer, tokenizer_from_json
-from .text import CharTokenizer
+from .text import CharTokenizer, sha256_file
 
 FORMAT = 1
 FILES = ("train.bin", "val.bin", "tokenizer.json", "meta.json")
@@ -98,14 +98,6 @@ def _make_tokenizer(files, kind: str, vocab_size: int | None, gpt2):
     return BpeTokenizer.train((piece for f in files for piece in _pieces(f)), vocab_size)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def prepare(paths, out, *, tokenizer: str = "char", vocab_size: int | None = None, val_fraction: float = 0.1,
             gpt2=None, progress: bool = False) -> dict:
     """Tokenize text files (or folders of .txt files) into the token-file folder `out`.
@@ -151,7 +143,7 @@ def _write(files, tok, folder: Path, val_fraction: float, progress: bool) -> dic
                 bar.update(len(piece.encode("utf-8", "surrogatepass")))
             if i + 1 < len(files):
                 np.asarray(sep, dtype).tofile(all_ids)  # <|endoftext|> between documents (BPE)
-            sources.append({"path": str(f.resolve()), "bytes": f.stat().st_size, "sha256": _sha256(f)})
+            sources.append({"path": str(f.resolve()), "bytes": f.stat().st_size, "sha256": sha256_file(f)})
     ids = np.memmap(folder / "all.bin", dtype, mode="r")
     n_train = int(len(ids) * (1.0 - val_fraction))  # as text.split divides a text file
     table = tok.token_bytes()
@@ -161,7 +153,7 @@ def _write(files, tok, folder: Path, val_fraction: float, progress: bool) -> dic
         np.asarray(part).tofile(path)
         text_bytes = sum(int(table[part[i:i + (1 << 24)]].sum()) for i in range(0, len(part), 1 << 24))
         splits[name] = {"tokens": len(part), "file_bytes": path.stat().st_size, "text_bytes": text_bytes,
-                        "sha256": _sha256(path)}
+                        "sha256": sha256_file(path)}
     del ids
     (folder / "all.bin").unlink()
     (folder / "tokenizer.json").write_text(tok.to_json())
