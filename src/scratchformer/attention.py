@@ -16,7 +16,8 @@ import math
 import jax
 import jax.numpy as jnp
 
-from .layers import INIT_STD, dropout, init_linear, linear, rotary
+from .kernels import linear  # textbook or CPU fast path: kernels.FAST decides
+from .layers import INIT_STD, dropout, init_linear, rotary
 
 
 def causal_mask(t: int):

@@ -23,7 +23,7 @@ import numpy as np
 
 from .config import ModelConfig
 from .data.reverse import BOS, EOS, PAD
-from .layers import transposed_weights
+from .kernels import decoding_layout
 from .memory import check_fits, tree_bytes
 from .models import PAD_ID, decode, encode, init_cache, lm_forward, memory_kv
 
@@ -105,10 +105,11 @@ def _generate(params, tokens_L, key, *, cfg: ModelConfig, n_prompt: int, n_new: 
     # leaves `filled` tokens in the cache, T - filled single-token steps fit, then the
     # next token triggers a re-prefill of the last `keep` tokens. Laying the loop out
     # that way (no lax.cond inside it) keeps XLA from copying the cache every token.
-    # One-token steps multiply by each weight matrix as a matrix-vector product, which
-    # reads transposed weights faster; transposed once here, before the loops. The
-    # (re-)prefills are ordinary matrix products and keep the training layout.
-    step_params = {**params, "blocks": transposed_weights(params["blocks"])}
+    # One-token steps multiply by each weight matrix as a matrix-vector product, for
+    # which kernels.py may store the weights in another layout: converted once here,
+    # before the loops. The (re-)prefills are ordinary matrix products and keep the
+    # training layout.
+    step_params = {**params, "blocks": decoding_layout(params["blocks"])}
 
     def single(i, carry):
         buf, s, logits, cache = carry
