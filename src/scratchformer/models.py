@@ -91,12 +91,9 @@ def sinusoidal_token_std(d_model: int) -> float:
     """Std of the token table with sinusoidal positions, which have unit amplitude; the
     table is multiplied by sqrt(D) (Vaswani et al. 2017, sec. 3.4). Vaswani's own std,
     D^-1/2, with the output head tied to the table makes the untrained model predict its
-    input token (first loss 9.5 on Tiny Shakespeare at D=128, 6.7 on reversal, against
-    ln V = 4.2 and 3.1), and reversal then stalled (2-68% exact match after the preset's
-    800 steps, 3 seeds). 0.04 gave 100% there and a lower LM loss; above D=128 it
-    shrinks as D^-3/4, which keeps the tied head's first logit for the input token
-    (~ std^2 D^1.5 / (std^2 D + 1/2)^1/2) near its D=128 size, 2.8-3 (BENCHMARKS.md,
-    eighth session)."""
+    input token, and reversal then stalls; 0.04 trains both tasks well at D=128. Above
+    D=128 it shrinks as D^-3/4, which keeps the tied head's first logit for the input
+    token (~ std^2 D^1.5 / (std^2 D + 1/2)^1/2) at its D=128 size."""
     return 0.04 * min(1.0, (128 / d_model) ** 0.75)
 
 
