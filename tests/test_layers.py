@@ -1,32 +1,51 @@
-"""Layers: LayerNorm and sinusoids against closed forms, the hand-written backward
-passes (LayerNorm, bias) against autodiff of the plain formulas and finite
-differences, dropout's statistics."""
+"""Layers in their textbook form: LayerNorm and sinusoids against closed forms, the
+linear layer's and LayerNorm's gradients against finite differences, rotary positions,
+GELU, dropout's statistics. (kernels.py's fast paths are checked against these in
+test_kernels.py.)"""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from scratchformer.layers import (add_bias, dropout, gelu, init_layer_norm, init_linear, layer_norm, linear, rotary,
-                                  sinusoidal_positions, transposed_weights)
+from scratchformer.layers import (dropout, gelu, init_layer_norm, init_linear, layer_norm, linear, rotary,
+                                  sinusoidal_positions)
 
 from conftest import float64
+
+
+def _numpy_layer_norm(x, scale, bias, eps):
+    return (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + eps) * scale + bias
 
 
 def test_layer_norm_matches_numpy():
     x = np.random.default_rng(0).normal(3.0, 2.0, (2, 3, 8)).astype(np.float32)
     p = {"scale": jnp.linspace(0.5, 2.0, 8), "bias": jnp.linspace(-1.0, 1.0, 8)}
-    want = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-5) * np.asarray(p["scale"]) \
-        + np.asarray(p["bias"])
+    want = _numpy_layer_norm(x, np.asarray(p["scale"]), np.asarray(p["bias"]), 1e-5)
     np.testing.assert_allclose(np.asarray(layer_norm(p, jnp.asarray(x), 1e-5)), want, rtol=1e-5, atol=1e-5)
+    with float64():
+        x64 = x.astype(np.float64)
+        got = layer_norm(jax.tree.map(lambda a: a.astype(jnp.float64), p), jnp.asarray(x64), 1e-5)
+        assert got.dtype == jnp.float64
+        np.testing.assert_allclose(np.asarray(got), _numpy_layer_norm(x64, np.asarray(p["scale"], np.float64),
+                                                                      np.asarray(p["bias"], np.float64), 1e-5),
+                                   rtol=1e-12, atol=1e-12)
     assert init_layer_norm(4)["scale"].shape == (4,)
 
 
-def _plain_layer_norm(p, x, eps):
-    mean = x.mean(-1, keepdims=True)
-    return (x - mean) / jnp.sqrt(jnp.square(x - mean).mean(-1, keepdims=True) + eps) * p["scale"] + p["bias"]
+def test_linear_is_x_w_plus_b():
+    lin = init_linear(jax.random.PRNGKey(0), 8, 6)
+    lin["b"] = jnp.arange(6.0)
+    x = jax.random.normal(jax.random.PRNGKey(1), (2, 3, 8))
+    want = np.einsum("btd,de->bte", np.asarray(x, np.float64), np.asarray(lin["w"], np.float64)) + np.arange(6.0)
+    np.testing.assert_allclose(np.asarray(linear(lin, x)), want, rtol=1e-5, atol=1e-6)
+    no_bias = init_linear(jax.random.PRNGKey(0), 8, 6, bias=False)
+    assert set(no_bias) == {"w"}
+    np.testing.assert_allclose(np.asarray(linear(no_bias, x)), want - np.arange(6.0), rtol=1e-5, atol=1e-6)
 
 
-def test_layer_norm_and_linear_gradients_match_autodiff_and_finite_differences():
+def test_layer_norm_and_linear_gradients_match_finite_differences():
+    """Directional derivatives of a LayerNorm then a linear layer (float64) by central
+    differences, along a random direction in x, the LayerNorm gains and the biases."""
     rng = np.random.default_rng(1)
     with float64():
         x = jnp.asarray(rng.normal(3.0, 2.0, (2, 5, 8)))
@@ -34,56 +53,24 @@ def test_layer_norm_and_linear_gradients_match_autodiff_and_finite_differences()
         lin = {"w": jnp.asarray(rng.normal(0.0, 0.3, (8, 6))), "b": jnp.asarray(rng.normal(0.0, 0.3, 6))}
         g = jnp.asarray(rng.normal(size=(2, 5, 6)))
 
-        def ours(x, ln, lin):
+        def f(x, ln, lin):
             return jnp.sum(linear(lin, layer_norm(ln, x, 1e-5)) * g)
 
-        def plain(x, ln, lin):
-            return jnp.sum((_plain_layer_norm(ln, x, 1e-5) @ lin["w"] + lin["b"]) * g)
-
-        got = jax.grad(ours, argnums=(0, 1, 2))(x, ln, lin)
-        want = jax.grad(plain, argnums=(0, 1, 2))(x, ln, lin)
-        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12), got, want)
-        # and one direction by central differences, independent of autodiff
-        d = [jnp.asarray(rng.normal(size=a.shape)) for a in (x, ln["scale"], lin["b"])]
+        got = jax.grad(f, argnums=(0, 1, 2))(x, ln, lin)
+        d = [jnp.asarray(rng.normal(size=a.shape)) for a in (x, ln["scale"], ln["bias"], lin["w"], lin["b"])]
 
         def along(t):
-            return ours(x + t * d[0], {**ln, "scale": ln["scale"] + t * d[1]}, {**lin, "b": lin["b"] + t * d[2]})
+            return f(x + t * d[0], {"scale": ln["scale"] + t * d[1], "bias": ln["bias"] + t * d[2]},
+                     {"w": lin["w"] + t * d[3], "b": lin["b"] + t * d[4]})
         fd = (along(1e-6) - along(-1e-6)) / 2e-6
-        analytic = jnp.sum(got[0] * d[0]) + jnp.sum(got[1]["scale"] * d[1]) + jnp.sum(got[2]["b"] * d[2])
+        analytic = sum(jnp.sum(a * b) for a, b in zip(
+            (got[0], got[1]["scale"], got[1]["bias"], got[2]["w"], got[2]["b"]), d))
         np.testing.assert_allclose(fd, analytic, rtol=1e-7)
 
 
-def test_add_bias_gradients_for_a_vector_and_a_table():
-    """The bias gradient is a sum over all leading axes, for a bias E and for a TxD
-    position table against BxTxD alike; checked against autodiff of plain y + b."""
-    rng = np.random.default_rng(3)
-    with float64():
-        y = jnp.asarray(rng.normal(size=(3, 5, 4)))
-        g = jnp.asarray(rng.normal(size=(3, 5, 4)))
-        for b in (jnp.asarray(rng.normal(size=(4,))), jnp.asarray(rng.normal(size=(5, 4)))):
-            got = jax.grad(lambda y, b: jnp.sum(add_bias(y, b) * g), argnums=(0, 1))(y, b)
-            want = jax.grad(lambda y, b: jnp.sum((y + b) * g), argnums=(0, 1))(y, b)
-            assert got[1].shape == b.shape
-            jax.tree.map(lambda a, w: np.testing.assert_allclose(a, w, rtol=1e-12), got, want)
-
-
-def test_transposed_weights_give_the_same_linear_layers():
-    """The decoding layout (weights stored E x D under "w_t") computes the same products;
-    only 2-D "w" leaves change, wherever they sit in the tree."""
-    tree = {"a": init_linear(jax.random.PRNGKey(0), 8, 6), "b": [init_linear(jax.random.PRNGKey(1), 6, 4, bias=False)],
-            "ln": init_layer_norm(8)}
-    t = transposed_weights(tree)
-    assert set(t["a"]) == {"w_t", "b"} and set(t["b"][0]) == {"w_t"}
-    assert all(t["ln"][k] is v for k, v in tree["ln"].items())
-    np.testing.assert_array_equal(np.asarray(t["a"]["w_t"]), np.asarray(tree["a"]["w"]).T)
-    for shape in ((1, 1, 8), (3, 8)):  # one token, as in a decoding step; any leading axes
-        x = jax.random.normal(jax.random.PRNGKey(2), shape)
-        y = linear(t["b"][0], linear(t["a"], x))
-        want = linear(tree["b"][0], linear(tree["a"], x))
-        np.testing.assert_allclose(np.asarray(y), np.asarray(want), rtol=1e-6, atol=1e-7)
-
-
-def test_layer_norm_gradient_dtypes_in_bfloat16():
+def test_layer_norm_dtypes_in_bfloat16():
+    """bf16 activations in, bf16 out and bf16 gradient for x; the float32 parameters'
+    gradients stay float32."""
     x = jnp.asarray(np.random.default_rng(2).normal(size=(4, 8)), jnp.bfloat16)
     p = init_layer_norm(8)
     dx, dp = jax.grad(lambda x, p: jnp.sum(layer_norm(p, x, 1e-5).astype(jnp.float32) ** 2), argnums=(0, 1))(x, p)

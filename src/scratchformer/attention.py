@@ -16,7 +16,8 @@ import math
 import jax
 import jax.numpy as jnp
 
-from .layers import INIT_STD, dropout, init_linear, linear, rotary
+from .kernels import linear  # textbook or CPU fast path: kernels.FAST decides
+from .layers import INIT_STD, dropout, init_linear, rotary
 
 
 def causal_mask(t: int):
@@ -126,9 +127,9 @@ def attend_causal(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, *, block: int, rate=0.0, key=
 def _attend_cached(q_BxTxHxK, k_NxKxS, v_NxSxK, mask):
     """Attention over a KV cache kept in the layouts a matmul reads directly: keys
     K x S and values S x K for each of the N = B*H (sequence, head) pairs. One flat
-    batch axis matters on XLA's CPU backend: with separate B and H axes it reshaped
-    the freshly written cache for each matmul and copied every layer's cache at
-    every decoded token (BENCHMARKS.md)."""
+    batch axis, because with separate B and H axes XLA's CPU backend reshapes the
+    freshly written cache for each matmul and copies every layer's cache at every
+    decoded token."""
     b, t, h, k = q_BxTxHxK.shape
     scale = 1.0 / math.sqrt(k)
     dt = jnp.promote_types(q_BxTxHxK.dtype, jnp.float32)

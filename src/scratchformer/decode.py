@@ -23,7 +23,7 @@ import numpy as np
 
 from .config import ModelConfig
 from .data.reverse import BOS, EOS, PAD
-from .layers import transposed_weights
+from .kernels import decoding_layout
 from .memory import check_fits, tree_bytes
 from .models import PAD_ID, decode, encode, init_cache, lm_forward, memory_kv
 
@@ -105,10 +105,11 @@ def _generate(params, tokens_L, key, *, cfg: ModelConfig, n_prompt: int, n_new: 
     # leaves `filled` tokens in the cache, T - filled single-token steps fit, then the
     # next token triggers a re-prefill of the last `keep` tokens. Laying the loop out
     # that way (no lax.cond inside it) keeps XLA from copying the cache every token.
-    # One-token steps multiply by each weight matrix as a matrix-vector product, which
-    # reads transposed weights faster; transposed once here, before the loops. The
-    # (re-)prefills are ordinary matrix products and keep the training layout.
-    step_params = {**params, "blocks": transposed_weights(params["blocks"])}
+    # One-token steps multiply by each weight matrix as a matrix-vector product, for
+    # which kernels.py may store the weights in another layout: converted once here,
+    # before the loops. The (re-)prefills are ordinary matrix products and keep the
+    # training layout.
+    step_params = {**params, "blocks": decoding_layout(params["blocks"])}
 
     def single(i, carry):
         buf, s, logits, cache = carry
@@ -253,8 +254,8 @@ def seq2seq_decode(params, cfg: ModelConfig, src_BxS, *, beam: int = 1):
 
 
 # Hypotheses (sequences x beam width) decoded per call: each holds a KV cache per
-# decoder layer. `eval --beam 64` on the reversal preset's model took 4.4 GB of memory
-# in chunks of 1,000 sequences and 0.66 GB in chunks of 64, in the same time (~2 min).
+# decoder layer; capping them bounds the memory a wide beam takes, and smaller calls
+# cost no time.
 BEAM_HYPOTHESES = 4096
 
 

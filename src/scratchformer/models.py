@@ -1,5 +1,7 @@
 """The two model families, built from layers + attention: a decoder-only LM and an
-encoder-decoder. Pre-LN residual blocks (Xiong et al. 2020) throughout.
+encoder-decoder. Pre-LN residual blocks (Xiong et al. 2020) throughout. Linear
+layers, LayerNorms and the position add are called through kernels.py, whose FAST
+chooses layers.py's textbook versions or CPU fast paths with the same numbers.
 
 Shape legend: B batch, T target/time positions, S source positions, D model width,
 V vocabulary, L layers.
@@ -22,8 +24,8 @@ import jax.numpy as jnp
 from .attention import (cache_mask, cache_slots, causal_mask, cross_attention, cross_kv, init_cross_attention,
                         init_self_attention, padding_mask, self_attention)
 from .config import ModelConfig
-from .layers import (add_bias, dropout, embed, feed_forward, init_embedding, init_feed_forward, init_layer_norm,
-                     init_linear, layer_norm, matmul, sinusoidal_positions)
+from .kernels import add_positions, layer_norm, linear  # textbook or CPU fast path: kernels.FAST decides
+from .layers import INIT_STD, dropout, embed, gelu, init_embedding, init_layer_norm, init_linear, sinusoidal_positions
 
 PAD_ID = 0  # encoder-decoder token id reserved for padding
 
@@ -37,6 +39,18 @@ def _keys(key, n):
 
 
 # ---------------------------------------------------------------- shared pieces
+def init_feed_forward(key, d: int, d_ff: int, *, bias: bool, n_layer: int) -> dict:
+    k1, k2 = jax.random.split(key)
+    # Residual projections scaled by 1/sqrt(2 * n_layer), as GPT-2 does.
+    return {"fc": init_linear(k1, d, d_ff, bias=bias),
+            "proj": init_linear(k2, d_ff, d, bias=bias, std=INIT_STD / math.sqrt(2 * n_layer))}
+
+
+def feed_forward(p: dict, x_BxTxD):
+    """The position-wise MLP: linear, GELU, linear."""
+    return linear(p["proj"], gelu(linear(p["fc"], x_BxTxD)))
+
+
 def _init_block(key, cfg: ModelConfig, *, cross: bool) -> dict:
     ka, kc, km = jax.random.split(key, 3)
     kw = dict(bias=cfg.bias, n_layer=cfg.n_layer)
@@ -77,12 +91,9 @@ def sinusoidal_token_std(d_model: int) -> float:
     """Std of the token table with sinusoidal positions, which have unit amplitude; the
     table is multiplied by sqrt(D) (Vaswani et al. 2017, sec. 3.4). Vaswani's own std,
     D^-1/2, with the output head tied to the table makes the untrained model predict its
-    input token (first loss 9.5 on Tiny Shakespeare at D=128, 6.7 on reversal, against
-    ln V = 4.2 and 3.1), and reversal then stalled (2-68% exact match after the preset's
-    800 steps, 3 seeds). 0.04 gave 100% there and a lower LM loss; above D=128 it
-    shrinks as D^-3/4, which keeps the tied head's first logit for the input token
-    (~ std^2 D^1.5 / (std^2 D + 1/2)^1/2) near its D=128 size, 2.8-3 (BENCHMARKS.md,
-    eighth session)."""
+    input token, and reversal then stalls; 0.04 trains both tasks well at D=128. Above
+    D=128 it shrinks as D^-3/4, which keeps the tied head's first logit for the input
+    token (~ std^2 D^1.5 / (std^2 D + 1/2)^1/2) at its D=128 size."""
     return 0.04 * min(1.0, (128 / d_model) ** 0.75)
 
 
@@ -109,14 +120,13 @@ def _embed(p_embed, table_name, ids_BxT, pos, cfg: ModelConfig):
     else:
         x = x * math.sqrt(cfg.d_model)
         table = jnp.asarray(sinusoidal_positions(cfg.block_size, cfg.d_model))
-    x_pos = jax.lax.dynamic_slice_in_dim(table, pos, t, axis=0)
-    return add_bias(x, x_pos.astype(dt))
+    return add_positions(x, jax.lax.dynamic_slice_in_dim(table, pos, t, axis=0))
 
 
 def _head(params, table_name, x_BxTxD, cfg: ModelConfig):
-    if "head" in params:
-        return matmul(x_BxTxD, params["head"]["w"].astype(x_BxTxD.dtype))
-    return matmul(x_BxTxD, params["embed"][table_name].T.astype(x_BxTxD.dtype))
+    """Logits BxTxV: the output head, or x times the transposed token table when tied."""
+    w_DxV = params["head"]["w"] if "head" in params else params["embed"][table_name].T
+    return linear({"w": w_DxV}, x_BxTxD)
 
 
 def init_cache(cfg: ModelConfig, batch: int, length: int, n_layer: int | None = None):
