@@ -248,7 +248,3 @@ def encdec_forward(params, src_BxS, tgt_BxT, *, cfg: ModelConfig, train=False, k
     logits, _, _ = decode(params, tgt_BxT, memory_kv(params, memory, cfg), src_BxS != PAD_ID,
                           cfg=cfg, train=train, key=k_dec)
     return logits
-
-
-def init_model(key, cfg: ModelConfig, task: str) -> dict:
-    return init_encdec(key, cfg) if task == "reverse" else init_lm(key, cfg)
