@@ -46,3 +46,17 @@ def test_warmup_stable_decay_matches_optax_joined_schedules(warmup, total, decay
     assert np.all(np.diff(got[start:]) < 0)                     # then falls every step
 
 
+
+def test_the_config_names_the_schedule():
+    """optim.schedule picks the shape; the wsd decay takes optim.decay_fraction of train.steps."""
+    from scratchformer.config import make_config
+    from scratchformer.optimizers import schedule
+
+    def rates(**over):
+        cfg = make_config("lm", "cpu-quick", {"train.steps": 200, "optim.warmup_steps": 10, **over})
+        return cfg.optim, np.array([float(schedule(cfg.optim, 200)(s)) for s in range(200)])
+    o, wsd = rates(**{"optim.schedule": "wsd", "optim.decay_fraction": 0.25})
+    assert np.all(wsd[9:150] == np.float32(o.lr)) and wsd[150] < wsd[149] and np.isclose(wsd[-1], o.min_lr)
+    o, cos = rates()
+    np.testing.assert_array_equal(cos, [float(warmup_cosine(s, peak=o.lr, min_lr=o.min_lr, warmup_steps=10,
+                                                            total_steps=200)) for s in range(200)])
