@@ -30,6 +30,29 @@ def test_round_trip(cfg, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["c.safetensors"]  # no temp file left
 
 
+def test_round_trip_of_a_muon_state(cfg, tmp_path):
+    """optim.name=muon: the state is a muon.HybridState whose halves hold None at the other
+    optimizer's leaves. None is an empty subtree: no tensor is written for it, and the
+    template puts it back, so the restored state has the same tree."""
+    from dataclasses import replace
+    cfg = replace(cfg, optim=replace(cfg.optim, name="muon"))
+    state = init_state(cfg)
+    state = state._replace(opt_state=jax.tree.map(lambda x: x + 1, state.opt_state))  # not all zeros
+    path = tmp_path / "m.safetensors"
+    ckpt.save(path, state, {"config": cfg.to_dict(), "step": 0})
+    tensors, _ = ckpt.read(path)
+    back = ckpt.restore(tensors, state_template(cfg))
+    assert jax.tree.structure(back) == jax.tree.structure(state)
+    for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(back)):
+        np.testing.assert_array_equal(np.asarray(a), b)
+    assert {"opt_state.muon.mu.encoder.blocks.0.attn.qkv.w", "opt_state.muon.count",
+            "opt_state.adam.nu.encoder.blocks.0.ln1.scale", "opt_state.adam.mu.embed.tokens"} <= tensors.keys()
+    assert not any(k.startswith(("opt_state.adam.mu.encoder.blocks.0.attn.qkv.w", "opt_state.muon.mu.embed"))
+                   for k in tensors)
+    with pytest.raises(ckpt.CheckpointError, match="does not match the config"):
+        ckpt.restore(tensors, state_template(replace(cfg, optim=replace(cfg.optim, name="adamw"))))
+
+
 def test_truncated_and_corrupted_files(cfg, tmp_path):
     path = tmp_path / "c.safetensors"
     ckpt.save(path, init_state(cfg), {"config": cfg.to_dict()})

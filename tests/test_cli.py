@@ -554,6 +554,11 @@ def _bad_inputs(tmp: Path, lm_run: Path, rev_run: Path, corpus: Path):
         ("--out with one run", ["plot", lm_run, "--out", tmp / "c.png"], "--out"),
         ("compare a run whose summary is cut short", ["plot", lm_run, nosummary, "--out", tmp / "c.png"],
          f"{nosummary / 'summary.json'} is not JSON (Expecting "),
+        ("unknown optimizer", [*lm, "--set", "optim.name=sgd"], "optim.name='sgd' is not one of adamw, muon"),
+        ("zero muon lr", [*lm, "--set", "optim.name=muon", "--set", "optim.muon_lr=0"],
+         "optim.muon_lr=0.0 must be > 0"),
+        ("decay fraction over 1", [*lm, "--set", "optim.schedule=wsd", "--set", "optim.decay_fraction=1.5"],
+         "optim.decay_fraction=1.5 must be in (0, 1]"),
     ]
 
 

@@ -20,6 +20,8 @@ def run_configs(draw):
             "model.dropout": draw(st.sampled_from([0.0, 0.1])),
             "model.positions": draw(st.sampled_from(["learned", "sinusoidal", "rope"])),
             "optim.lr": draw(st.sampled_from([1e-3, 3e-3])), "train.seed": draw(st.integers(0, 2**32 - 1)),
+            "optim.name": draw(st.sampled_from(["adamw", "muon"])),
+            "optim.schedule": draw(st.sampled_from(["cosine", "wsd"])),
             "train.steps": draw(st.integers(200, 3000))}
     if task == "reverse":
         over["data.max_len"] = draw(st.integers(1, 20))

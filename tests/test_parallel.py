@@ -80,6 +80,19 @@ def test_fsdp_on_4_devices_equals_1_and_shards_memory(corpus, single, tmp_path):
     assert s["state_bytes_per_device_max"] <= 0.3 * s["state_bytes_total"], s
 
 
+def test_fsdp_of_a_muon_run_on_4_devices_equals_1(corpus, tmp_path):
+    """optim.name=muon: the hybrid state (None at the other optimizer's leaves) is sharded
+    like the rest; the orthogonalised updates of sharded matrices are the same numbers."""
+    muon = ["--set", "optim.name=muon"]
+    one = train(corpus, tmp_path / "one", 1, *muon)
+    out = train(corpus, tmp_path / "fsdp", 4, "--fsdp", *muon)
+    assert_same_run(one, out)
+    s = json.loads((out / "summary.json").read_text())
+    assert s["state_bytes_per_device_max"] <= 0.3 * s["state_bytes_total"], s
+    tensors, _ = ckpt.read(ckpt.step_path(out, 20))
+    assert "opt_state.muon.mu.blocks.1.attn.qkv.w" in tensors
+
+
 def _free_port():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

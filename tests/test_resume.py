@@ -50,9 +50,9 @@ _CLI = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_
         "sys.argv[0] = 'scratchformer'; runpy.run_module('scratchformer.cli', run_name='__main__')")
 
 
-def _start(corpus, out, resume, data=True, extra=()):
+def _start(corpus, out, resume, data=True, args=ARGS, extra=()):
     cmd = [sys.executable, "-c", _CLI, "train", "lm", *(["--data", str(corpus)] if data else []),
-           "--out", str(out), *ARGS, *extra, *(["--resume"] if resume else [])]
+           "--out", str(out), *args, *extra, *(["--resume"] if resume else [])]
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
@@ -156,6 +156,32 @@ def test_ctrl_c_and_sigterm_save_and_resume_is_exact(corpus, tmp_path, reference
     assert r.returncode == 0, r.stderr
     assert f"; trained steps {step}-200 in " in r.stdout, r.stdout  # the time is this part's
     _assert_same_run(out, reference)
+
+
+def test_muon_run_stopped_and_resumed_is_exact(corpus, tmp_path):
+    """optim.name=muon under the wsd schedule: its state (Muon momentum on the blocks'
+    matrices, AdamW moments elsewhere, None at the other's leaves) is checkpointed whole,
+    and a run stopped by SIGTERM and resumed ends identical to an uninterrupted one."""
+    args = [*ARGS, "--set", "optim.name=muon", "--set", "optim.schedule=wsd"]
+    ref = tmp_path / "ref"
+    r = run_cli("train", "lm", "--data", corpus, "--out", ref, *args)
+    assert r.returncode == 0, r.stderr
+    out = tmp_path / "stopped"
+    proc = _start(corpus, out, False, args=args)
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 120 and proc.poll() is None and _rows(out) < 60:
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 143, err
+    step = int(re.search(r"stopped at step (\d+)", err).group(1))
+    assert 0 < step < 200
+    tensors, _ = ckpt.read(ckpt.latest(out))
+    assert {"opt_state.muon.mu.blocks.0.mlp.fc.w", "opt_state.adam.nu.embed.tokens"} <= tensors.keys()
+    r = run_cli("train", "lm", "--data", corpus, "--out", out, *args, "--resume")
+    assert r.returncode == 0, r.stderr
+    assert f"; trained steps {step}-200 in " in r.stdout, r.stdout
+    _assert_same_run(out, ref)
 
 
 def test_resume_checks_the_text_it_continues_on(corpus, tmp_path):

@@ -94,22 +94,35 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    lr: float = 1e-3            # peak learning rate, reached at the end of warmup
-    min_lr: float = 1e-4        # floor the cosine decays to at the last step
+    name: str = "adamw"         # adamw, or muon: Muon on the hidden matrices, AdamW on the rest
+    lr: float = 1e-3            # (AdamW's) peak learning rate, reached at the end of warmup
+    min_lr: float = 1e-4        # floor the schedule decays to at the last step
     warmup_steps: int = 100
+    schedule: str = "cosine"    # cosine (warmup + cosine) or wsd (warmup, stable, linear decay)
+    decay_fraction: float = 0.2  # wsd: the linear decay takes this last fraction of train.steps
     weight_decay: float = 0.1   # decoupled, multiplied by lr (torch / optax convention)
     b1: float = 0.9
     b2: float = 0.99
     eps: float = 1e-8
     clip_norm: float = 1.0      # global-norm clipping; 0 disables
     decay_embeddings: bool = True
+    muon_lr: float = 0.02       # Muon's peak rate (Jordan et al.'s reference); the schedule scales it as lr
+    muon_momentum: float = 0.95
+    muon_weight_decay: float = 0.0
 
     def __post_init__(self):
+        from .optimizers import OPTIMIZERS, SCHEDULES  # they build on this module
+        check(self.name in OPTIMIZERS, f"optim.name={self.name!r} is not one of {', '.join(OPTIMIZERS)}")
+        check(self.schedule in SCHEDULES, f"optim.schedule={self.schedule!r} is not one of {', '.join(SCHEDULES)}")
         check(math.isfinite(self.lr) and self.lr > 0, f"optim.lr={self.lr!r} must be > 0")
+        check(math.isfinite(self.muon_lr) and self.muon_lr > 0, f"optim.muon_lr={self.muon_lr!r} must be > 0")
         check(0 <= self.min_lr <= self.lr, f"optim.min_lr={self.min_lr!r} must be in [0, optim.lr={self.lr!r}]")
         check(self.warmup_steps >= 0, f"optim.warmup_steps={self.warmup_steps} must be >= 0")
-        check(self.weight_decay >= 0, f"optim.weight_decay={self.weight_decay!r} must be >= 0")
-        for n in ("b1", "b2"):
+        check(0 < self.decay_fraction <= 1, f"optim.decay_fraction={self.decay_fraction!r} must be in (0, 1]")
+        for n in ("weight_decay", "muon_weight_decay"):
+            v = getattr(self, n)
+            check(v >= 0, f"optim.{n}={v!r} must be >= 0")
+        for n in ("b1", "b2", "muon_momentum"):
             v = getattr(self, n)
             check(0 <= v < 1, f"optim.{n}={v!r} must be in [0, 1)")
         check(self.eps > 0, f"optim.eps={self.eps!r} must be > 0")

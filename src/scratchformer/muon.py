@@ -165,10 +165,12 @@ def hybrid_init(params, muon_mask) -> HybridState:
 
 
 def hybrid_update(grads, state: HybridState, params, *, muon_lr, adam_lr, muon_mask, decay_mask=None,
-                  b1: float, b2: float, eps: float, weight_decay: float = 0.0, **muon_kw):
+                  b1: float, b2: float, eps: float, weight_decay: float = 0.0,
+                  muon_weight_decay: float | None = None, **muon_kw):
     """One step of Muon on the leaves where muon_mask is True and of optim.adamw_update
-    (b1, b2, eps) on the others, each with its own learning rate. weight_decay is
-    decoupled and multiplied by the leaf's learning rate, where decay_mask is True.
+    (b1, b2, eps) on the others, each with its own learning rate. Weight decay is
+    decoupled and multiplied by the leaf's learning rate, where decay_mask is True:
+    weight_decay on the AdamW leaves, muon_weight_decay (None: weight_decay) on Muon's.
     muon_kw go to muon_update (momentum, nesterov, ns_steps, ns_dtype, rms_scale, ns_eps).
     The masks are trees of Python bools (static under jit): `muon_mask(params)` and
     optim.decay_mask(params)."""
@@ -176,7 +178,9 @@ def hybrid_update(grads, state: HybridState, params, *, muon_lr, adam_lr, muon_m
         decay_mask = jax.tree.map(lambda _: True, params)
     parts = [(_part(t, muon_mask, True), _part(t, muon_mask, False)) for t in (grads, params, decay_mask)]
     (g_m, g_a), (p_m, p_a), (d_m, d_a) = parts
-    new_m, muon_state = muon_update(g_m, state.muon, p_m, lr=muon_lr, weight_decay=weight_decay, mask=d_m,
+    if muon_weight_decay is None:
+        muon_weight_decay = weight_decay
+    new_m, muon_state = muon_update(g_m, state.muon, p_m, lr=muon_lr, weight_decay=muon_weight_decay, mask=d_m,
                                     **muon_kw)
     new_a, adam_state = adamw_update(g_a, state.adam, p_a, lr=adam_lr, b1=b1, b2=b2, eps=eps,
                                      weight_decay=weight_decay, mask=d_a)

@@ -24,12 +24,12 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from .config import RunConfig, task_class
 from .memory import check_fits, program_bytes, tree_bytes
-from .optim import AdamWState, adamw_init, adamw_update, clip_by_global_norm, decay_mask
+from .optim import clip_by_global_norm
+from .optimizers import optimizer, schedule
 from .parallel import (batch_sharding, bytes_per_device, check_batch, host_value, is_main, make_mesh, put_global,
                        replicated, state_shardings)
 from .progress import training_bar
 from .runs import RunFolder
-from .schedule import warmup_cosine
 from .stop import StopRequest
 from .train_run import Checkpoints, Metrics, TrainingDiverged, TrainingInterrupted, footprint, header, start_state
 
@@ -39,14 +39,14 @@ __all__ = ["TrainState", "TrainingDiverged", "TrainingInterrupted", "fit", "dry_
 class TrainState(NamedTuple):
     step: jax.Array        # int32 scalar: optimizer steps taken
     params: Any
-    opt_state: AdamWState
+    opt_state: Any         # the state of optim.name's optimizer (optim.AdamWState, muon.HybridState)
     rng: jax.Array         # uint32[2] PRNG key of the run
 
 
 def init_state(cfg: RunConfig) -> TrainState:
     k_init, k_run = jax.random.split(jax.random.PRNGKey(cfg.train.seed))
     params = task_class(cfg.task).init_params(k_init, cfg.model)
-    return TrainState(jnp.zeros((), jnp.int32), params, adamw_init(params), k_run)
+    return TrainState(jnp.zeros((), jnp.int32), params, optimizer(cfg.optim, params).init(params), k_run)
 
 
 def run_key(cfg: RunConfig):
@@ -66,9 +66,8 @@ def state_template(cfg: RunConfig):
 
 
 def lr_at(cfg: RunConfig, step):
-    o = cfg.optim
-    return warmup_cosine(step, peak=o.lr, min_lr=o.min_lr, warmup_steps=o.warmup_steps,
-                         total_steps=cfg.train.steps)
+    """optim.lr's rate at `step` under optim.schedule (Muon's rate keeps its ratio to it)."""
+    return schedule(cfg.optim, cfg.train.steps)(step)
 
 
 def make_train_step(cfg: RunConfig, micro_sharding=None):
@@ -76,7 +75,7 @@ def make_train_step(cfg: RunConfig, micro_sharding=None):
     o, t = cfg.optim, cfg.train
     loss_fn = partial(task_class(cfg.task).loss, cfg=cfg.model, train=True, label_smoothing=t.label_smoothing)
     grad_fn = jax.value_and_grad(lambda p, b, k: loss_fn(p, b, key=k), has_aux=True)
-    mask = decay_mask(state_template(cfg).params, decay_embeddings=o.decay_embeddings)
+    opt = optimizer(o, state_template(cfg).params)
 
     def summed_grads(params, batch, key):
         """(sum of token losses, sum of weights, gradient of the sum) over the batch,
@@ -105,13 +104,12 @@ def make_train_step(cfg: RunConfig, micro_sharding=None):
         loss = s / w
         grads, norm = clip_by_global_norm(jax.tree.map(lambda x: x / w, g), o.clip_norm)
         lr = lr_at(cfg, state.step)
-        params, opt = adamw_update(grads, state.opt_state, state.params, lr=lr, b1=o.b1, b2=o.b2,
-                                   eps=o.eps, weight_decay=o.weight_decay, mask=mask)
+        params, opt_state = opt.update(grads, state.opt_state, state.params, lr)
         if t.skip_nonfinite:
             ok = jnp.isfinite(loss) & jnp.isfinite(norm)
-            params, opt = jax.tree.map(lambda new, old: jnp.where(ok, new, old),
-                                       (params, opt), (state.params, state.opt_state))
-        return (TrainState(state.step + 1, params, opt, state.rng),
+            params, opt_state = jax.tree.map(lambda new, old: jnp.where(ok, new, old),
+                                             (params, opt_state), (state.params, state.opt_state))
+        return (TrainState(state.step + 1, params, opt_state, state.rng),
                 {"loss": loss, "grad_norm": norm, "lr": lr})
 
     return train_step
@@ -182,7 +180,7 @@ def _allocated(data) -> int:
 
 
 def _advice(fsdp: bool, n_devices: int) -> str:
-    more = "; fsdp splits the parameters and AdamW state over the devices" if n_devices > 1 and not fsdp else ""
+    more = "; fsdp splits the parameters and optimizer state over the devices" if n_devices > 1 and not fsdp else ""
     return ("choose a smaller model or train.batch_size (train.grad_accum keeps the tokens per step with a smaller "
             f"batch){more}")
 
