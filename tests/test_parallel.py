@@ -1,5 +1,6 @@
 """Scale-out proofs on CPU: 4 fake devices (data parallel and FSDP) and two processes
-on 127.0.0.1 train exactly like one device; checkpoints move between device counts."""
+on 127.0.0.1 (reading a text, or streaming token files) train exactly like one device;
+checkpoints move between device counts."""
 
 import json
 import os
@@ -99,13 +100,21 @@ def _free_port():
         return sock.getsockname()[1]
 
 
-def test_two_processes_on_localhost_equal_one(corpus, single, tmp_path):
+@pytest.mark.parametrize("streamed", [False, True])
+def test_two_processes_on_localhost_equal_one(corpus, single, tmp_path, streamed):
+    """Also with the text as token files streamed from disk (each process reading its
+    own devices' rows): the same batches, so the same run as one device on the text."""
     out = tmp_path / "mp"
     port = _free_port()
+    data, extra = str(corpus), []
+    if streamed:
+        from scratchformer.data.tokens import prepare
+        prepare([corpus], tmp_path / "tok")
+        data, extra = str(tmp_path / "tok"), ["--set", "data.stream=on"]
     procs = []
     for pid in range(2):
-        cmd = [sys.executable, "-m", "scratchformer.cli", "train", "lm", "--data", str(corpus), "--out", str(out),
-               *ARGS, "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(pid)]
+        cmd = [sys.executable, "-m", "scratchformer.cli", "train", "lm", "--data", data, "--out", str(out),
+               *ARGS, *extra, "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(pid)]
         procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                       env={**os.environ, **devices(2)}))
     results = [p.communicate(timeout=600) for p in procs]

@@ -37,7 +37,7 @@ class WindowStream:
         self._fd, self._dtype = os.open(tokens.filename, os.O_RDONLY), tokens.dtype
         self._base = tokens.offset
         self.sharding = self.sharding_of(mesh)
-        cpu = jax.devices("cpu")[0]
+        cpu = jax.local_devices(backend="cpu")[0]  # this process's: the window starts are computed apart
         self._rng = jax.device_put(rng, cpu)
         self._starts = jax.jit(lambda r, steps: jax.vmap(
             lambda s: window_starts(key_of(r, s), len(tokens), block=block, batch=batch))(steps))
