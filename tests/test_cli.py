@@ -224,6 +224,8 @@ def test_eval_on_a_text_of_ones_choice(tmp_path, lm_run, corpus, capsys):
     got = json.loads(out)
     assert code == 0 and err == "" and got["tokens"] == own["val_tokens"] == len(val.read_text()) - 1
     assert got["loss"] == pytest.approx(own["val_loss"], rel=1e-6) and got["step"] == own["step"]
+    # an ASCII text: one byte a character, so bits per byte is the loss in bits
+    assert got["bits_per_byte"] == pytest.approx(got["loss"] / np.log(2), rel=1e-9) == own["bits_per_byte"]
 
     task, params, _ = runs.load(lm_run)
     block = task.cfg.model.block_size
@@ -239,7 +241,7 @@ def test_eval_on_a_text_of_ones_choice(tmp_path, lm_run, corpus, capsys):
     for n in (block + 1, block + 2, 2 * block + 1, 700 * block + 5):
         ids = np.resize(task.tokenizer.encode(whole), n)
         seen = []
-        _, scored = task.loss_on(params, ids, on_scored=seen.append)
+        _, scored, _ = task.loss_on(params, ids, on_scored=seen.append)
         assert sum(seen) == scored == n - 1
         windows = len(text.eval_windows(ids, block)["inputs"])
         assert len(seen) == -(-windows // eval_chunk(block, task.cfg.model.n_head))
