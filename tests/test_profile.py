@@ -16,7 +16,7 @@ from conftest import ROOT
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from profile_step import has_stack_frames, source_of_instructions, trace_durations  # noqa: E402
 
-from scratchformer import layers  # noqa: E402
+from scratchformer import kernels  # noqa: E402
 
 # The attribution reads the optimized HLO's stack-frame table, which older XLA releases
 # (jax 0.6.2, the newest for Python 3.10) do not write; the script says so and stops.
@@ -27,18 +27,18 @@ pytestmark = pytest.mark.skipif(not has_stack_frames(jax.jit(jnp.tanh).lower(jnp
 def test_instructions_are_attributed_to_their_source_lines():
     p = {"w": jnp.ones((8, 4)), "b": jnp.zeros(4)}
     x = jnp.ones((2, 3, 8))
-    hlo = jax.jit(jax.grad(lambda p, x: jnp.sum(jnp.tanh(layers.linear(p, x))))).lower(p, x).compile().as_text()
+    hlo = jax.jit(jax.grad(lambda p, x: jnp.sum(jnp.tanh(kernels.linear(p, x))))).lower(p, x).compile().as_text()
     dots = {where for where, opcode in source_of_instructions(hlo).values() if opcode in ("dot", "fusion")
-            and "layers.py" in where}
-    assert any(re.fullmatch(r"layers\.py:\d+ _matmul_fwd", w) for w in dots), dots
-    assert any(re.fullmatch(r"layers\.py:\d+ linear \(backward\)", w) for w in dots), dots
+            and "kernels.py" in where}
+    assert any(re.fullmatch(r"kernels\.py:\d+ _matmul_fwd", w) for w in dots), dots
+    assert any(re.fullmatch(r"kernels\.py:\d+ fast_linear \(backward\)", w) for w in dots), dots
 
 
 def test_tuple_typed_instructions_are_found():
     """A GPU gemm returns (result, workspace): its type holds spaces, which the
     instruction pattern must step over. The CPU program's tuples stand in for it."""
     p = {"w": jnp.ones((8, 4)), "b": jnp.zeros(4)}
-    hlo = jax.jit(jax.grad(lambda p, x: jnp.sum(jnp.tanh(layers.linear(p, x))))).lower(p, jnp.ones((2, 8))).compile().as_text()
+    hlo = jax.jit(jax.grad(lambda p, x: jnp.sum(jnp.tanh(kernels.linear(p, x))))).lower(p, jnp.ones((2, 8))).compile().as_text()
     tuples = re.findall(r"^\s*(?:ROOT )?%?([\w.\-]+) = \(", hlo, flags=re.M)
     found = source_of_instructions(hlo)
     assert tuples and all(found[name][1] == "tuple" for name in tuples if "tuple" in name)
