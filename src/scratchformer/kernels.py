@@ -2,9 +2,10 @@
 steps' weight layout and global_norm's sums of squares.
 
 Each computes the same numbers as its textbook version (layers.linear and
-layers.layer_norm, `x + table`, `sum(x ** 2)`; the tests check values and gradients
-against them), in a form that XLA's CPU backend runs faster: backward passes written
-by hand, and sums written as products with a constant vector, which that backend runs
+layers.layer_norm, `x + table`, `sum(x ** 2)`), up to the rounding of a different
+order of summation; the tests check values and gradients against them. They are
+written in a form that XLA's CPU backend runs faster: backward passes written by
+hand, and sums written as products with a constant vector, which that backend runs
 as matrix-vector products instead of slower reduce calls.
 
 The model code (models.py, attention.py, decode.py, optim.py) calls `linear`,
