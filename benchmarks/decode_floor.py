@@ -4,7 +4,7 @@ Times, in one process, at the bench's gpt-small shape (6 layers, width 384):
   * floor: a jitted loop doing nothing but the 24 weight matrix-vector products of
     one decoding step (qkv, out, fc, proj per layer: 42.5 MB of f32 weights read per
     token) plus a residual add, 1,000 times, with the weights stored transposed as the
-    sampler keeps them for its one-token steps (W^T x; `layers.transposed_weights`),
+    sampler keeps them for its one-token steps (W^T x; `kernels.transposed_weights`),
     and again as x W (the training layout) for comparison;
   * cached: scratchformer's sampler (KV cache, temperature 0.8), 1,000 tokens, timed by
     the bench's own bench_sample;
