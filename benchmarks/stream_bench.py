@@ -41,7 +41,8 @@ def run(cmd) -> tuple[float, int]:
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
-    out, err = proc.stdout.read(), proc.stderr.read()
+    proc.stdout.read()
+    err = proc.stderr.read()
     if proc.returncode:
         sys.exit(f"{' '.join(cmd)} failed:\n{err}")
     return time.perf_counter() - t0, usage.ru_maxrss * 1024
