@@ -207,7 +207,7 @@ def fit(task, out_dir, *, resume: bool = False, fsdp: bool = False, progress: bo
         print(header(task, p.n_params, program_bytes(p.call), out_dir), file=sys.stderr)
     start = step = int(host_value(state.step))
     bar = training_bar(t.steps, start, enabled=progress and main, per_call=p.k)
-    metrics = Metrics(run if main else None, task, bar, start)
+    metrics = Metrics(run if main else None, task, bar)
     saves = Checkpoints(run, task, main, best_val)
     feed = task.feed(p.data, run_key(task.cfg), start, p.k)
     stop = StopRequest(enabled=jax.process_count() == 1).install()

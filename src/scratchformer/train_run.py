@@ -86,7 +86,7 @@ class Metrics:
     None on processes other than 0), the progress report, and a stop on a step whose
     loss or gradient is not finite (unless train.skip_nonfinite)."""
 
-    def __init__(self, run: RunFolder | None, task, bar, start: int):
+    def __init__(self, run: RunFolder | None, task, bar):
         self.run, self.task, self.bar = run, task, bar
         self.pending = None       # (first step, metrics) of the call in flight
         self.rate_from = None     # (time, step) after the first call: a rate of steady calls

@@ -195,15 +195,13 @@ class LMTask(DrawnOnDevice):
                             "one: train with LMTask.from_file or the command line")
         src = Path(str(d["path"]))
         if src.is_dir():
-            fresh = LMTask.from_token_files(self.cfg, src)
+            fresh, what = LMTask.from_token_files(self.cfg, src), "token files"
         elif not src.is_file():
             raise DataError(f"the run's text file {src} is gone; evaluation needs it")
-        elif text.file_identity(src)["sha256"] != d.get("sha256"):
-            raise DataError(f"the run's text file {src} changed since training (sha256 differs)")
-        else:
-            fresh = LMTask.from_file(self.cfg, src)
+        else:  # from_file hashes the file once; its source is compared below
+            fresh, what = LMTask.from_file(self.cfg, src), "text file"
         if fresh.source["sha256"] != d.get("sha256"):
-            raise DataError(f"the run's token files {src} changed since training (sha256 differs)")
+            raise DataError(f"the run's {what} {src} changed since training (sha256 differs)")
         if fresh.tokenizer.to_json() != self.tokenizer.to_json():
             raise DataError(f"the vocabulary of {src} differs from the checkpoint's")
         return fresh
