@@ -16,7 +16,9 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import jax
@@ -84,6 +86,28 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     fsync_dir(path.parent)
 
 
+@contextmanager
+def atomic_folder(out: Path, *, option: str = "out"):
+    """Build a new folder `out` whole or not at all: yields a temporary folder beside it,
+    renamed to `out` when the block ends without an exception, removed otherwise."""
+    out = Path(out)
+    if out.exists():
+        raise CheckpointError(f"{out} already exists; choose a new folder", option=option)
+    if not out.parent.is_dir():
+        raise CheckpointError(f"{out}: the folder {out.parent} does not exist", option=option)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's folder is private; the result is an ordinary folder
+    try:
+        yield tmp
+        os.rename(tmp, out)
+        fsync_dir(out.parent)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 def to_host(tree) -> dict[str, np.ndarray]:
     """Gather every leaf to this host as numpy (sharded arrays are gathered whole)."""
     from .parallel import host_value
@@ -148,6 +172,11 @@ def read_meta(path: Path) -> dict:
     except (ValueError, KeyError, TypeError):
         raise CheckpointError(f"checkpoint {path} is truncated or corrupted") from None
     return meta
+
+
+def subtree(tensors: dict[str, np.ndarray], name: str) -> dict[str, np.ndarray]:
+    """The tensors under `name.` (a checkpoint's `params.*`), with that prefix taken off."""
+    return {k[len(name) + 1:]: v for k, v in tensors.items() if k.startswith(name + ".")}
 
 
 def restore(tensors: dict[str, np.ndarray], template, *, source="checkpoint"):

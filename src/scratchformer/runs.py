@@ -109,17 +109,18 @@ def config_of(meta: dict, path):
 
 def load(run_dir, *, which: str = "best", with_data: bool = False):
     """Returns (task, params, meta). `run_dir`: a run folder (its best checkpoint, or its
-    latest without one), or one checkpoint file. with_data also reloads the data the
+    latest without one), or one checkpoint file: a training state's, or weights alone
+    (an imported model's). with_data also reloads the data the
     run trained on (an LM's text) for evaluation."""
     from .train import state_template
     path = checkpoint_path(run_dir, which)
     tensors, meta = ckpt.read(path)
     cfg = config_of(meta, path)
     task = task_class(cfg.task).from_meta(cfg, meta.get("task_meta") or {})
-    state = ckpt.restore(tensors, state_template(task.cfg), source=str(path))
+    params = ckpt.restore(ckpt.subtree(tensors, "params"), state_template(task.cfg).params, source=str(path))
     if with_data:
         task = task.with_training_data(meta, run_dir)
-    return task, state.params, meta
+    return task, params, meta
 
 
 def saved_config(run_dir, task: str):

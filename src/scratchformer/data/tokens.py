@@ -15,13 +15,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from ..checkpoint import atomic_folder
 from ..errors import DataError
 from .bpe import END_OF_TEXT, BpeTokenizer, tokenizer_from_json
 from .text import CharTokenizer, sha256_file
@@ -105,7 +103,7 @@ def prepare(paths, out, *, tokenizer: str = "char", vocab_size: int | None = Non
     (the vocabulary of the text) or "bpe" (trained here to `vocab_size`, unless
     `gpt2` = (vocab.json, merges.txt) gives GPT-2's own). Returns meta.json's content."""
     out = Path(out)
-    if out.exists():
+    if out.exists():  # before the texts are read (atomic_folder checks again)
         raise DataError(f"{out} already exists; choose a new folder", option="out")
     if not out.parent.is_dir():
         raise DataError(f"{out}: the folder {out.parent} does not exist", option="out")
@@ -115,16 +113,8 @@ def prepare(paths, out, *, tokenizer: str = "char", vocab_size: int | None = Non
         raise DataError(f"{tokenizer!r} is not one of {', '.join(TOKENIZERS)}", option="tokenizer")
     files = source_files(paths)
     tok = _make_tokenizer(files, tokenizer, vocab_size, gpt2)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's folder is private; the result is an ordinary folder
-    try:
+    with atomic_folder(out) as tmp:
         meta = _write(files, tok, tmp, val_fraction, progress)
-        os.rename(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return meta
 
 
