@@ -74,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "its folder (to train that run again), or any part of one; applied after --preset, before --set")
     t.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set model.n_layer=2 (repeatable)")
+    t.add_argument("--init-from", metavar="RUN", help="start from this run's weights and tokenizer (a run folder, "
+                   "a checkpoint, or an imported GPT-2) with a fresh optimizer: fine-tuning (default preset "
+                   "gpt2-finetune for lm)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint "
                    "(Ctrl-C saves one and stops; a second Ctrl-C stops at once)")
     t.add_argument("--fsdp", action="store_true", help="shard parameters and optimizer state across devices")
@@ -132,6 +135,20 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--val-fraction", type=_number(float, 0, 1, open_low=True), default=0.1,
                     help="the last part of the tokens held out for validation (default 0.1)")
 
+    im = sub.add_parser("import", help="make a run folder of a Hugging Face GPT-2 (to sample, eval, fine-tune)",
+                        description="Make a run folder of a GPT2LMHeadModel folder as `huggingface-cli download gpt2` "
+                        "or save_pretrained leaves it: config.json, model.safetensors, vocab.json, merges.txt.")
+    im.add_argument("kind", choices=["gpt2"], help="the model family (gpt2: any GPT2LMHeadModel)")
+    im.add_argument("src", metavar="DIR", help="the Hugging Face folder")
+    im.add_argument("--out", required=True, help="the run folder to write (must not exist)")
+
+    ex = sub.add_parser("export", help="write an lm run as a Hugging Face GPT-2 folder",
+                        description="Write a decoder-only run as a folder that transformers' "
+                        "GPT2LMHeadModel.from_pretrained loads: config.json, model.safetensors, and the tokenizer "
+                        "(vocab.json and merges.txt for a byte-level BPE run).")
+    ex.add_argument("dir", metavar="DIR", help=RUN_HELP)
+    ex.add_argument("--out", required=True, help="the folder to write (must not exist)")
+
     b = sub.add_parser("bench", help="measure training and sampling speed on this machine")
     b.add_argument("--json", action="store_true", help="print one JSON object")
     b.add_argument("--quick", action="store_true", help="fewer repetitions (for a smoke test)")
@@ -169,7 +186,7 @@ def cmd_train(a) -> int:
     from .parallel import initialize_distributed
     initialize_distributed(a.coordinator, a.num_processes, a.process_id)
 
-    from . import runs
+    from . import finetune, runs
     from .config import cpu_note, make_config, overrides_from_file, parse_set_args, task_class
     from .errors import UsageError
     from .train import dry_run, fit
@@ -177,19 +194,27 @@ def cmd_train(a) -> int:
     overrides = {**(overrides_from_file(a.config, a.task) if a.config else {}), **parse_set_args(a.sets)}
     overrides.update({k: str(v) for k, v in (("train.steps", a.steps), ("train.seed", a.seed)) if v is not None})
     spec = task_class(a.task)
-    preset = a.preset or spec.default_preset
+    preset = a.preset or (spec.finetune_preset if a.init_from else spec.default_preset)
     out = a.out or f"runs/{a.task}-{preset}-{time.strftime('%Y%m%d-%H%M%S')}"
     if a.resume and not a.out:
         raise UsageError("--resume needs --out DIR, the run to continue")
-    resumed = a.resume and not (a.preset or overrides)  # continue exactly the run that was started
-    cfg = runs.saved_config(out, a.task) if resumed else make_config(a.task, preset, overrides)
+    resumed = a.resume and not (a.preset or overrides or a.init_from)  # continue exactly the run that was started
+    init = finetune.source(a.init_from, a.task) if a.init_from else None
+    if resumed:
+        cfg = runs.saved_config(out, a.task)
+    elif init is not None:
+        cfg = finetune.config(a.task, preset, overrides, init, a.init_from)
+    else:
+        cfg = make_config(a.task, preset, overrides)
     note = cpu_note(cfg, preset)
     if note:
         print(f"scratchformer: note: {note}", file=sys.stderr)
     data = a.data if a.data is not None or not a.resume else runs.training_source(out)
     if a.data is None and data is not None and not Path(data).is_file():
         raise UsageError(f"--resume: the run's text file {data} is gone; pass --data FILE with the same text")
-    task = spec.from_data(cfg, data)
+    if init is None and cfg.train.init_from:  # a resumed fine-tune reads its data as its source did
+        init = finetune.source(cfg.train.init_from, a.task)
+    task = spec.from_data(cfg, data, like=init)
     if a.dry_run:
         plan = dry_run(task, out, fsdp=a.fsdp)
         print(plan["header"])
@@ -262,6 +287,20 @@ def cmd_prepare(a) -> int:
     return 0
 
 
+def cmd_import(a) -> int:
+    from .gpt2 import import_gpt2
+    m = import_gpt2(a.src, a.out).model
+    print(f"{a.out}: GPT-2 of {m.n_layer} layers x {m.d_model} wide, {m.n_head} heads, context {m.block_size:,}, "
+          f"{m.vocab_size:,} symbols; sample, eval --data FILE, or train lm --init-from {a.out}")
+    return 0
+
+
+def cmd_export(a) -> int:
+    from .gpt2 import export_gpt2
+    print(f"{export_gpt2(a.dir, a.out)}: loads with transformers' GPT2LMHeadModel.from_pretrained")
+    return 0
+
+
 def cmd_bench(a) -> int:
     from .bench import main as bench_main
     return bench_main(as_json=a.json, quick=a.quick)
@@ -293,7 +332,7 @@ def main(argv=None) -> int:
             parser.print_help()
             return 2
         return {"train": cmd_train, "eval": cmd_eval, "sample": cmd_sample, "plot": cmd_plot,
-                "prepare": cmd_prepare, "bench": cmd_bench}[a.command](a)
+                "prepare": cmd_prepare, "import": cmd_import, "export": cmd_export, "bench": cmd_bench}[a.command](a)
     except ScratchformerError as e:
         print(_error_line(e), file=sys.stderr)
         return 2

@@ -141,6 +141,7 @@ class TrainConfig:
     seed: int = 0
     label_smoothing: float = 0.0
     skip_nonfinite: bool = False  # skip a step whose loss/gradient is NaN/inf instead of stopping
+    init_from: str = ""           # a run (folder or checkpoint) whose weights this run starts from (finetune.py)
 
     def __post_init__(self):
         check_positive(self, "train", "batch_size", "steps", "grad_accum", "steps_per_call",

@@ -179,7 +179,7 @@ def lm_snippet(task, params, meta: dict, run_dir, length: int = 40) -> tuple[np.
     except DataError:
         ids = generate(params, task.cfg.model, [0], length - 1, seed=0, temperature=0.8)
         return ids, "the model's own sample (the run's text file is not at hand)"
-    newline = task.tokenizer.chars.find("\n")
+    newline = task.tokenizer.encode("\n")[-1]  # one symbol for characters and byte-level BPE alike
     starts = np.flatnonzero((val[:-length - 1] == newline) & (val[1:-length] != newline))
     start = int(starts[0]) + 1 if len(starts) else 0
     return val[start:start + length], "held-out text"
@@ -234,7 +234,10 @@ def plot_run(run_dir) -> list[Path]:
         raise UsageError(f"{run_dir} is a file; plot takes the run folder (it reads metrics.jsonl beside the "
                          "checkpoints)")
     task, params, meta = runs.load(run_dir)
-    return [plot_loss(run_dir, task.tokens_per_step(task.cfg), task.unit), task.plot_attention(run_dir, params, meta)]
+    attention = task.plot_attention(run_dir, params, meta)
+    if meta.get("imported_from") and not (Path(run_dir) / "metrics.jsonl").exists():
+        return [attention]  # imported weights: no training of ours to plot
+    return [plot_loss(run_dir, task.tokens_per_step(task.cfg), task.unit), attention]
 
 
 def read_run(run_dir) -> dict:

@@ -54,7 +54,12 @@ def start_state(run: RunFolder, task, shardings, *, resume: bool, main: bool):
             run.write_json("config.json", cfg.to_dict())
             for name, text in task.run_files().items():  # the tokenizer, for tools of one's own
                 run.write_text(name, text)
-        return init_sharded_state(cfg, shardings), math.inf
+        state = init_sharded_state(cfg, shardings)
+        if cfg.train.init_from:  # a fine-tune: the source run's weights, a fresh optimizer
+            from .finetune import start_params
+            from .parallel import put_global
+            state = state._replace(params=put_global(start_params(cfg), shardings.params))
+        return state, math.inf
     tensors, meta = ckpt.read(path)
     saved = config_of(meta, path)
     if saved != cfg:

@@ -76,6 +76,10 @@ class BpeTokenizer:
     def to_json(self) -> str:
         return self._tok.to_str()
 
+    def save_vocab_merges(self, folder) -> None:
+        """GPT-2's two files, vocab.json and merges.txt, of this tokenizer into `folder`."""
+        self._tok.model.save(str(folder))
+
     def __len__(self) -> int:
         return self._tok.get_vocab_size()
 
@@ -97,7 +101,6 @@ class BpeTokenizer:
 
     def decode(self, ids) -> str:
         return self._tok.decode(np.asarray(ids).tolist(), skip_special_tokens=False)
-
 
     def token_bytes(self) -> np.ndarray:
         """Bytes of text each id stands for (0 for <|endoftext|> and other special

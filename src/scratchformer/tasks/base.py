@@ -20,6 +20,7 @@ class Task(Protocol):
     Data: ClassVar[type]             # the task's data section of the config (a frozen dataclass)
     presets: ClassVar[dict[str, dict[str, Any]]]  # named overrides, applied like --set
     default_preset: ClassVar[str]
+    finetune_preset: ClassVar[str]  # the default with --init-from
     sample_options: ClassVar[dict[str, Any]]      # `sample`'s options and their defaults
     eval_options: ClassVar[dict[str, Any]]        # `eval`'s options and their defaults
     cfg: RunConfig
@@ -33,7 +34,7 @@ class Task(Protocol):
     @classmethod
     def tokens_per_step(cls, cfg: RunConfig) -> int: ...
     @classmethod
-    def from_data(cls, cfg: RunConfig, path=None) -> "Task": ...
+    def from_data(cls, cfg: RunConfig, path=None, like=None) -> "Task": ...
     @classmethod
     def from_meta(cls, cfg: RunConfig, meta: dict) -> "Task": ...
     @staticmethod

@@ -58,6 +58,7 @@ class TextData:
         check(self.stream in STREAM, f"data.stream={self.stream!r} is not one of {', '.join(STREAM)}")
 
 
+FINETUNE_PRESET = "gpt2-finetune"
 PRESETS = {
     # Tuned on a 2-core CPU for a low validation loss within ~45 s (README, results).
     "cpu-quick": {
@@ -66,6 +67,16 @@ PRESETS = {
         "optim.lr": 5e-3, "optim.min_lr": 5e-4, "optim.warmup_steps": 30,
         "train.batch_size": 16, "train.steps": 1500, "train.eval_every": 250,
         "train.checkpoint_every": 500, "train.steps_per_call": 25,
+    },
+    # Fine-tuning a run (train lm --init-from RUN; the default preset then), as nanoGPT's
+    # finetune_shakespeare: a small constant-ish rate, few steps. block_size 256 keeps the
+    # first 256 of GPT-2's 1,024 positions: a step on a 2-core CPU takes seconds, not
+    # tens of seconds (README, "GPT-2").
+    FINETUNE_PRESET: {
+        "model.block_size": 256, "model.dropout": 0.0,
+        "optim.lr": 3e-5, "optim.min_lr": 3e-5, "optim.warmup_steps": 0, "optim.weight_decay": 0.0,
+        "train.batch_size": 8, "train.steps": 200, "train.eval_every": 50, "train.checkpoint_every": 50,
+        "train.steps_per_call": 1, "data.eval_windows": 32,
     },
     # Tuned on a 2-core CPU for a low validation loss within 10 minutes (README, results).
     "cpu": {
@@ -89,6 +100,18 @@ PRESETS = {
 }
 
 
+def encode(tokenizer, corpus: str, what) -> np.ndarray:
+    """`corpus` as token ids; a one-line DataError (option data) for characters that a
+    character tokenizer has no token for."""
+    if tokenizer.kind == "char":
+        unknown = sorted(set(corpus) - set(tokenizer.chars))
+        if unknown:
+            raise DataError(f"{what} holds {len(unknown)} character(s) the model has no token for "
+                            f"({text.named_characters(unknown)}); it knows the {len(tokenizer)} characters "
+                            "of the text it trained on", option="data")
+    return tokenizer.encode(corpus)
+
+
 class LMTask(DrawnOnDevice):
     """Language model on a text, or on token files."""
 
@@ -98,6 +121,7 @@ class LMTask(DrawnOnDevice):
     Data = TextData
     presets = PRESETS
     default_preset = "cpu"
+    finetune_preset = FINETUNE_PRESET  # with --init-from
     sample_options = {"prompt": "\n", "tokens": 500, "temperature": 0.8, "top_k": 0, "top_p": 1.0, "seed": 0,
                       "no_cache": False}
     # data: score this text file instead of the validation split; windows: only that many
@@ -138,34 +162,44 @@ class LMTask(DrawnOnDevice):
 
     # ------------------------------------------------------------ construction
     @classmethod
-    def from_text(cls, cfg: RunConfig, corpus: str) -> "LMTask":
-        tok = text.CharTokenizer.from_text(corpus)
-        return cls(cfg, tok, tok.encode(corpus))
+    def from_text(cls, cfg: RunConfig, corpus: str, tokenizer=None) -> "LMTask":
+        """The task on a text: its own characters are the vocabulary, or `tokenizer`
+        (a fine-tune's: the run it starts from) encodes it."""
+        tok = tokenizer or text.CharTokenizer.from_text(corpus)
+        return cls(cfg, tok, encode(tok, corpus, "the text"))
 
     @classmethod
-    def from_file(cls, cfg: RunConfig, path) -> "LMTask":
+    def from_file(cls, cfg: RunConfig, path, tokenizer=None) -> "LMTask":
         """from_text on a UTF-8 file, remembering which file (its absolute path and
         sha256) so that `eval` can find it again and a resumed run can check it."""
-        task = cls.from_text(cfg, text.read_text(path))
+        corpus = text.read_text(path)
+        tok = tokenizer or text.CharTokenizer.from_text(corpus)
+        task = cls(cfg, tok, encode(tok, corpus, path))
         task.source = text.file_identity(path)
         return task
 
     @classmethod
-    def from_token_files(cls, cfg: RunConfig, folder) -> "LMTask":
+    def from_token_files(cls, cfg: RunConfig, folder, tokenizer=None) -> "LMTask":
         """The task on a folder of token files (`scratchformer prepare`), its tokenizer
-        theirs; the splits stay on disk (memmaps) until used."""
+        theirs (which must be `tokenizer`, where one is given); the splits stay on disk
+        (memmaps) until used."""
         files = TokenFiles(folder)
+        if tokenizer is not None and files.tokenizer.to_json() != tokenizer.to_json():
+            raise DataError(f"{folder} was prepared with another tokenizer than the run's; prepare the text with "
+                            "the run's (for GPT-2: --tokenizer bpe --gpt2 vocab.json merges.txt)", option="data")
         task = cls(cfg, files.tokenizer, splits=(files.train, files.val))
         task.source = files.identity()
         return task
 
     @classmethod
-    def from_data(cls, cfg: RunConfig, path=None) -> "LMTask":
+    def from_data(cls, cfg: RunConfig, path=None, like=None) -> "LMTask":
         """The task on a text file or a token-file folder; Tiny Shakespeare (downloaded
-        once) without one."""
+        once) without one. `like`: the task of the run a fine-tune starts from, whose
+        tokenizer the data is read with."""
+        tok = like.tokenizer if like is not None else None
         if path is not None and Path(path).is_dir():
-            return cls.from_token_files(cfg, path)
-        return cls.from_file(cfg, path if path is not None else text.shakespeare_path())
+            return cls.from_token_files(cfg, path, tok)
+        return cls.from_file(cfg, path if path is not None else text.shakespeare_path(), tok)
 
     @classmethod
     def from_meta(cls, cfg: RunConfig, meta: dict) -> "LMTask":
@@ -190,21 +224,29 @@ class LMTask(DrawnOnDevice):
         """The task again with the text it trained on (its splits), after checking that
         the file is still there and unchanged; a one-line DataError otherwise."""
         d = meta.get("data") or {}
+        if meta.get("imported_from"):
+            raise DataError(f"{run_dir} is an imported model with no data of its own; evaluate it on a text "
+                            "with --data FILE")
         if not d.get("path"):
             raise DataError(f"{run_dir} records no text file (trained with LMTask.from_text); evaluation needs "
                             "one: train with LMTask.from_file or the command line")
         src = Path(str(d["path"]))
         if src.is_dir():
-            fresh, what = LMTask.from_token_files(self.cfg, src), "token files"
+            fresh, what = LMTask.from_token_files(self.cfg, src, self._own_tokenizer()), "token files"
         elif not src.is_file():
             raise DataError(f"the run's text file {src} is gone; evaluation needs it")
         else:  # from_file hashes the file once; its source is compared below
-            fresh, what = LMTask.from_file(self.cfg, src), "text file"
+            fresh, what = LMTask.from_file(self.cfg, src, self._own_tokenizer()), "text file"
         if fresh.source["sha256"] != d.get("sha256"):
             raise DataError(f"the run's {what} {src} changed since training (sha256 differs)")
         if fresh.tokenizer.to_json() != self.tokenizer.to_json():
             raise DataError(f"the vocabulary of {src} differs from the checkpoint's")
         return fresh
+
+    def _own_tokenizer(self):
+        """The tokenizer to read the run's data with again: a BPE's is the run's; a
+        character run's is rebuilt from the text (and compared with the run's)."""
+        return self.tokenizer if self.tokenizer.kind != "char" else None
 
     # ------------------------------------------------------------ training
     init_params = staticmethod(init_lm)  # (key, model config) -> params
@@ -276,14 +318,7 @@ class LMTask(DrawnOnDevice):
     def evaluate_file(self, params, path, *, progress: bool = False, windows: int = 0) -> dict:
         """The loss on a text of the user's choosing, every token of it scored (or
         `windows` evenly spaced windows)."""
-        corpus = text.read_text(path)
-        if self.tokenizer.kind == "char":
-            unknown = sorted(set(corpus) - set(self.tokenizer.chars))
-            if unknown:
-                raise DataError(f"{path} holds {len(unknown)} character(s) the model has no token for "
-                                f"({text.named_characters(unknown)}); it knows the {len(self.tokenizer)} characters "
-                                "of the text it trained on", option="data")
-        ids = self.tokenizer.encode(corpus)
+        ids = encode(self.tokenizer, text.read_text(path), path)
         block = self.cfg.model.block_size
         if len(ids) <= block:
             raise DataError(f"{path} has {len(ids)} tokens; the model reads windows of model.block_size={block}, "
@@ -312,6 +347,9 @@ class LMTask(DrawnOnDevice):
         ids = self.tokenizer.encode(prompt)
         if len(ids) == 0:
             raise UsageError(f"the prompt {prompt!r} encodes to no tokens")
+        if len(ids) > self.cfg.model.block_size:
+            raise UsageError(f"the prompt is {len(ids):,} tokens long, longer than the model's context "
+                             f"(model.block_size={self.cfg.model.block_size:,}); give a shorter one", option="prompt")
         if tokens > MAX_SAMPLE_TOKENS:
             raise UsageError(f"tokens={tokens:,} must be at most {MAX_SAMPLE_TOKENS:,}")
         out = generate(params, self.cfg.model, ids, tokens, seed=seed,

@@ -58,6 +58,7 @@ class ReverseTask(DrawnOnDevice):
     Data = ReverseData
     presets = PRESETS
     default_preset = "default"
+    finetune_preset = "default"  # with --init-from
     sample_options = {"input": None, "beam": 1}
     eval_options = {"beam": 1}
     mesh = None
@@ -85,7 +86,7 @@ class ReverseTask(DrawnOnDevice):
 
     # ------------------------------------------------------------ construction
     @classmethod
-    def from_data(cls, cfg: RunConfig, path=None) -> "ReverseTask":
+    def from_data(cls, cfg: RunConfig, path=None, like=None) -> "ReverseTask":
         if path is not None:
             raise UsageError(f"{path}: the reverse task generates its data and reads no file", option="data")
         return cls(cfg)

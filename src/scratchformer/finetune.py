@@ -1,0 +1,72 @@
+"""Starting a run from another run's weights (`train TASK --init-from RUN`): fine-tuning.
+
+The new run takes the source run's architecture (every model key but FREE) and its
+tokenizer, and starts its own optimizer and schedule at step 0 from the source's
+weights; the rest of its config comes from the preset (`gpt2-finetune` by default for
+a language model), --config and --set as for any run. `train.init_from` records the
+source in config.json, so a resumed fine-tune continues from its own checkpoints.
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields
+
+from .config import ModelConfig, apply_overrides, make_config, task_class
+from .errors import CheckpointError, ConfigError, ScratchformerError
+
+# Model keys a fine-tune may set for itself: they change no weight's shape (a shorter
+# block_size keeps the first rows of a learned position table, as nanoGPT's crop_block_size).
+FREE = ("dropout", "block_size", "dtype", "attn_block")
+
+
+def source(path, task: str):
+    """The task (config and tokenizer) of the run that `--init-from path` names, from its
+    checkpoint's header; one-line errors (option init_from) for a missing run or one of
+    another task."""
+    from . import checkpoint as ckpt
+    from .runs import checkpoint_path, config_of
+    try:
+        file = checkpoint_path(path)
+        meta = ckpt.read_meta(file)
+        cfg = config_of(meta, file)
+        init = task_class(cfg.task).from_meta(cfg, meta.get("task_meta") or {})
+    except ScratchformerError as e:
+        raise type(e)(str(e), option="init_from") from None
+    if init.name != task:
+        raise CheckpointError(f"{path} is a {init.name} run; train {task} starts only from a {task} run",
+                              option="init_from")
+    return init
+
+
+def config(task: str, preset: str | None, overrides: dict, init, path):
+    """The fine-tune's RunConfig: the preset and overrides, with the source run's
+    architecture (`init.cfg.model`) and train.init_from = path."""
+    arch = {f"model.{f.name}": getattr(init.cfg.model, f.name) for f in fields(ModelConfig) if f.name not in FREE}
+    fixed = sorted(k for k in overrides if k in arch)
+    if fixed:
+        raise ConfigError(f"{', '.join(fixed)} cannot be set with --init-from: the run keeps the architecture of "
+                          f"{path} (only model.{', model.'.join(FREE)} may change)")
+    cfg = apply_overrides(make_config(task, preset, {**overrides, "train.init_from": str(path)}), arch,
+                          allow_derived=True)
+    m, old = cfg.model, init.cfg.model
+    if m.positions == "learned" and m.block_size > old.block_size:
+        raise ConfigError(f"model.block_size={m.block_size} is longer than the position table of {path} "
+                          f"({old.block_size} positions); choose at most {old.block_size}")
+    return cfg
+
+
+def initial_params(cfg, params):
+    """The source run's weights fitted to `cfg`: a learned position table cut to
+    model.block_size rows."""
+    if cfg.model.positions == "learned":
+        embed = params["embed"]
+        params = {**params, "embed": {**embed, "positions": embed["positions"][:cfg.model.block_size]}}
+    return params
+
+
+def start_params(cfg):
+    """The weights a fresh run of `cfg` starts from when train.init_from names a run."""
+    from .runs import load
+    source(cfg.train.init_from, cfg.task)
+    _, params, _ = load(cfg.train.init_from)
+    return initial_params(cfg, params)

@@ -1,0 +1,273 @@
+"""GPT-2 import and export, checked against Hugging Face `transformers` (torch, CPU) on
+small random GPT2LMHeadModels made here: logits, greedy generation with and without the
+KV cache, the loss on a text, and an exported run loaded back by transformers."""
+
+import json
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from scratchformer import runs
+from scratchformer.cli import main
+from scratchformer.config import make_config
+from scratchformer.gpt2 import save_weights_run
+from scratchformer.tasks.reverse import ReverseTask
+from scratchformer.data.bpe import BpeTokenizer
+from scratchformer.decode import generate
+from scratchformer.models import lm_forward
+
+SHAPES = {  # n_positions, n_embd, n_layer, n_head, and the options that differ from GPT-2's defaults
+    "gpt2-like": dict(n_positions=64, n_embd=32, n_layer=2, n_head=4),  # dropout 0.1, gelu_new, tied
+    "untied-gelu-inner": dict(n_positions=80, n_embd=48, n_layer=3, n_head=2, n_inner=80, activation_function="gelu",
+                              resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, tie_word_embeddings=False,
+                              layer_norm_epsilon=1e-6),
+}
+
+
+@pytest.fixture(scope="module")
+def bpe_files(tmp_path_factory):
+    """vocab.json and merges.txt of a 300-symbol byte-level BPE learned on a small text."""
+    d = tmp_path_factory.mktemp("bpe")
+    text = ("the quick brown fox jumps over the lazy dog. " * 40 + "ROMEO: O, she doth teach the torches!\n" * 20)
+    tok = BpeTokenizer.train([text], 300)
+    tok.save_vocab_merges(d)
+    (d / "text.txt").write_text(text)
+    return d, len(tok)
+
+
+def hf_folder(path, bpe_files, seed=0, **config):
+    """A random GPT2LMHeadModel saved as a Hugging Face folder, its weights, biases and
+    gains all perturbed (GPT-2's own init has zero biases and unit gains, which would
+    leave their import untested). Returns (folder, model)."""
+    src, vocab = bpe_files
+    torch.manual_seed(seed)
+    cfg = transformers.GPT2Config(vocab_size=vocab, bos_token_id=None, eos_token_id=None, **config)
+    model = transformers.GPT2LMHeadModel(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    model.save_pretrained(path)
+    for f in ("vocab.json", "merges.txt"):
+        shutil.copy(src / f, path / f)
+    return path, model
+
+
+def cli(capsys, *args):
+    """(exit code, stdout, stderr) of the command line, run in this process."""
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def import_run(tmp_path_factory, bpe_files, shape):
+    d = tmp_path_factory.mktemp(shape)
+    folder, model = hf_folder(d / "hf", bpe_files, **SHAPES[shape])
+    assert main(["import", "gpt2", str(folder), "--out", str(d / "run")]) == 0
+    return d / "run", model, shape
+
+
+@pytest.fixture(scope="module", params=list(SHAPES))
+def imported(request, tmp_path_factory, bpe_files):
+    """(run folder, transformers model, shape name) of an imported random GPT-2."""
+    return import_run(tmp_path_factory, bpe_files, request.param)
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory, bpe_files):
+    """The run folder of an imported GPT-2 of the first shape."""
+    return import_run(tmp_path_factory, bpe_files, "gpt2-like")[0]
+
+
+def ours(run):
+    task, params, _ = runs.load(run)
+    return task, params
+
+
+def test_import_gives_the_logits_of_transformers(imported):
+    run, model, shape = imported
+    task, params = ours(run)
+    t = SHAPES[shape]["n_positions"]
+    ids = np.random.default_rng(1).integers(0, task.cfg.model.vocab_size, (2, t))
+    with torch.no_grad():
+        want = model(torch.tensor(ids)).logits.numpy()
+    got, _ = lm_forward(params, jnp.asarray(ids), cfg=task.cfg.model)
+    assert np.abs(np.asarray(got) - want).max() < 1e-4
+    assert np.abs(want).max() > 1.0  # logits that differ between tokens: the check has teeth
+
+
+def test_import_records_gpt2s_settings_as_config_values(imported):
+    run, model, shape = imported
+    m = ours(run)[0].cfg.model
+    c = model.config
+    assert (m.n_layer, m.n_head, m.d_model, m.block_size, m.vocab_size) == (
+        c.n_layer, c.n_head, c.n_embd, c.n_positions, c.vocab_size)
+    assert m.d_ff == (c.n_inner or 4 * c.n_embd) and m.ln_eps == c.layer_norm_epsilon
+    assert m.activation == {"gelu_new": "gelu_tanh", "gelu": "gelu"}[c.activation_function]
+    assert m.tie_embeddings == c.tie_word_embeddings and m.dropout == c.resid_pdrop
+
+
+@pytest.mark.parametrize("use_cache", [True, False], ids=["kv-cache", "no-cache"])
+def test_greedy_generation_matches_transformers(imported, use_cache):
+    run, model, _ = imported
+    task, params = ours(run)
+    prompt = task.tokenizer.encode("ROMEO: O, she")
+    n = 50
+    with torch.no_grad():
+        want = model.generate(torch.tensor(prompt)[None], max_new_tokens=n, do_sample=False, use_cache=True,
+                              pad_token_id=0)[0].numpy()
+    got = generate(params, task.cfg.model, prompt, n, temperature=0.0, use_cache=use_cache)
+    assert len(want) == len(prompt) + n
+    assert list(got) == list(want)
+
+
+def test_loss_on_a_text_matches_transformers(imported, bpe_files):
+    run, model, _ = imported
+    task, params = ours(run)
+    block = task.cfg.model.block_size
+    ids = task.tokenizer.encode((bpe_files[0] / "text.txt").read_text())[: block + 1]
+    loss, n, _ = task.loss_on(params, ids)
+    with torch.no_grad():
+        logits = model(torch.tensor(ids[:block])[None]).logits[0]
+        want = torch.nn.functional.cross_entropy(logits, torch.tensor(ids[1:], dtype=torch.long)).item()
+    assert n == block
+    assert abs(loss - want) < 1e-5
+
+
+def test_an_imported_run_samples_evaluates_and_plots(small_run, bpe_files, capsys):
+    run, text = small_run, bpe_files[0] / "text.txt"
+    code, out, err = cli(capsys, "eval", run, "--data", text, "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["bits_per_byte"] > 0 and result["tokens"] > 0
+    code, out, err = cli(capsys, "sample", run, "--prompt", "ROMEO:", "--tokens", "20", "--temperature", "0")
+    assert code == 0 and out.startswith("ROMEO:"), err
+    code, out, err = cli(capsys, "eval", run)
+    assert code == 2 and "imported model" in err and "--data" in err
+    code, out, err = cli(capsys, "plot", run)
+    assert code == 0, err
+    assert (run / "attention.png").is_file() and not (run / "loss.png").exists()
+
+
+def test_export_loads_in_transformers_with_the_same_logits(imported, tmp_path):
+    run, model, shape = imported
+    task, params = ours(run)
+    assert main(["export", str(run), "--out", str(tmp_path / "hf")]) == 0
+    back = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "hf").eval()
+    ids = np.random.default_rng(2).integers(0, task.cfg.model.vocab_size, (1, SHAPES[shape]["n_positions"]))
+    with torch.no_grad():
+        again, first = back(torch.tensor(ids)).logits.numpy(), model(torch.tensor(ids)).logits.numpy()
+    np.testing.assert_array_equal(again, first)  # the same float32 weights, the same program
+    tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    assert tok.encode("ROMEO: O, she") == task.tokenizer.encode("ROMEO: O, she").tolist()
+
+
+def test_a_trained_run_exports_to_transformers(tmp_path, bpe_files, capsys):
+    """A run of ours (trained a few steps, untied head) loads in transformers and gives
+    our logits."""
+    data, src = tmp_path / "tokens", bpe_files[0]
+    code, _, err = cli(capsys, "prepare", src / "text.txt", "--out", data, "--tokenizer", "bpe", "--gpt2",
+                       src / "vocab.json", src / "merges.txt")
+    assert code == 0, err
+    code, _, err = cli(capsys, "train", "lm", "--data", data, "--out", tmp_path / "run", "--preset", "cpu-quick",
+                       "--steps", "4", "--set", "optim.warmup_steps=1", "--set", "model.tie_embeddings=false",
+                       "--no-progress")
+    assert code == 0, err
+    assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "hf")]) == 0
+    task, params = ours(tmp_path / "run")
+    back = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "hf").eval()
+    ids = np.random.default_rng(3).integers(0, task.cfg.model.vocab_size, (2, task.cfg.model.block_size))
+    with torch.no_grad():
+        want = back(torch.tensor(ids)).logits.numpy()
+    got, _ = lm_forward(params, jnp.asarray(ids), cfg=task.cfg.model)
+    assert np.abs(np.asarray(got) - want).max() < 1e-4
+
+
+def test_fine_tuning_starts_from_the_imported_weights(small_run, bpe_files, tmp_path, capsys):
+    run, out = small_run, tmp_path / "ft"
+    code, _, err = cli(capsys, "train", "lm", "--init-from", run, "--data", bpe_files[0] / "text.txt", "--out", out,
+                       "--steps", "1", "--set", "model.block_size=32", "--set", "optim.lr=1e-12",
+                       "--set", "optim.min_lr=0", "--set", "train.batch_size=2", "--no-progress")
+    assert code == 0, err
+    (_, start), (task, tuned) = ours(run), ours(out)
+    assert task.cfg.train.init_from == str(run) and task.cfg.model.block_size == 32
+    assert (out / "tokenizer.json").read_text() == (run / "tokenizer.json").read_text()
+    np.testing.assert_allclose(tuned["embed"]["positions"], start["embed"]["positions"][:32], atol=1e-9)
+    np.testing.assert_allclose(tuned["blocks"][1]["mlp"]["fc"]["w"], start["blocks"][1]["mlp"]["fc"]["w"], atol=1e-9)
+
+
+def test_the_published_files_layout_imports_the_same(tmp_path, bpe_files, small_run, capsys):
+    """GPT-2's published model.safetensors names its tensors without `transformer.` and
+    carries each layer's causal-mask buffers (attn.bias, attn.masked_bias): not weights."""
+    from safetensors.numpy import load_file, save_file
+    folder, _ = hf_folder(tmp_path / "hf", bpe_files, **SHAPES["gpt2-like"])
+    tensors = {k.removeprefix("transformer."): v for k, v in load_file(folder / "model.safetensors").items()}
+    for i in range(SHAPES["gpt2-like"]["n_layer"]):
+        tensors[f"h.{i}.attn.bias"] = np.tril(np.ones((1, 1, 64, 64), np.float32))
+        tensors[f"h.{i}.attn.masked_bias"] = np.array(-1e4, np.float32)
+    save_file(tensors, folder / "model.safetensors")
+    code, _, err = cli(capsys, "import", "gpt2", folder, "--out", tmp_path / "run")
+    assert code == 0, err
+    for a, b in zip(jax.tree.leaves(ours(tmp_path / "run")[1]), jax.tree.leaves(ours(small_run)[1])):
+        np.testing.assert_array_equal(a, b)  # the same seed: the same weights as the folder small_run came from
+
+
+@pytest.fixture(scope="module")
+def broken_folders(tmp_path_factory, bpe_files):
+    """{name: folder}: GPT-2 folders with one thing wrong each."""
+    tmp_path = tmp_path_factory.mktemp("broken")
+    good, _ = hf_folder(tmp_path / "good", bpe_files, **SHAPES["gpt2-like"])
+    cases = {}
+
+    def copy(name):
+        d = tmp_path / name
+        shutil.copytree(good, d)
+        cases[name] = d
+        return d
+
+    (copy("no-merges") / "merges.txt").unlink()
+    for name, change in [("bert", {"model_type": "bert"}), ("unknown-option", {"rotary_dim": 8}),
+                         ("inverse-layer-scaling", {"scale_attn_by_inverse_layer_idx": True}),
+                         ("relu", {"activation_function": "relu"}), ("wider", {"n_embd": 64})]:
+        d = copy(name)
+        c = json.loads((d / "config.json").read_text())
+        (d / "config.json").write_text(json.dumps({**c, **change}))
+    return cases
+
+
+@pytest.mark.parametrize("case,expected", [
+    ("no-merges", "has no merges.txt"), ("bert", "model_type='bert' is not a GPT-2"),
+    ("unknown-option", "does not know: rotary_dim"), ("inverse-layer-scaling", "scale_attn_by_inverse_layer_idx=True"),
+    ("relu", "activation_function='relu'"), ("wider", "wte.weight has shape (300, 32), its config.json needs (300, 64)"),
+])
+def test_bad_gpt2_folders_give_one_line_and_no_run(tmp_path, broken_folders, case, expected, capsys):
+    code, _, err = cli(capsys, "import", "gpt2", broken_folders[case], "--out", tmp_path / "run")
+    assert code == 2, err
+    assert expected in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "run").exists() and not list(tmp_path.glob(".run.*"))
+
+
+def test_bad_uses_of_an_imported_run(small_run, tmp_path, capsys):
+    run, rev = small_run, tmp_path / "rev"
+    cfg = make_config("reverse", None, {"model.n_layer": 1, "model.d_model": 16})
+    task = ReverseTask(cfg)
+    save_weights_run(rev, task, task.init_params(jax.random.PRNGKey(0), task.cfg.model), {})
+    cases = [
+        (["sample", run, "--prompt", "the " * 80], "--prompt the prompt is"),
+        (["train", "lm", "--init-from", rev, "--out", tmp_path / "x"], f"--init-from {rev} is a reverse run"),
+        (["train", "lm", "--init-from", run, "--out", tmp_path / "x", "--set", "model.n_layer=3"],
+         "model.n_layer cannot be set with --init-from"),
+        (["train", "lm", "--init-from", run, "--out", tmp_path / "x", "--set", "model.block_size=128"],
+         "model.block_size=128 is longer than the position table"),
+        (["train", "lm", "--init-from", tmp_path / "nothing", "--out", tmp_path / "x"], "--init-from run folder"),
+        (["export", rev, "--out", tmp_path / "x"], "is a reverse run"),
+    ]
+    capsys.readouterr()
+    for args, expected in cases:
+        code, _, err = cli(capsys, *args)
+        assert code == 2 and expected in err and len(err.strip().splitlines()) == 1, (args, err)
+        assert not (tmp_path / "x").exists()
