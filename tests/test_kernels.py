@@ -192,7 +192,8 @@ def test_fast_switch_chooses_the_code(monkeypatch):
 
 @pytest.mark.parametrize("dtype,variant", [
     ("float32", dict()), ("float64", dict()), ("float64", dict(tie_embeddings=False, fused_qkv=False, bias=False)),
-    ("float64", dict(positions="sinusoidal")), ("float64", dict(positions="rope"))])
+    ("float64", dict(positions="sinusoidal")), ("float64", dict(positions="rope")),
+    ("float64", dict(norm="rmsnorm", qk_norm=True, activation="gelu", logit_softcap=3.0))])
 def test_lm_loss_and_gradient_fast_equals_plain(monkeypatch, dtype, variant):
     """Training mode with dropout: every parameter's gradient, the LayerNorms', biases',
     position table's and tied embedding's included. float64 for each variant (where only

@@ -1,14 +1,16 @@
 """Layers in their textbook form: LayerNorm and sinusoids against closed forms, the
 linear layer's and LayerNorm's gradients against finite differences, rotary positions,
-GELU, dropout's statistics. (kernels.py's fast paths are checked against these in
+RMSNorm, the activations, dropout's statistics. (kernels.py's fast paths are checked against these in
 test_kernels.py.)"""
+
+import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from scratchformer.layers import (dropout, gelu, init_layer_norm, init_linear, layer_norm, linear, rotary,
-                                  sinusoidal_positions)
+from scratchformer.layers import (dropout, gelu, gelu_exact, init_layer_norm, init_linear, init_rms_norm, layer_norm,
+                                  linear, relu2, rms_norm, rms_normalise, rotary, sinusoidal_positions)
 
 from conftest import float64
 
@@ -111,6 +113,35 @@ def test_gelu_tanh_form():
     x = jnp.linspace(-4.0, 4.0, 17)
     np.testing.assert_allclose(np.asarray(gelu(x)), np.asarray(jax.nn.gelu(x, approximate=True)), rtol=1e-5,
                                atol=1e-6)
+
+
+def test_exact_gelu_and_relu_squared():
+    x = np.linspace(-4.0, 4.0, 33)
+    want = np.array([0.5 * v * (1 + math.erf(v / math.sqrt(2))) for v in x])
+    np.testing.assert_allclose(np.asarray(gelu_exact(jnp.asarray(x, jnp.float32))), want, rtol=1e-5, atol=1e-6)
+    assert np.abs(want - np.asarray(gelu(jnp.asarray(x, jnp.float32)))).max() > 1e-4  # not the tanh form
+    np.testing.assert_array_equal(np.asarray(relu2(jnp.asarray(x, jnp.float32))), np.where(x > 0, x * x, 0.0))
+
+
+def test_rms_norm_matches_numpy():
+    """x / sqrt(mean(x^2) + eps) * scale: no mean removed (the input has mean 3), no bias;
+    statistics in float32 for bfloat16 inputs."""
+    x = np.random.default_rng(5).normal(3.0, 2.0, (2, 3, 8))
+    scale = np.linspace(0.5, 2.0, 8)
+    want = x / np.sqrt(np.mean(x ** 2, -1, keepdims=True) + 1e-5) * scale
+    p = {"scale": jnp.asarray(scale, jnp.float32)}
+    np.testing.assert_allclose(np.asarray(rms_norm(p, jnp.asarray(x, jnp.float32), 1e-5)), want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(rms_normalise(jnp.asarray(x, jnp.float32), 1e-5)), want / scale,
+                               rtol=1e-5, atol=1e-5)
+    assert set(init_rms_norm(8)) == {"scale"} and (np.asarray(init_rms_norm(8)["scale"]) == 1).all()
+    y = rms_norm(p, jnp.asarray(x, jnp.bfloat16), 1e-5)
+    assert y.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(y, np.float32), want, rtol=2e-2, atol=2e-2)
+
+
+def test_init_linear_with_std_zero_is_exactly_zero():
+    w = np.asarray(init_linear(jax.random.PRNGKey(0), 8, 6, std=0.0)["w"])
+    assert (w == 0).all() and not np.signbit(w).any()
 
 
 def test_dropout_identity_in_eval():

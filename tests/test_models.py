@@ -1,5 +1,6 @@
 """Both model families: gradients vs finite differences (float64), causality, padding,
-no NaN on fully padded rows, and overfitting a fixed batch."""
+no NaN on fully padded rows, overfitting a fixed batch, and what the block options do to
+the parameters (their numbers are checked in test_reference.py)."""
 
 import dataclasses
 
@@ -10,10 +11,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from scratchformer import config
+from scratchformer.checkpoint import flatten
 from scratchformer.config import ModelConfig, make_config
 from scratchformer.data import reverse
 from scratchformer.loss import lm_loss, seq2seq_loss
-from scratchformer.models import PAD_ID, encdec_forward, encode, init_encdec, init_lm, lm_attention, lm_forward
+from scratchformer.models import (ACTIVATIONS, NORMS, PAD_ID, encdec_forward, encode, init_encdec, init_lm,
+                                  lm_attention, lm_forward)
 from scratchformer.train import init_state, make_train_step
 
 from conftest import float64
@@ -21,6 +25,8 @@ from conftest import float64
 LM_CFG = ModelConfig(n_layer=2, n_head=2, d_model=16, d_ff=32, block_size=8, vocab_size=11)
 ED_CFG = ModelConfig(n_layer=2, n_head=2, d_model=16, d_ff=32, block_size=8, vocab_size=11,
                      positions="sinusoidal")
+# The block options that change the forward pass, all on (zero_init changes only the start).
+OPTIONS = dict(norm="rmsnorm", qk_norm=True, activation="relu2", logit_softcap=2.0)
 
 
 def _lm_batch(key, b=3, t=8, v=11):
@@ -106,6 +112,63 @@ def test_encdec_gradients_match_finite_differences(positions):
             s, w = seq2seq_loss(p, batch, cfg=cfg, label_smoothing=0.1)
             return s / w
         _fd_check(f, params)
+
+
+def _mean(loss):
+    total, weight = loss
+    return total / weight
+
+
+def test_block_options_gradients_match_finite_differences_and_stay_causal():
+    """The LM with every option that changes the forward pass (and rotary positions)."""
+    import jax.flatten_util  # noqa: F401
+    with float64():
+        cfg = dataclasses.replace(LM_CFG, dtype="float64", positions="rope", **OPTIONS)
+        params = jax.tree.map(lambda a: a.astype(jnp.float64), init_lm(jax.random.PRNGKey(0), cfg))
+        batch = _lm_batch(jax.random.PRNGKey(1))
+        _fd_check(jax.jit(lambda p: _mean(lm_loss(p, batch, cfg=cfg))), params)
+    cfg = dataclasses.replace(LM_CFG, **OPTIONS)
+    params = init_lm(jax.random.PRNGKey(0), cfg)
+    forward = jax.jit(lambda ids: lm_forward(params, ids, cfg=cfg)[0])
+    ids = jax.random.randint(jax.random.PRNGKey(1), (1, 8), 0, 11)
+    base = forward(ids)
+    for t in range(8):
+        out = forward(ids.at[0, t].set((ids[0, t] + 1) % 11))
+        np.testing.assert_array_equal(np.asarray(out[0, :t]), np.asarray(base[0, :t]))
+        assert not np.allclose(np.asarray(out[0, t]), np.asarray(base[0, t]))
+
+
+def test_block_option_values_are_the_configs():
+    """config.py validates the names that models.py looks up; the two lists agree."""
+    assert tuple(NORMS) == config.NORMS and tuple(ACTIVATIONS) == config.ACTIVATIONS
+
+
+@pytest.mark.parametrize("init,cfg,n_zeroed", [(init_lm, LM_CFG, 2 * 2), (init_encdec, ED_CFG, 2 * 2 + 2 * 3)])
+def test_zero_init_zeroes_the_output_projections_and_nothing_else(init, cfg, n_zeroed):
+    """Every projection back into the residual stream (attention's and cross-attention's
+    out, the MLP's proj) starts at exactly zero; every other parameter is what the
+    default draws from the same key."""
+    base = flatten(init(jax.random.PRNGKey(4), cfg))
+    zero = flatten(init(jax.random.PRNGKey(4), dataclasses.replace(cfg, zero_init=True)))
+    assert zero.keys() == base.keys()
+    zeroed = [k for k in zero if k.endswith(("attn.out.w", "cross.out.w", "mlp.proj.w"))]
+    assert len(zeroed) == n_zeroed
+    for k in zero:
+        if k in zeroed:
+            assert (np.asarray(zero[k]) == 0).all() and (np.asarray(base[k]) != 0).all(), k
+        else:
+            np.testing.assert_array_equal(np.asarray(zero[k]), np.asarray(base[k]), err_msg=k)
+
+
+@pytest.mark.parametrize("init,cfg", [(init_lm, LM_CFG), (init_encdec, ED_CFG)])
+def test_rmsnorm_norms_hold_a_scale_only(init, cfg):
+    """Each norm (ln1, ln2, ln_cross, ln_f) is {"scale"} under RMSNorm, {"scale", "bias"}
+    under LayerNorm; nothing else in the tree changes."""
+    ln = flatten(init(jax.random.PRNGKey(0), cfg))
+    rms = flatten(init(jax.random.PRNGKey(0), dataclasses.replace(cfg, norm="rmsnorm")))
+    biases = {k for k in ln if ".ln" in f".{k}" and k.endswith(".bias")}
+    assert biases and set(rms) == set(ln) - biases
+    assert all((np.asarray(rms[k]) == 1).all() for k in rms if k.endswith(".scale"))
 
 
 def test_lm_is_causal():

@@ -1,14 +1,39 @@
 """Both models' logits against a float64 numpy reference written from the papers'
 equations (GPT-2's pre-LN decoder; Vaswani et al.'s encoder-decoder with sinusoidal
-positions, here pre-LN too), sharing nothing with the package but the parameter names.
-The parameters are perturbed so that every bias and gain matters."""
+positions, here pre-LN too), sharing nothing with the package but the parameter names
+and the config's option values. The block options (RMSNorm, QK-norm, exact GELU, ReLU
+squared, a logit soft-cap, an untied head) are checked one at a time and together, the
+JAX model in float64 there so that only a wrong formula could differ. The parameters are
+perturbed so that every bias and gain matters."""
+
+import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from scratchformer.config import ModelConfig
 from scratchformer.models import PAD_ID, encdec_forward, init_encdec, init_lm, lm_forward
+
+from conftest import float64
+
+# Each block option alone, and all of them together (zero_init changes the initial
+# parameters only, which _perturbed moves off zero: the forward pass must ignore it).
+OPTIONS = {
+    "rmsnorm": dict(norm="rmsnorm"),
+    "qk_norm": dict(qk_norm=True),
+    "gelu": dict(activation="gelu"),
+    "relu2": dict(activation="relu2"),
+    "softcap": dict(logit_softcap=2.0),
+    "untied": dict(tie_embeddings=False),
+    "all": dict(norm="rmsnorm", qk_norm=True, activation="relu2", logit_softcap=2.0, tie_embeddings=False,
+                zero_init=True),
+}
+# Options whose reference, turned off on the same parameters, must give logits further
+# off than the tolerances below (so that the comparison fails if the model ignores them).
+OFF = {"qk_norm": False, "activation": "gelu_tanh", "logit_softcap": 0.0}
 
 
 def _perturbed(params, seed):
@@ -21,39 +46,62 @@ def _np(params):
     return jax.tree.map(lambda a: np.asarray(a, np.float64), params)
 
 
-def ln(p, x, eps=1e-5):
+def rms(x, eps):
+    return x / np.sqrt((x ** 2).mean(-1, keepdims=True) + eps)
+
+
+def ln(p, x, cfg):
+    """LayerNorm (Ba et al. 2016), or RMSNorm (Zhang & Sennrich 2019): no mean, no bias."""
+    if cfg.norm == "rmsnorm":
+        return rms(x, cfg.ln_eps) * p["scale"]
     mu = x.mean(-1, keepdims=True)
     var = ((x - mu) ** 2).mean(-1, keepdims=True)
-    return (x - mu) / np.sqrt(var + eps) * p["scale"] + p["bias"]
+    return (x - mu) / np.sqrt(var + cfg.ln_eps) * p["scale"] + p["bias"]
 
 
-def gelu(x):  # GPT-2's tanh form
-    return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))
+def activation(x, cfg):
+    if cfg.activation == "gelu_tanh":  # GPT-2's
+        return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))
+    if cfg.activation == "gelu":  # x Phi(x)
+        return 0.5 * x * (1 + np.vectorize(math.erf)(x / np.sqrt(2)))
+    assert cfg.activation == "relu2"  # Primer's
+    return np.maximum(x, 0) ** 2
 
 
-def attention(q, k, v, allowed, n_head):
+def attention(q, k, v, allowed, cfg):
     """q: Tq x D, k and v: Tk x D, allowed: Tq x Tk booleans; heads one at a time."""
-    hd = q.shape[-1] // n_head
+    hd = q.shape[-1] // cfg.n_head
     out = []
-    for h in range(n_head):
+    for h in range(cfg.n_head):
         c = slice(h * hd, (h + 1) * hd)
-        s = q[:, c] @ k[:, c].T / np.sqrt(hd)
+        qh, kh = q[:, c], k[:, c]
+        if cfg.qk_norm:  # each head's query and key vectors to RMS 1
+            qh, kh = rms(qh, cfg.ln_eps), rms(kh, cfg.ln_eps)
+        s = qh @ kh.T / np.sqrt(hd)
         s = np.where(allowed, s, -np.inf)
         w = np.exp(s - s.max(-1, keepdims=True))
         out.append((w / w.sum(-1, keepdims=True)) @ v[:, c])
     return np.concatenate(out, -1)
 
 
-def self_block(p, x, allowed, n_head, memory=None, memory_allowed=None):
-    q, k, v = np.split(ln(p["ln1"], x) @ p["attn"]["qkv"]["w"] + p["attn"]["qkv"]["b"], 3, -1)
-    x = x + attention(q, k, v, allowed, n_head) @ p["attn"]["out"]["w"] + p["attn"]["out"]["b"]
+def self_block(p, x, allowed, cfg, memory=None, memory_allowed=None):
+    q, k, v = np.split(ln(p["ln1"], x, cfg) @ p["attn"]["qkv"]["w"] + p["attn"]["qkv"]["b"], 3, -1)
+    x = x + attention(q, k, v, allowed, cfg) @ p["attn"]["out"]["w"] + p["attn"]["out"]["b"]
     if memory is not None:
         c = p["cross"]
-        q = ln(p["ln_cross"], x) @ c["q"]["w"] + c["q"]["b"]
+        q = ln(p["ln_cross"], x, cfg) @ c["q"]["w"] + c["q"]["b"]
         k, v = np.split(memory @ c["kv"]["w"] + c["kv"]["b"], 2, -1)
-        x = x + attention(q, k, v, memory_allowed, n_head) @ c["out"]["w"] + c["out"]["b"]
-    h = gelu(ln(p["ln2"], x) @ p["mlp"]["fc"]["w"] + p["mlp"]["fc"]["b"])
+        x = x + attention(q, k, v, memory_allowed, cfg) @ c["out"]["w"] + c["out"]["b"]
+    h = activation(ln(p["ln2"], x, cfg) @ p["mlp"]["fc"]["w"] + p["mlp"]["fc"]["b"], cfg)
     return x + h @ p["mlp"]["proj"]["w"] + p["mlp"]["proj"]["b"]
+
+
+def head(p, x, table, cfg):
+    """Logits: x times the token table (tied) or the head's matrix, soft-capped by
+    c tanh(logits / c) if cfg.logit_softcap = c > 0."""
+    logits = x @ (table.T if cfg.tie_embeddings else p["head"]["w"])
+    c = cfg.logit_softcap
+    return c * np.tanh(logits / c) if c else logits
 
 
 def sinusoids(t, d):
@@ -64,41 +112,90 @@ def sinusoids(t, d):
     return pe
 
 
-def test_lm_logits_match_the_numpy_reference():
-    cfg = ModelConfig(n_layer=2, n_head=4, d_model=32, d_ff=64, block_size=12, vocab_size=13)
-    params = _perturbed(init_lm(jax.random.PRNGKey(0), cfg), 1)
-    ids = np.asarray(jax.random.randint(jax.random.PRNGKey(2), (3, 12), 0, 13))
-    got = np.asarray(lm_forward(params, jnp.asarray(ids), cfg=cfg)[0])
+LM_CFG = ModelConfig(n_layer=2, n_head=4, d_model=32, d_ff=64, block_size=12, vocab_size=13)
+LM_IDS = np.asarray(jax.random.randint(jax.random.PRNGKey(2), (3, 12), 0, 13))
 
-    p = _np(params)
-    causal = np.tril(np.ones((12, 12), bool))
-    for b in range(3):
-        x = p["embed"]["tokens"][ids[b]] + p["embed"]["positions"][:12]
+
+def lm_reference(p, ids, cfg):
+    causal = np.tril(np.ones((ids.shape[1], ids.shape[1]), bool))
+    out = []
+    for b in range(len(ids)):
+        x = p["embed"]["tokens"][ids[b]] + p["embed"]["positions"][:ids.shape[1]]
         for blk in p["blocks"]:
-            x = self_block(blk, x, causal, cfg.n_head)
-        want = ln(p["ln_f"], x) @ p["embed"]["tokens"].T  # the output head tied to the table
-        np.testing.assert_allclose(got[b], want, rtol=2e-4, atol=2e-4)
+            x = self_block(blk, x, causal, cfg)
+        out.append(head(p, ln(p["ln_f"], x, cfg), p["embed"]["tokens"], cfg))
+    return np.stack(out)
+
+
+def test_lm_logits_match_the_numpy_reference():
+    params = _perturbed(init_lm(jax.random.PRNGKey(0), LM_CFG), 1)
+    got = np.asarray(lm_forward(params, jnp.asarray(LM_IDS), cfg=LM_CFG)[0])
+    np.testing.assert_allclose(got, lm_reference(_np(params), LM_IDS, LM_CFG), rtol=2e-4, atol=2e-4)
+
+
+def _assert_options_matter(reference, p, cfg, want):
+    """Each option of OFF that cfg turns on changes the reference's logits by far more
+    than the tolerance, so a model that ignored it would fail."""
+    for key, off in OFF.items():
+        if getattr(cfg, key) != off:
+            other = reference(p, dataclasses.replace(cfg, **{key: off}))
+            assert np.abs(other - want).max() > 1e-4, key
+
+
+@pytest.mark.parametrize("name", OPTIONS)
+def test_lm_block_options_match_the_numpy_reference(name):
+    cfg = dataclasses.replace(LM_CFG, dtype="float64", **OPTIONS[name])
+    with float64():
+        params = jax.tree.map(lambda a: a.astype(jnp.float64), _perturbed(init_lm(jax.random.PRNGKey(0), cfg), 1))
+        got = np.asarray(lm_forward(params, jnp.asarray(LM_IDS), cfg=cfg)[0])
+    p = _np(params)
+    want = lm_reference(p, LM_IDS, cfg)
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9)
+    _assert_options_matter(lambda p, c: lm_reference(p, LM_IDS, c), p, cfg, want)
+    if cfg.logit_softcap:
+        assert np.abs(want).max() > 0.8 * cfg.logit_softcap  # the cap bends the logits, not only scales them
+
+
+ED_CFG = ModelConfig(n_layer=2, n_head=2, d_model=16, d_ff=48, block_size=9, vocab_size=11, positions="sinusoidal")
+SRC = np.asarray([[5, 6, 7, 8, 9, PAD_ID, PAD_ID], [4, 10, 3, 9, 8, 7, 6]])
+TGT = np.asarray([[1, 9, 8, 7, 6, 5, 2, 0, 0], [1, 6, 7, 8, 9, 3, 10, 4, 2]])
+
+
+def encdec_reference(p, src, tgt, cfg):
+    # Tied: source, target and output share one table; untied: "src", "tgt" and the head.
+    src_table, tgt_table = (p["embed"]["tokens"],) * 2 if cfg.tie_embeddings else (p["embed"]["src"],
+                                                                                    p["embed"]["tgt"])
+    d, s, t = cfg.d_model, src.shape[1], tgt.shape[1]
+    pe = sinusoids(cfg.block_size, d)
+    out = []
+    for b in range(len(src)):
+        valid = src[b] != PAD_ID
+        x = src_table[src[b]] * np.sqrt(d) + pe[:s]
+        for blk in p["encoder"]["blocks"]:
+            x = self_block(blk, x, np.broadcast_to(valid, (s, s)), cfg)
+        memory = ln(p["encoder"]["ln_f"], x, cfg)
+        y = tgt_table[tgt[b]] * np.sqrt(d) + pe[:t]
+        for blk in p["decoder"]["blocks"]:
+            y = self_block(blk, y, np.tril(np.ones((t, t), bool)), cfg, memory, np.broadcast_to(valid, (t, s)))
+        out.append(head(p, ln(p["decoder"]["ln_f"], y, cfg), tgt_table, cfg))
+    return np.stack(out)
 
 
 def test_encoder_decoder_logits_match_the_numpy_reference():
-    cfg = ModelConfig(n_layer=2, n_head=2, d_model=16, d_ff=48, block_size=9, vocab_size=11,
-                      positions="sinusoidal")
-    params = _perturbed(init_encdec(jax.random.PRNGKey(3), cfg), 4)
-    src = np.asarray([[5, 6, 7, 8, 9, PAD_ID, PAD_ID], [4, 10, 3, 9, 8, 7, 6]])
-    tgt = np.asarray([[1, 9, 8, 7, 6, 5, 2, 0, 0], [1, 6, 7, 8, 9, 3, 10, 4, 2]])
-    got = np.asarray(encdec_forward(params, jnp.asarray(src), jnp.asarray(tgt), cfg=cfg))
+    params = _perturbed(init_encdec(jax.random.PRNGKey(3), ED_CFG), 4)
+    got = np.asarray(encdec_forward(params, jnp.asarray(SRC), jnp.asarray(TGT), cfg=ED_CFG))
+    np.testing.assert_allclose(got, encdec_reference(_np(params), SRC, TGT, ED_CFG), rtol=2e-4, atol=2e-4)
 
+
+@pytest.mark.parametrize("name", ["qk_norm", "untied", "all"])
+def test_encoder_decoder_block_options_match_the_numpy_reference(name):
+    """QK-norm reaches the cross-attention's queries and keys too; the untied model has
+    its own source, target and output matrices."""
+    cfg = dataclasses.replace(ED_CFG, dtype="float64", **OPTIONS[name])
+    with float64():
+        params = jax.tree.map(lambda a: a.astype(jnp.float64), _perturbed(init_encdec(jax.random.PRNGKey(3), cfg), 4))
+        got = np.asarray(encdec_forward(params, jnp.asarray(SRC), jnp.asarray(TGT), cfg=cfg))
     p = _np(params)
-    table, d = p["embed"]["tokens"], cfg.d_model  # source, target and output share one table
-    pe = sinusoids(cfg.block_size, d)
-    for b in range(2):
-        valid = src[b] != PAD_ID
-        x = table[src[b]] * np.sqrt(d) + pe[:7]
-        for blk in p["encoder"]["blocks"]:
-            x = self_block(blk, x, np.broadcast_to(valid, (7, 7)), cfg.n_head)
-        memory = ln(p["encoder"]["ln_f"], x)
-        y = table[tgt[b]] * np.sqrt(d) + pe[:9]
-        for blk in p["decoder"]["blocks"]:
-            y = self_block(blk, y, np.tril(np.ones((9, 9), bool)), cfg.n_head, memory, np.broadcast_to(valid, (9, 7)))
-        want = ln(p["decoder"]["ln_f"], y) @ table.T
-        np.testing.assert_allclose(got[b], want, rtol=2e-4, atol=2e-4)
+    want = encdec_reference(p, SRC, TGT, cfg)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)  # the model's sinusoid table is float32
+    _assert_options_matter(lambda p, c: encdec_reference(p, SRC, TGT, c), p, cfg, want)

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from .kernels import linear  # textbook or CPU fast path: kernels.FAST decides
-from .layers import INIT_STD, dropout, init_linear, rotary
+from .layers import dropout, init_linear, out_std, rms_normalise, rotary
 
 
 def causal_mask(t: int):
@@ -36,19 +36,18 @@ def padding_mask(valid_BxS):
     return valid_BxS[:, None, None, :]
 
 
-def init_self_attention(key, d: int, *, fused: bool, bias: bool, n_layer: int) -> dict:
+def init_self_attention(key, d: int, *, fused: bool, bias: bool, n_layer: int, zero_out: bool = False) -> dict:
     kq, kk, kv, ko = jax.random.split(key, 4)
-    out = init_linear(ko, d, d, bias=bias, std=INIT_STD / math.sqrt(2 * n_layer))
+    out = init_linear(ko, d, d, bias=bias, std=out_std(n_layer, zero_out))
     if fused:
         return {"qkv": init_linear(kq, d, 3 * d, bias=bias), "out": out}
     return {"q": init_linear(kq, d, d, bias=bias), "k": init_linear(kk, d, d, bias=bias),
             "v": init_linear(kv, d, d, bias=bias), "out": out}
 
 
-def init_cross_attention(key, d: int, *, fused: bool, bias: bool, n_layer: int) -> dict:
+def init_cross_attention(key, d: int, *, fused: bool, bias: bool, n_layer: int, zero_out: bool = False) -> dict:
     kq, kk, kv, ko = jax.random.split(key, 4)
-    p = {"q": init_linear(kq, d, d, bias=bias),
-         "out": init_linear(ko, d, d, bias=bias, std=INIT_STD / math.sqrt(2 * n_layer))}
+    p = {"q": init_linear(kq, d, d, bias=bias), "out": init_linear(ko, d, d, bias=bias, std=out_std(n_layer, zero_out))}
     if fused:
         p["kv"] = init_linear(kk, d, 2 * d, bias=bias)
     else:
@@ -62,21 +61,28 @@ def _split_heads(x_BxTxD, n_head: int):
     return x_BxTxD.reshape(b, t, n_head, d // n_head)
 
 
-def self_qkv(p: dict, x_BxTxD, n_head: int):
+def _qk_norm(x_BxTxHxK, eps):
+    """QK-norm: each head's query or key divided by its RMS over K, no parameters (as
+    modded-nanogpt), which bounds the scores' size; eps None leaves x as it is."""
+    return x_BxTxHxK if eps is None else rms_normalise(x_BxTxHxK, eps)
+
+
+def self_qkv(p: dict, x_BxTxD, n_head: int, qk_eps=None):
     if "qkv" in p:
         q, k, v = jnp.split(linear(p["qkv"], x_BxTxD), 3, axis=-1)
     else:
         q, k, v = (linear(p[n], x_BxTxD) for n in ("q", "k", "v"))
-    return tuple(_split_heads(a, n_head) for a in (q, k, v))
+    q, k, v = (_split_heads(a, n_head) for a in (q, k, v))
+    return _qk_norm(q, qk_eps), _qk_norm(k, qk_eps), v
 
 
-def cross_kv(p: dict, memory_BxSxD, n_head: int):
+def cross_kv(p: dict, memory_BxSxD, n_head: int, qk_eps=None):
     """Keys and values of the encoder memory; computed once per source when decoding."""
     if "kv" in p:
         k, v = jnp.split(linear(p["kv"], memory_BxSxD), 2, axis=-1)
     else:
         k, v = linear(p["k"], memory_BxSxD), linear(p["v"], memory_BxSxD)
-    return _split_heads(k, n_head), _split_heads(v, n_head)
+    return _qk_norm(_split_heads(k, n_head), qk_eps), _split_heads(v, n_head)
 
 
 def attention_weights(q_BxTxHxK, k_BxSxHxK, mask):
@@ -147,17 +153,18 @@ def cache_slots(cache) -> int:
 
 
 def self_attention(p: dict, x_BxTxD, *, n_head: int, mask, cache=None, pos=0,
-                   rate=0.0, key=None, train=False, causal_block: int = 0, rope: bool = False):
+                   rate=0.0, key=None, train=False, causal_block: int = 0, rope: bool = False, qk_eps=None):
     """Self-attention. With `cache` ({"k": NxKxS, "v": NxSxK}, N = B*H, see
     models.init_cache) the new keys/values are written at slots pos..pos+T-1 and the
     queries attend over the whole cache (the mask must hide unwritten slots).
     Without a cache, causal_block > 0 means plain causal attention computed by
     `attend_causal` in query blocks of that size (`mask` is then not used).
     rope=True rotates queries and keys by their positions pos..pos+T-1 (layers.rotary),
-    so a cache holds keys already rotated at their slots.
+    so a cache holds keys already rotated at their slots. qk_eps (a float) RMS-normalises
+    each head's queries and keys before that (the cache holds normalised keys).
     Returns (y_BxTxD, new_cache, probs_BxHxTxS); probs only where the whole score
     matrix is formed (no cache, no blocks), else None."""
-    q, k, v = self_qkv(p, x_BxTxD, n_head)
+    q, k, v = self_qkv(p, x_BxTxD, n_head, qk_eps)
     if rope:
         q, k = rotary(q, pos), rotary(k, pos)
     if cache is None and causal_block:
@@ -174,9 +181,9 @@ def self_attention(p: dict, x_BxTxD, *, n_head: int, mask, cache=None, pos=0,
     return linear(p["out"], _attend_cached(q, cache["k"], cache["v"], mask)), cache, None
 
 
-def cross_attention(p: dict, x_BxTxD, kv, *, n_head: int, mask, rate=0.0, key=None, train=False):
-    """Attention from decoder positions to precomputed encoder keys/values `kv`.
-    Returns (y_BxTxD, probs_BxHxTxS)."""
-    q = _split_heads(linear(p["q"], x_BxTxD), n_head)
+def cross_attention(p: dict, x_BxTxD, kv, *, n_head: int, mask, rate=0.0, key=None, train=False, qk_eps=None):
+    """Attention from decoder positions to precomputed encoder keys/values `kv` (from
+    `cross_kv`, with the same qk_eps). Returns (y_BxTxD, probs_BxHxTxS)."""
+    q = _qk_norm(_split_heads(linear(p["q"], x_BxTxD), n_head), qk_eps)
     y, probs = attend(q, kv[0], kv[1], mask, rate=rate, key=key, train=train)
     return linear(p["out"], y), probs

@@ -23,6 +23,8 @@ from .errors import ConfigError
 FORMAT = 2
 DTYPES = ("float32", "bfloat16", "float64")  # float64: for numerical checks (needs jax_enable_x64)
 POSITIONS = ("learned", "sinusoidal", "rope")
+NORMS = ("layernorm", "rmsnorm")
+ACTIVATIONS = ("gelu_tanh", "gelu", "relu2")
 
 # Upper bounds that keep a tampered or mistyped config from allocating absurd
 # arrays: they are far above anything a CPU or one GPU trains here.
@@ -67,7 +69,12 @@ class ModelConfig:
     fused_qkv: bool = True
     positions: str = "learned"  # learned table, sinusoidal (Vaswani et al.) or rope (rotary, Su et al.)
     bias: bool = True
-    ln_eps: float = 1e-5
+    ln_eps: float = 1e-5      # epsilon of every norm (and of qk_norm)
+    norm: str = "layernorm"   # layernorm (Ba et al. 2016) or rmsnorm (Zhang & Sennrich 2019: a scale, no bias)
+    qk_norm: bool = False     # RMS-normalise each head's queries and keys, no parameters (modded-nanogpt)
+    activation: str = "gelu_tanh"  # feed-forward: gelu_tanh (GPT-2), gelu (exact, erf) or relu2 (So et al. 2021)
+    zero_init: bool = False   # attention's and the MLP's output projections start at zero (modded-nanogpt)
+    logit_softcap: float = 0.0  # c > 0: logits = c * tanh(logits / c) (Gemma 2); 0 = off
     dtype: str = "float32"    # activation / matmul dtype; params and optimizer stay float32
     attn_block: int = 128     # causal self-attention in query blocks of this many positions
                               # (skips the masked half) when T is a multiple >= 2x; 0 = off
@@ -86,6 +93,11 @@ class ModelConfig:
         check(self.dtype in DTYPES, f"model.dtype={self.dtype!r} is not one of {', '.join(DTYPES)}")
         check(self.attn_block >= 0, f"model.attn_block={self.attn_block} must be >= 0 (0 turns it off)")
         check(0.0 < self.ln_eps < 1.0, f"model.ln_eps={self.ln_eps!r} must be in (0, 1)")
+        check(self.norm in NORMS, f"model.norm={self.norm!r} is not one of {', '.join(NORMS)}")
+        check(self.activation in ACTIVATIONS,
+              f"model.activation={self.activation!r} is not one of {', '.join(ACTIVATIONS)}")
+        check(math.isfinite(self.logit_softcap) and self.logit_softcap >= 0,
+              f"model.logit_softcap={self.logit_softcap!r} must be >= 0 (0 turns it off)")
 
     @property
     def head_dim(self) -> int:

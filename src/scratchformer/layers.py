@@ -15,6 +15,7 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.scipy.special import erf
 
 INIT_STD = 0.02  # GPT-2's initialisation scale
 
@@ -25,7 +26,9 @@ def at_least_f32(x):
 
 
 def init_linear(key, d_in: int, d_out: int, *, bias: bool = True, std: float = INIT_STD) -> dict:
-    p = {"w": std * jax.random.normal(key, (d_in, d_out), jnp.float32)}
+    # std 0 gives exact zeros (0 * a negative draw would be -0.0).
+    w = std * jax.random.normal(key, (d_in, d_out), jnp.float32) if std else jnp.zeros((d_in, d_out), jnp.float32)
+    p = {"w": w}
     if bias:
         p["b"] = jnp.zeros((d_out,), jnp.float32)
     return p
@@ -37,6 +40,12 @@ def linear(p: dict, x_BxTxD):
     if "b" in p:
         y = y + p["b"].astype(y.dtype)
     return y
+
+
+def out_std(n_layer: int, zero: bool = False) -> float:
+    """Init std of a projection back into the residual stream: GPT-2's 0.02 / sqrt(2 L)
+    (one per residual branch), or 0 (modded-nanogpt: each block starts as the identity)."""
+    return 0.0 if zero else INIT_STD / math.sqrt(2 * n_layer)
 
 
 def init_embedding(key, vocab: int, d: int, *, std: float = INIT_STD):
@@ -87,9 +96,36 @@ def layer_norm(p: dict, x_BxTxD, eps: float):
     return y.astype(x_BxTxD.dtype)
 
 
+def init_rms_norm(d: int) -> dict:
+    return {"scale": jnp.ones((d,), jnp.float32)}
+
+
+def rms_normalise(x, eps: float):
+    """x / sqrt(mean(x^2) + eps) over the last axis, statistics in (at least) float32."""
+    x32 = at_least_f32(x)
+    return (x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + eps)).astype(x.dtype)
+
+
+def rms_norm(p: dict, x_BxTxD, eps: float):
+    """RMSNorm (Zhang & Sennrich 2019): LayerNorm without the mean subtracted and without
+    the bias; each position divided by its root mean square, then scaled."""
+    x = at_least_f32(x_BxTxD)
+    return (rms_normalise(x, eps) * p["scale"].astype(x.dtype)).astype(x_BxTxD.dtype)
+
+
 def gelu(x):
     """GELU, tanh approximation (Hendrycks & Gimpel 2016), as GPT-2 uses."""
     return 0.5 * x * (1.0 + jnp.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
+
+
+def gelu_exact(x):
+    """GELU as defined, x * Phi(x) with the normal CDF Phi written with erf."""
+    return 0.5 * x * (1.0 + erf(x / math.sqrt(2.0)))
+
+
+def relu2(x):
+    """ReLU squared (So et al. 2021, Primer)."""
+    return jnp.square(jax.nn.relu(x))
 
 
 def dropout(key, x, rate: float, *, train: bool):

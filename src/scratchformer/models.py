@@ -2,6 +2,8 @@
 encoder-decoder. Pre-LN residual blocks (Xiong et al. 2020) throughout. Linear
 layers, LayerNorms and the position add are called through kernels.py, whose FAST
 chooses layers.py's textbook versions or CPU fast paths with the same numbers.
+The "modern block" options of ModelConfig (norm, qk_norm, activation, zero_init,
+logit_softcap) are looked up here, in NORMS and ACTIVATIONS, and passed down.
 
 Shape legend: B batch, T target/time positions, S source positions, D model width,
 V vocabulary, L layers.
@@ -12,6 +14,7 @@ Parameter trees are nested dicts with stable keys; those keys are the checkpoint
   EncDec: {"embed": {"tokens"} or {"src","tgt"}, (+"positions"?),
            "encoder": {"blocks": [...], "ln_f"},
            "decoder": {"blocks": [{"ln1","attn","ln_cross","cross","ln2","mlp"}...], "ln_f"}, "head"?}
+  Every norm is {"scale", "bias"} (LayerNorm) or {"scale"} (RMSNorm).
 """
 
 from __future__ import annotations
@@ -25,9 +28,15 @@ from .attention import (cache_mask, cache_slots, causal_mask, cross_attention, c
                         init_self_attention, padding_mask, self_attention)
 from .config import ModelConfig
 from .kernels import add_positions, layer_norm, linear  # textbook or CPU fast path: kernels.FAST decides
-from .layers import INIT_STD, dropout, embed, gelu, init_embedding, init_layer_norm, init_linear, sinusoidal_positions
+from .layers import (dropout, embed, gelu, gelu_exact, init_embedding, init_layer_norm, init_linear, init_rms_norm,
+                     out_std, relu2, rms_norm, sinusoidal_positions)
 
 PAD_ID = 0  # encoder-decoder token id reserved for padding
+
+# config.NORMS and config.ACTIVATIONS name these. RMSNorm has no fast path: it always
+# runs layers.py's version.
+NORMS = {"layernorm": (init_layer_norm, layer_norm), "rmsnorm": (init_rms_norm, rms_norm)}
+ACTIVATIONS = {"gelu_tanh": gelu, "gelu": gelu_exact, "relu2": relu2}
 
 
 def compute_dtype(cfg: ModelConfig):
@@ -39,27 +48,40 @@ def _keys(key, n):
 
 
 # ---------------------------------------------------------------- shared pieces
-def init_feed_forward(key, d: int, d_ff: int, *, bias: bool, n_layer: int) -> dict:
+def init_norm(cfg: ModelConfig) -> dict:
+    return NORMS[cfg.norm][0](cfg.d_model)
+
+
+def norm(p: dict, x_BxTxD, cfg: ModelConfig):
+    """The model's norm (cfg.norm) with its epsilon."""
+    return NORMS[cfg.norm][1](p, x_BxTxD, cfg.ln_eps)
+
+
+def _qk_eps(cfg: ModelConfig):
+    """What attention takes for qk_norm: its epsilon, or None for off."""
+    return cfg.ln_eps if cfg.qk_norm else None
+
+
+def init_feed_forward(key, d: int, d_ff: int, *, bias: bool, n_layer: int, zero_out: bool = False) -> dict:
     k1, k2 = jax.random.split(key)
-    # Residual projections scaled by 1/sqrt(2 * n_layer), as GPT-2 does.
     return {"fc": init_linear(k1, d, d_ff, bias=bias),
-            "proj": init_linear(k2, d_ff, d, bias=bias, std=INIT_STD / math.sqrt(2 * n_layer))}
+            "proj": init_linear(k2, d_ff, d, bias=bias, std=out_std(n_layer, zero_out))}
 
 
-def feed_forward(p: dict, x_BxTxD):
-    """The position-wise MLP: linear, GELU, linear."""
-    return linear(p["proj"], gelu(linear(p["fc"], x_BxTxD)))
+def feed_forward(p: dict, x_BxTxD, activation=gelu):
+    """The position-wise MLP: linear, activation (GELU unless told), linear."""
+    return linear(p["proj"], activation(linear(p["fc"], x_BxTxD)))
 
 
 def _init_block(key, cfg: ModelConfig, *, cross: bool) -> dict:
     ka, kc, km = jax.random.split(key, 3)
-    kw = dict(bias=cfg.bias, n_layer=cfg.n_layer)
-    p = {"ln1": init_layer_norm(cfg.d_model),
+    kw = dict(bias=cfg.bias, n_layer=cfg.n_layer, zero_out=cfg.zero_init)
+    p = {"ln1": init_norm(cfg),
          "attn": init_self_attention(ka, cfg.d_model, fused=cfg.fused_qkv, **kw),
-         "ln2": init_layer_norm(cfg.d_model),
+         "ln2": init_norm(cfg),
          "mlp": init_feed_forward(km, cfg.d_model, cfg.d_ff, **kw)}
     if cross:
-        p["ln_cross"] = init_layer_norm(cfg.d_model)
+        p["ln_cross"] = init_norm(cfg)
         p["cross"] = init_cross_attention(kc, cfg.d_model, fused=cfg.fused_qkv, **kw)
     return p
 
@@ -72,18 +94,18 @@ def _block(p, x_BxTxD, *, cfg: ModelConfig, mask, key=None, train=False, cache=N
     attention weights BxHxTxS (self: None when computed in blocks or over a cache)."""
     rate = cfg.dropout
     k_att, k_res1, k_cross, k_res2, k_res3 = _keys(key, 5)
-    h, cache, self_probs = self_attention(p["attn"], layer_norm(p["ln1"], x_BxTxD, cfg.ln_eps),
+    h, cache, self_probs = self_attention(p["attn"], norm(p["ln1"], x_BxTxD, cfg),
                                           n_head=cfg.n_head, mask=mask, cache=cache, pos=pos, rate=rate,
                                           key=k_att, train=train, causal_block=cfg.attn_block if causal else 0,
-                                          rope=cfg.positions == "rope")
+                                          rope=cfg.positions == "rope", qk_eps=_qk_eps(cfg))
     x_BxTxD = x_BxTxD + dropout(k_res1, h, rate, train=train)
     cross_probs = None
     if cross is not None:
         kv, cross_mask = cross
-        h, cross_probs = cross_attention(p["cross"], layer_norm(p["ln_cross"], x_BxTxD, cfg.ln_eps), kv,
-                                         n_head=cfg.n_head, mask=cross_mask, rate=rate, key=k_cross, train=train)
+        h, cross_probs = cross_attention(p["cross"], norm(p["ln_cross"], x_BxTxD, cfg), kv, n_head=cfg.n_head,
+                                         mask=cross_mask, rate=rate, key=k_cross, train=train, qk_eps=_qk_eps(cfg))
         x_BxTxD = x_BxTxD + dropout(k_res2, h, rate, train=train)
-    h = feed_forward(p["mlp"], layer_norm(p["ln2"], x_BxTxD, cfg.ln_eps))
+    h = feed_forward(p["mlp"], norm(p["ln2"], x_BxTxD, cfg), ACTIVATIONS[cfg.activation])
     return x_BxTxD + dropout(k_res3, h, rate, train=train), cache, {"self": self_probs, "cross": cross_probs}
 
 
@@ -124,9 +146,13 @@ def _embed(p_embed, table_name, ids_BxT, pos, cfg: ModelConfig):
 
 
 def _head(params, table_name, x_BxTxD, cfg: ModelConfig):
-    """Logits BxTxV: the output head, or x times the transposed token table when tied."""
+    """Logits BxTxV: the output head, or x times the transposed token table when tied;
+    soft-capped to (-c, c) by c * tanh(logits / c) when cfg.logit_softcap = c > 0
+    (Gemma 2; modded-nanogpt), here so that training and every decoder get it."""
     w_DxV = params["head"]["w"] if "head" in params else params["embed"][table_name].T
-    return linear({"w": w_DxV}, x_BxTxD)
+    logits = linear({"w": w_DxV}, x_BxTxD)
+    c = cfg.logit_softcap
+    return c * jnp.tanh(logits / c) if c else logits
 
 
 def init_cache(cfg: ModelConfig, batch: int, length: int, n_layer: int | None = None):
@@ -143,14 +169,14 @@ def init_lm(key, cfg: ModelConfig) -> dict:
     ke, kb, kh = jax.random.split(key, 3)
     params = {"embed": _init_embed(ke, cfg, ["tokens"]),
               "blocks": [_init_block(k, cfg, cross=False) for k in jax.random.split(kb, cfg.n_layer)],
-              "ln_f": init_layer_norm(cfg.d_model)}
+              "ln_f": init_norm(cfg)}
     if not cfg.tie_embeddings:
         params["head"] = init_linear(kh, cfg.d_model, cfg.vocab_size, bias=False)
     return params
 
 
 def _lm_trunk(params, ids_BxT, *, cfg: ModelConfig, train, key, cache, pos, blocked: bool):
-    """Embedding, blocks and final LayerNorm: (x_BxTxD, new cache, per-layer self-attention
+    """Embedding, blocks and final norm: (x_BxTxD, new cache, per-layer self-attention
     probs). blocked: causal attention may run in query blocks (no probs then)."""
     t = ids_BxT.shape[1]
     k_emb, *k_blocks = _keys(key, cfg.n_layer + 1)
@@ -162,7 +188,7 @@ def _lm_trunk(params, ids_BxT, *, cfg: ModelConfig, train, key, cache, pos, bloc
                           cache=None if cache is None else cache[i], pos=pos, causal=blocked)
         new_cache.append(c)
         probs.append(pr["self"])
-    return layer_norm(params["ln_f"], x, cfg.ln_eps), new_cache, probs
+    return norm(params["ln_f"], x, cfg), new_cache, probs
 
 
 def lm_forward(params, ids_BxT, *, cfg: ModelConfig, train=False, key=None, cache=None, pos=0):
@@ -197,9 +223,9 @@ def init_encdec(key, cfg: ModelConfig) -> dict:
     params = {
         "embed": _init_embed(ke, cfg, sorted({src_name, tgt_name})),
         "encoder": {"blocks": [_init_block(k, cfg, cross=False) for k in jax.random.split(kenc, cfg.n_layer)],
-                    "ln_f": init_layer_norm(cfg.d_model)},
+                    "ln_f": init_norm(cfg)},
         "decoder": {"blocks": [_init_block(k, cfg, cross=True) for k in jax.random.split(kdec, cfg.n_layer)],
-                    "ln_f": init_layer_norm(cfg.d_model)},
+                    "ln_f": init_norm(cfg)},
     }
     if not cfg.tie_embeddings:
         params["head"] = init_linear(kh, cfg.d_model, cfg.vocab_size, bias=False)
@@ -213,12 +239,12 @@ def encode(params, src_BxS, *, cfg: ModelConfig, train=False, key=None):
     mask = padding_mask(src_BxS != PAD_ID)
     for i, p in enumerate(params["encoder"]["blocks"]):
         x, _, _ = _block(p, x, cfg=cfg, mask=mask, key=k_blocks[i], train=train)
-    return layer_norm(params["encoder"]["ln_f"], x, cfg.ln_eps)
+    return norm(params["encoder"]["ln_f"], x, cfg)
 
 
 def memory_kv(params, memory_BxSxD, cfg: ModelConfig):
     """Cross-attention keys/values of every decoder layer, computed once per source."""
-    return [cross_kv(p["cross"], memory_BxSxD, cfg.n_head) for p in params["decoder"]["blocks"]]
+    return [cross_kv(p["cross"], memory_BxSxD, cfg.n_head, _qk_eps(cfg)) for p in params["decoder"]["blocks"]]
 
 
 def decode(params, tgt_BxT, kvs, src_valid_BxS, *, cfg: ModelConfig, train=False, key=None,
@@ -237,7 +263,7 @@ def decode(params, tgt_BxT, kvs, src_valid_BxS, *, cfg: ModelConfig, train=False
                           causal=cache is None)
         new_cache.append(c)
         probs.append(pr["cross"])
-    x = layer_norm(params["decoder"]["ln_f"], x, cfg.ln_eps)
+    x = norm(params["decoder"]["ln_f"], x, cfg)
     return _head(params, _table_names(cfg)[1], x, cfg), (None if cache is None else new_cache), probs
 
 
