@@ -16,6 +16,8 @@ from scratchformer import runs
 from scratchformer.cli import main
 from scratchformer.config import make_config
 from scratchformer.gpt2 import save_weights_run
+from scratchformer.data.text import CharTokenizer
+from scratchformer.tasks.lm import LMTask
 from scratchformer.tasks.reverse import ReverseTask
 from scratchformer.data.bpe import BpeTokenizer
 from scratchformer.decode import generate
@@ -167,15 +169,15 @@ def test_export_loads_in_transformers_with_the_same_logits(imported, tmp_path):
 
 
 def test_a_trained_run_exports_to_transformers(tmp_path, bpe_files, capsys):
-    """A run of ours (trained a few steps, untied head) loads in transformers and gives
-    our logits."""
+    """A run of ours (trained a few steps, untied head, separate q/k/v matrices) loads in
+    transformers and gives our logits."""
     data, src = tmp_path / "tokens", bpe_files[0]
     code, _, err = cli(capsys, "prepare", src / "text.txt", "--out", data, "--tokenizer", "bpe", "--gpt2",
                        src / "vocab.json", src / "merges.txt")
     assert code == 0, err
     code, _, err = cli(capsys, "train", "lm", "--data", data, "--out", tmp_path / "run", "--preset", "cpu-quick",
                        "--steps", "4", "--set", "optim.warmup_steps=1", "--set", "model.tie_embeddings=false",
-                       "--no-progress")
+                       "--set", "model.fused_qkv=false", "--no-progress")
     assert code == 0, err
     assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "hf")]) == 0
     task, params = ours(tmp_path / "run")
@@ -256,6 +258,8 @@ def test_bad_uses_of_an_imported_run(small_run, tmp_path, capsys):
     cfg = make_config("reverse", None, {"model.n_layer": 1, "model.d_model": 16})
     task = ReverseTask(cfg)
     save_weights_run(rev, task, task.init_params(jax.random.PRNGKey(0), task.cfg.model), {})
+    rms = LMTask(make_config("lm", "cpu-quick", {"model.norm": "rmsnorm", "model.n_layer": 1}), CharTokenizer("ab"))
+    save_weights_run(tmp_path / "rms", rms, rms.init_params(jax.random.PRNGKey(0), rms.cfg.model), {})
     cases = [
         (["sample", run, "--prompt", "the " * 80], "--prompt the prompt is"),
         (["train", "lm", "--init-from", rev, "--out", tmp_path / "x"], f"--init-from {rev} is a reverse run"),
@@ -265,6 +269,8 @@ def test_bad_uses_of_an_imported_run(small_run, tmp_path, capsys):
          "model.block_size=128 is longer than the position table"),
         (["train", "lm", "--init-from", tmp_path / "nothing", "--out", tmp_path / "x"], "--init-from run folder"),
         (["export", rev, "--out", tmp_path / "x"], "is a reverse run"),
+        (["export", tmp_path / "rms", "--out", tmp_path / "x"], "model.norm='rmsnorm' has no GPT-2 counterpart"),
+        (["export", run, "--out", run], "already exists"),
     ]
     capsys.readouterr()
     for args, expected in cases:

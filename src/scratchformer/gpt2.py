@@ -71,8 +71,8 @@ def model_overrides(hf: dict, source="config.json") -> dict:
             "model.d_model": d, "model.d_ff": 4 * d if hf.get("n_inner") is None else _int(hf, "n_inner", source),
             "model.block_size": _int(hf, "n_positions", source, 1024),
             "model.vocab_size": _int(hf, "vocab_size", source, 50257),
-            "model.ln_eps": float(hf.get("layer_norm_epsilon", 1e-5)), "model.activation": ACTIVATIONS[act],
-            "model.dropout": float(drops["resid_pdrop"]),
+            "model.ln_eps": _float(hf, "layer_norm_epsilon", source, 1e-5), "model.activation": ACTIVATIONS[act],
+            "model.dropout": _float(hf, "resid_pdrop", source, 0.1),
             "model.tie_embeddings": bool(hf.get("tie_word_embeddings", True)),
             "model.positions": "learned", "model.bias": True, "model.fused_qkv": True}
 
@@ -84,9 +84,16 @@ def _int(hf: dict, key: str, source, default=None) -> int:
     return v
 
 
+def _float(hf: dict, key: str, source, default) -> float:
+    v = hf.get(key, default)
+    if type(v) not in (int, float):
+        raise ConfigError(f"{source}: {key}={v!r} must be a number")
+    return float(v)
+
+
 def hf_config(m, eos_id: int | None) -> dict:
     """The config.json of a GPT2LMHeadModel computing what model config `m` does."""
-    unlike = [f"model.{k}={getattr(m, k)!r}" for k, v in GPT2_MODEL.items() if getattr(m, k, v) != v]
+    unlike = [f"model.{k}={getattr(m, k)!r}" for k, v in GPT2_MODEL.items() if getattr(m, k) != v]
     if m.activation not in EXPORTED_ACTIVATION:
         unlike.append(f"model.activation={m.activation!r}")
     if unlike:
@@ -171,13 +178,22 @@ def params_from_hf(tensors: dict[str, np.ndarray], m, source="model.safetensors"
 
 
 def hf_from_params(params, m) -> dict[str, np.ndarray]:
-    """GPT2LMHeadModel's tensors (names with the `transformer.` prefix) of our params."""
+    """GPT2LMHeadModel's tensors (names with the `transformer.` prefix) of our params
+    (separate query, key and value matrices joined as GPT-2's c_attn)."""
+    params = {**params, "blocks": [{**b, "attn": _fused(b["attn"])} for b in params["blocks"]]}
     out = {}
     for hf, path in _hf_names(m).items():
         a = np.asarray(_get(params, path), np.float32)
         out[hf if hf == "lm_head.weight" else "transformer." + hf] = np.ascontiguousarray(
             a.T if hf == "lm_head.weight" else a)
     return out
+
+
+def _fused(attn: dict) -> dict:
+    if "qkv" in attn:
+        return attn
+    qkv = {leaf: np.concatenate([np.asarray(attn[n][leaf]) for n in "qkv"], axis=-1) for leaf in ("w", "b")}
+    return {"qkv": qkv, "out": attn["out"]}
 
 
 def _get(tree, path):
