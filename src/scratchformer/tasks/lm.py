@@ -75,8 +75,8 @@ PRESETS = {
     FINETUNE_PRESET: {
         "model.block_size": 256, "model.dropout": 0.0,
         "optim.lr": 3e-5, "optim.min_lr": 3e-5, "optim.warmup_steps": 0, "optim.weight_decay": 0.0,
-        "train.batch_size": 8, "train.steps": 200, "train.eval_every": 50, "train.checkpoint_every": 50,
-        "train.steps_per_call": 1, "data.eval_windows": 32,
+        "train.batch_size": 4, "train.steps": 200, "train.eval_every": 50, "train.checkpoint_every": 50,
+        "train.steps_per_call": 1, "data.eval_windows": 16,
     },
     # Tuned on a 2-core CPU for a low validation loss within 10 minutes (README, results).
     "cpu": {
