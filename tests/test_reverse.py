@@ -78,6 +78,25 @@ def test_cache_equals_no_cache_on_an_untrained_model(positions):
                                   np.asarray(greedy(params, src, cfg=cfg, max_out=9, use_cache=False)))
 
 
+@pytest.mark.parametrize("positions", ["learned", "rope"])
+def test_block_options_cache_equals_no_cache_and_beam_one_equals_greedy(positions):
+    """The encoder-decoder with RMSNorm, QK-norm (in cross-attention too: the memory's keys
+    are normalised once), exact GELU, a soft-capped untied head: it builds and decodes,
+    and its cached decoders reproduce the uncached one. Weights scaled up (as in
+    test_sampling.py) so that decisions are not near-ties."""
+    from scratchformer.models import init_encdec
+    cfg = ReverseTask(make_config("reverse", None, {
+        **SMALL, "model.positions": positions, "model.norm": "rmsnorm", "model.qk_norm": True,
+        "model.activation": "gelu", "model.logit_softcap": 2.0, "model.tie_embeddings": False})).cfg.model
+    params = jax.tree.map(lambda a: a * 4.0 if a.ndim == 2 else a, init_encdec(jax.random.PRNGKey(3), cfg))
+    assert set(params["decoder"]["blocks"][0]["ln_cross"]) == {"scale"} and "head" in params
+    src = jnp.asarray(reverse.eval_set(size=64, seed=5, n_symbols=20, min_len=1, max_len=8)["src"])
+    g = np.asarray(greedy(params, src, cfg=cfg, max_out=9))
+    np.testing.assert_array_equal(g, np.asarray(greedy(params, src, cfg=cfg, max_out=9, use_cache=False)))
+    np.testing.assert_array_equal(g, np.asarray(beam_search(params, src, cfg=cfg, max_out=9, beam=1)))
+    assert len({tuple(row) for row in g}) > 1  # other sources, other outputs
+
+
 def test_beam_search_is_exact_too(trained):
     _, task, params, _ = trained
     ev = {k: v[:300] for k, v in task.eval_set().items()}

@@ -46,6 +46,23 @@ def test_cached_equals_uncached_with_rotary_positions(prompt_len, n_new):
                                                use_cache=False))
 
 
+@pytest.mark.parametrize("positions", ["learned", "rope"])
+def test_cached_equals_uncached_with_the_block_options(positions):
+    """RMSNorm, QK-norm (the cache holds normalised keys), ReLU squared, an untied head
+    soft-capped at 1 (these logits are about 1 in size, so the cap bends them), and
+    zero_init, which sets only the start: the weights are drawn without it (scaled as
+    the fixture's) so that every block does something."""
+    cfg = dataclasses.replace(CFG, positions=positions, norm="rmsnorm", qk_norm=True, activation="relu2",
+                              logit_softcap=1.0, tie_embeddings=False, zero_init=True)
+    p = init_lm(jax.random.PRNGKey(0), dataclasses.replace(cfg, zero_init=False))
+    p = jax.tree.map(lambda a: a * 4.0 if a.ndim == 2 else a, p)
+    for prompt_len, n_new in [(1, 30), (12, 20)]:  # from the first token; from past the block size
+        prompt = np.arange(prompt_len) % 13
+        a = generate(p, cfg, prompt, n_new, seed=3, temperature=0.8)
+        np.testing.assert_array_equal(a, generate(p, cfg, prompt, n_new, seed=3, temperature=0.8, use_cache=False))
+        assert len(set(a[prompt_len:].tolist())) > 1  # not one token over and over
+
+
 def test_greedy_matches_a_naive_loop(params):
     """Greedy generation = argmax of a plain forward over the sliding window each step."""
     prompt, n_new, t, keep = [1, 2, 3], 15, CFG.block_size, CFG.block_size // 2
