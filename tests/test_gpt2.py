@@ -200,6 +200,10 @@ def test_fine_tuning_starts_from_the_imported_weights(small_run, bpe_files, tmp_
     assert (out / "tokenizer.json").read_text() == (run / "tokenizer.json").read_text()
     np.testing.assert_allclose(tuned["embed"]["positions"], start["embed"]["positions"][:32], atol=1e-9)
     np.testing.assert_allclose(tuned["blocks"][1]["mlp"]["fc"]["w"], start["blocks"][1]["mlp"]["fc"]["w"], atol=1e-9)
+    # The fine-tune's own config.json trains it again (its model keys are the source's).
+    code, _, err = cli(capsys, "train", "lm", "--config", out, "--out", tmp_path / "again", "--dry-run",
+                       "--init-from", run, "--data", bpe_files[0] / "text.txt")
+    assert code == 0, err
 
 
 def test_the_published_files_layout_imports_the_same(tmp_path, bpe_files, small_run, capsys):

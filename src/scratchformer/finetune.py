@@ -42,12 +42,13 @@ def config(task: str, preset: str | None, overrides: dict, init, path):
     """The fine-tune's RunConfig: the preset and overrides, with the source run's
     architecture (`init.cfg.model`) and train.init_from = path."""
     arch = {f"model.{f.name}": getattr(init.cfg.model, f.name) for f in fields(ModelConfig) if f.name not in FREE}
-    fixed = sorted(k for k in overrides if k in arch)
-    if fixed:
-        raise ConfigError(f"{', '.join(fixed)} cannot be set with --init-from: the run keeps the architecture of "
+    asked = make_config(task, preset, {**overrides, "train.init_from": str(path)})
+    # A key given with the source's own value (a fine-tune's config.json read again) is no change.
+    changed = sorted(k for k in overrides if k in arch and getattr(asked.model, k[6:]) != arch[k])
+    if changed:
+        raise ConfigError(f"{', '.join(changed)} cannot be set with --init-from: the run keeps the architecture of "
                           f"{path} (only model.{', model.'.join(FREE)} may change)")
-    cfg = apply_overrides(make_config(task, preset, {**overrides, "train.init_from": str(path)}), arch,
-                          allow_derived=True)
+    cfg = apply_overrides(asked, arch, allow_derived=True)
     m, old = cfg.model, init.cfg.model
     if m.positions == "learned" and m.block_size > old.block_size:
         raise ConfigError(f"model.block_size={m.block_size} is longer than the position table of {path} "
