@@ -86,12 +86,13 @@ def _generate(params, tokens_L, key, *, cfg: ModelConfig, n_prompt: int, n_new: 
     def prefill(buf, s, length: int):
         """Encode the `length` tokens from s on (a static count: the prompt's part in
         the window, or `keep`) into a fresh cache; logits after the last of them."""
-        logits, cache = lm_forward(params, window(buf, s, length), cfg=cfg, cache=init_cache(cfg, 1, big_t), pos=0)
-        return logits[0, -1], cache
+        logits, cache = lm_forward(params, window(buf, s, length), cfg=cfg, cache=init_cache(cfg, 1, big_t), pos=0,
+                                   at=length - 1)
+        return logits[0, 0], cache
 
     def full(buf, s, n):
-        logits, _ = lm_forward(params, window(buf, s), cfg=cfg)
-        return logits[0, n - s - 1]
+        logits, _ = lm_forward(params, window(buf, s), cfg=cfg, at=n - s - 1)
+        return logits[0, 0]
 
     s0 = max(0, n_prompt - big_t)
 
