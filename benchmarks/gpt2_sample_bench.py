@@ -8,7 +8,7 @@ tanh), so they decode the same tokens up to float rounding, and the JSON says wh
 they did. Each run decodes `--new` tokens after a `--prompt`-token prompt with the KV
 cache: ours through `decode.generate(temperature=0)` (compiled by a warm-up call first),
 theirs through `model.generate(do_sample=False)` (a warm-up call too), alternating, with
-torch using as many threads as this process has cores. tokens/s = new tokens / the
+torch using as many threads as this process has cores (or `--torch-threads`). tokens/s = new tokens / the
 whole call (the prompt's prefill included, for both).
 
 `--memory` adds XLA's footprint of the compiled sampler (temperature 0.8) for 1,000, 10,000
@@ -79,11 +79,12 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--prompt", type=int, default=100)
     ap.add_argument("--new", type=int, default=200)
+    ap.add_argument("--torch-threads", type=int, default=0, help="default: this process's cores")
     ap.add_argument("--memory", action="store_true", help="also XLA's footprint for 1,000 to 20,000 tokens")
     ap.add_argument("--memory-only", action="store_true", help="only that footprint")
     a = ap.parse_args()
     cores = len(os.sched_getaffinity(0))
-    torch.set_num_threads(cores)
+    torch.set_num_threads(a.torch_threads or cores)
     out = {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
            "machine": next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
                             if line.startswith("model name")), platform.processor()),
