@@ -519,8 +519,6 @@ def _bad_inputs(tmp: Path, lm_run: Path, rev_run: Path, corpus: Path):
                                       "--set", "model.d_ff=65536", "--out", tmp / "big"],
          "training this model (model.n_layer=5, model.d_model=16384, model.d_ff=65536, model.block_size=16: "
          "16,107,"),
-        ("sample too long for memory", ["sample", lm_run, "--tokens", "1000000000"],
-         "sampling 1,000,000,000 tokens from a vocabulary of"),
         ("coordinator not HOST:PORT", [*lm, "--coordinator", "host:99999", "--num-processes", "2", "--process-id", "0"],
          "--coordinator 'host:99999' is not HOST:PORT (a host name or address, a port 1-65535)"),
         ("eval text with unknown characters", ["eval", lm_run, "--data", tmp / "latin1.txt"], "not UTF-8"),
@@ -583,6 +581,16 @@ def test_bad_inputs_give_one_clear_line(tmp_path, lm_run, rev_run, corpus, capsy
     assert not (tmp_path / "nockpt" / "config.json").exists()
     assert not (tmp_path / "big").exists()  # refused before the run folder is made
     assert not (tmp_path / "c.png").exists() and not (tmp_path / "c.jpg").exists()
+
+
+def test_sample_too_long_for_memory_is_one_line(monkeypatch, lm_run, capsys):
+    """A sample holds its ids, 4 bytes a token, three times (the input, the loop's buffer,
+    the output): a billion tokens need ~12 GB, refused where less is free (here 2 GB)."""
+    from scratchformer import memory
+    monkeypatch.setattr(memory, "host_available_bytes", lambda: 2_000_000_000)
+    code, _, err = cli(capsys, "sample", lm_run, "--tokens", "1000000000")
+    assert code == 2 and err.count("\n") == 1, err
+    assert "sampling 1,000,000,000 tokens needs ~12.0 GB, more than the 2.0 GB free" in err, err
 
 
 def test_xla_out_of_memory_is_one_line(monkeypatch, capsys):

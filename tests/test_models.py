@@ -16,8 +16,8 @@ from scratchformer.checkpoint import flatten
 from scratchformer.config import ModelConfig, make_config
 from scratchformer.data import reverse
 from scratchformer.loss import lm_loss, seq2seq_loss
-from scratchformer.models import (ACTIVATIONS, NORMS, PAD_ID, encdec_forward, encode, init_encdec, init_lm,
-                                  lm_attention, lm_forward)
+from scratchformer.models import (ACTIVATIONS, NORMS, PAD_ID, encdec_forward, encode, init_cache, init_encdec,
+                                  init_lm, lm_attention, lm_forward)
 from scratchformer.train import init_state, make_train_step
 
 from conftest import float64
@@ -180,6 +180,19 @@ def test_lm_is_causal():
         out, _ = lm_forward(params, changed, cfg=LM_CFG)
         np.testing.assert_array_equal(np.asarray(out[0, :t]), np.asarray(base[0, :t]))
         assert not np.allclose(np.asarray(out[0, t]), np.asarray(base[0, t]))
+
+
+def test_lm_logits_at_one_position():
+    """`at` gives that token's row of the logits alone, with and without a cache (a
+    one-row head product: equal up to rounding)."""
+    params = init_lm(jax.random.PRNGKey(0), LM_CFG)
+    ids = jax.random.randint(jax.random.PRNGKey(1), (1, 6), 0, 11)
+    full, _ = lm_forward(params, ids, cfg=LM_CFG)
+    at = jax.jit(lambda t: lm_forward(params, ids, cfg=LM_CFG, at=t)[0])
+    for t in (0, 3, 5):
+        np.testing.assert_allclose(np.asarray(at(t)), np.asarray(full[:, t:t + 1]), rtol=1e-5, atol=1e-6)
+    last, _ = lm_forward(params, ids, cfg=LM_CFG, cache=init_cache(LM_CFG, 1, 8), pos=0, at=5)
+    np.testing.assert_allclose(np.asarray(last), np.asarray(full[:, 5:]), rtol=1e-5, atol=1e-6)
 
 
 def test_lm_attention_weights_by_hand():

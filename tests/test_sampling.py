@@ -1,5 +1,5 @@
 """LM sampling: the KV cache changes nothing, sliding windows past the block size,
-top-k and top-p do what they say."""
+top-k and top-p do what they say, the noise is drawn a token at a time."""
 
 import dataclasses
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from scratchformer.config import ModelConfig
-from scratchformer.decode import filter_logits, generate, sample_token
+from scratchformer.decode import _generate, filter_logits, generate, sample_token
 from scratchformer.models import init_lm, lm_forward
 
 CFG = ModelConfig(n_layer=2, n_head=2, d_model=32, d_ff=64, block_size=8, vocab_size=13)
@@ -104,15 +104,54 @@ def test_top_k_keeps_k_largest():
 
 @pytest.mark.parametrize("temperature,top_k", [(1.0, 0), (0.5, 0), (1.0, 3)])
 def test_sampled_frequencies_follow_the_softmax(temperature, top_k):
-    """The Gumbel-max draw against the distribution it should sample: softmax of the
-    filtered logits / temperature (200,000 draws; 5 standard errors)."""
+    """Tokens 0..n-1 of one seed's stream against the distribution they should follow:
+    softmax of the filtered logits / temperature (200,000 draws; 5 standard errors)."""
     logits = jnp.asarray([0.3, -1.0, 1.2, 0.0, -0.4, 2.0])
     n = 200_000
-    noise = jax.random.gumbel(jax.random.PRNGKey(7), (n, logits.shape[0]))
-    draws = jax.vmap(lambda g: sample_token(g, logits, temperature=temperature, top_k=top_k, top_p=1.0))(noise)
+    draw = lambda i: sample_token(jax.random.PRNGKey(7), i, logits, temperature=temperature, top_k=top_k, top_p=1.0)
+    draws = jax.jit(jax.vmap(draw))(jnp.arange(n))
     freq = np.bincount(np.asarray(draws), minlength=6) / n
     z = np.asarray(logits, np.float64) / temperature
     if top_k:
         z[np.argsort(z)[:-top_k]] = -np.inf
     want = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
     np.testing.assert_allclose(freq, want, atol=5 * np.sqrt(0.25 / n))
+
+
+def test_token_i_is_the_gumbel_max_of_row_i():
+    """Token i is the argmax of logits + row i of jax.random.gumbel(key, (rows, V)), the
+    noise the whole sample would have drawn up front (V = 50,257 is GPT-2's: an odd width,
+    padded inside)."""
+    key, v = jax.random.PRNGKey(4), 50_257
+    logits = jax.random.normal(jax.random.PRNGKey(5), (v,)) * 3.0
+    noise = jax.random.gumbel(key, (6, v), jnp.float32)
+    for i in range(6):
+        tok = sample_token(key, jnp.int32(i), logits, temperature=1.0, top_k=0, top_p=1.0)
+        assert int(tok) == int(jnp.argmax(logits + noise[i]))
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_a_longer_sample_begins_with_the_shorter(params, use_cache):
+    """Token i's noise depends on the seed and i, not on how many tokens are asked for:
+    50 tokens are the first 50 of 80 (past the block size: the window slides)."""
+    kw = dict(seed=9, temperature=1.0, use_cache=use_cache)
+    short, long = generate(params, CFG, [2, 7], 50, **kw), generate(params, CFG, [2, 7], 80, **kw)
+    np.testing.assert_array_equal(short, long[:52])
+
+
+def test_compiled_sampler_memory_does_not_grow_with_tokens_times_vocabulary():
+    """XLA's temporaries for 2,000 new tokens against 100, at V = 5,000: the ids grow (a few
+    int32 per token), the noise must not (a block of it would be 20,000 bytes per token)."""
+    cfg = dataclasses.replace(CFG, vocab_size=5000)
+    p = init_lm(jax.random.PRNGKey(0), cfg)
+    key = jax.random.PRNGKey(0)
+
+    def temp_bytes(n_new, use_cache):
+        tokens = jax.ShapeDtypeStruct((1 + n_new,), jnp.int32)
+        compiled = _generate.lower(p, tokens, key, cfg=cfg, n_prompt=1, n_new=n_new, temperature=0.8, top_k=0,
+                                   top_p=1.0, use_cache=use_cache).compile()
+        return compiled.memory_analysis().temp_size_in_bytes
+
+    for use_cache in (True, False):
+        grown = temp_bytes(2000, use_cache) - temp_bytes(100, use_cache)
+        assert grown <= 16 * 1900, (use_cache, grown)

@@ -23,6 +23,7 @@ import numpy as np
 
 from .config import ModelConfig
 from .data.reverse import BOS, EOS, PAD
+from .gumbel import gumbel_row
 from .kernels import decoding_layout
 from .memory import check_fits, tree_bytes
 from .models import PAD_ID, decode, encode, init_cache, lm_forward, memory_kv
@@ -46,16 +47,28 @@ def filter_logits(logits_V, *, temperature: float, top_k: int = 0, top_p: float 
     return logits_V
 
 
-def sample_token(gumbel_V, logits_V, *, temperature: float, top_k: int, top_p: float):
-    """One token id from softmax(filtered logits) by the Gumbel-max trick: the argmax of
-    logits + standard Gumbel noise (what jax.random.categorical does inside). The noise
-    is passed in so that a decoding loop can draw all of it before the loop starts;
-    drawing it token by token ran XLA's CPU random-bits loop (~100 small ops) at
-    every token. temperature 0 is greedy and ignores the noise."""
+# A noise row is drawn this wide (the vocabulary rounded up), the logits padded to match:
+# XLA's CPU backend runs an elementwise loop of odd length several times slower.
+NOISE_ALIGN = 64
+
+
+def sample_token(key, i, logits_V, *, temperature: float, top_k: int, top_p: float):
+    """Token i of the sample seeded by `key` (a raw threefry key): one id from
+    softmax(filtered logits) by the Gumbel-max trick, the argmax of logits + standard
+    Gumbel noise (what jax.random.categorical does inside). The noise is row i of
+    jax.random.gumbel(key, (rows, V)), computed on its own (gumbel.py), so a sample of
+    any length holds one token's noise at a time. temperature 0 is greedy and ignores
+    the noise."""
     if temperature == 0.0:
         return jnp.argmax(logits_V).astype(jnp.int32)
+    v = logits_V.shape[-1]
+    width = -(-v // NOISE_ALIGN) * NOISE_ALIGN
     filtered = filter_logits(logits_V, temperature=temperature, top_k=top_k, top_p=top_p)
-    return jnp.argmax(filtered + gumbel_V).astype(jnp.int32)
+    scores = jnp.pad(filtered, (0, width - v), constant_values=-jnp.inf) + gumbel_row(key, i, v, width=width)
+    # top_k(., 1) is argmax (the first of equal maxima), but not a reduction XLA fuses the
+    # noise into: its CPU backend runs such a fused reduction an element at a time, and
+    # the noise alone in a loop of its own several times faster.
+    return jax.lax.top_k(scores, 1)[1][0]
 
 
 # ---------------------------------------------------------------- LM generation
@@ -73,21 +86,19 @@ def _generate(params, tokens_L, key, *, cfg: ModelConfig, n_prompt: int, n_new: 
     def prefill(buf, s, length: int):
         """Encode the `length` tokens from s on (a static count: the prompt's part in
         the window, or `keep`) into a fresh cache; logits after the last of them."""
-        logits, cache = lm_forward(params, window(buf, s, length), cfg=cfg, cache=init_cache(cfg, 1, big_t), pos=0)
-        return logits[0, -1], cache
+        logits, cache = lm_forward(params, window(buf, s, length), cfg=cfg, cache=init_cache(cfg, 1, big_t), pos=0,
+                                   at=length - 1)
+        return logits[0, 0], cache
 
     def full(buf, s, n):
-        logits, _ = lm_forward(params, window(buf, s), cfg=cfg)
-        return logits[0, n - s - 1]
+        logits, _ = lm_forward(params, window(buf, s), cfg=cfg, at=n - s - 1)
+        return logits[0, 0]
 
     s0 = max(0, n_prompt - big_t)
 
-    # All the sampling noise at once: n_new x V floats, row i for step i.
-    noise = jax.random.gumbel(key, (n_new, cfg.vocab_size), jnp.float32)
-
     def sample_at(buf, i, logits):
         """Draw the token of step i (position n_prompt + i) and write it into buf."""
-        tok = sample_token(noise[i], logits, temperature=temperature, top_k=top_k, top_p=top_p)
+        tok = sample_token(key, i, logits, temperature=temperature, top_k=top_k, top_p=top_p)
         return buf.at[n_prompt + i].set(tok), tok
 
     if not use_cache:
@@ -152,12 +163,13 @@ def generate(params, cfg: ModelConfig, prompt_ids, n_new: int, *, seed: int = 0,
         raise ValueError(f"n_new={n_new} must be in [1, {2**31 - 1 - len(prompt)}]")
     key = jax.random.PRNGKey(seed)
     # Compiled ahead (JAX caches it: a repeated call neither traces nor compiles again) so
-    # that a sample too long for memory (the noise is n_new x V floats) is an error first.
+    # that a sample too long for memory (its ids, 4 bytes per token, are held three times:
+    # the input, the loop's buffer and the output) is an error first.
     tokens = jax.ShapeDtypeStruct((len(prompt) + n_new,), jnp.int32)
     run = _generate.lower(params, tokens, key, cfg=cfg, n_prompt=len(prompt), n_new=n_new,
                           temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
                           use_cache=use_cache).compile()
-    check_fits(run, jax.local_devices()[:1], what=f"sampling {n_new:,} tokens from a vocabulary of {cfg.vocab_size}",
+    check_fits(run, jax.local_devices()[:1], what=f"sampling {n_new:,} tokens",
                advice="ask for fewer tokens", allocated=tree_bytes(params))
     tokens = jnp.concatenate([jnp.asarray(prompt), jnp.zeros((n_new,), jnp.int32)])
     return np.asarray(run(params, tokens, key))

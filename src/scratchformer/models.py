@@ -191,14 +191,18 @@ def _lm_trunk(params, ids_BxT, *, cfg: ModelConfig, train, key, cache, pos, bloc
     return norm(params["ln_f"], x, cfg), new_cache, probs
 
 
-def lm_forward(params, ids_BxT, *, cfg: ModelConfig, train=False, key=None, cache=None, pos=0):
+def lm_forward(params, ids_BxT, *, cfg: ModelConfig, train=False, key=None, cache=None, pos=0, at=None):
     """Logits BxTxV for tokens at positions pos..pos+T-1.
 
     Without a cache the sequence attends causally to itself (pos must be 0). With a
     cache (from `init_cache`, S slots) the T tokens are written at slots pos.. and
-    attend to every earlier slot. Returns (logits_BxTxV, new_cache)."""
+    attend to every earlier slot. `at` (an index into T, may be traced): the logits of
+    that one token only, Bx1xV, for a sampler (the head's T x D x V product is the
+    largest of a forward pass at a large vocabulary). Returns (logits, new_cache)."""
     x, new_cache, _ = _lm_trunk(params, ids_BxT, cfg=cfg, train=train, key=key, cache=cache, pos=pos,
                                 blocked=cache is None)
+    if at is not None:
+        x = jax.lax.dynamic_slice_in_dim(x, at, 1, axis=1)
     return _head(params, "tokens", x, cfg), (None if cache is None else new_cache)
 
 
