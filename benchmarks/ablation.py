@@ -5,8 +5,8 @@
         [--preset cpu-quick] [--seeds 0 1 2] [--recipes classic new ...] [--eval-every 100]
 
 Recipes: `classic` (the preset as it is), `new` (every technique in NEW), `new-X` (new
-without technique X: the preset's own setting for it), and the extras `new+wsd` and
-`new+dropout` (not run unless named). Runs go in seed-major order, so a stopped
+without technique X: the preset's own setting for it), and the extras `new+wsd`,
+`new+dropout` and `classic+muon` (not run unless named). Runs go in seed-major order, so a stopped
 ablation has whole seeds. A run whose folder holds a summary.json is read, not run again.
 
 Per run: the final validation loss (whole split, summary.json), the training time and
@@ -54,6 +54,7 @@ def recipes() -> dict[str, list[str]]:
         out[f"new-{name}"] = [s for k, sets in NEW.items() if k != name for s in sets]
     for name, sets in EXTRAS.items():
         out[name] = new + sets
+    out["classic+muon"] = NEW["muon"]  # the one technique that moves the loss most, alone
     return out
 
 
