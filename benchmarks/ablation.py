@@ -7,7 +7,8 @@
 Recipes: `classic` (the preset as it is), `new` (every technique in NEW), `new-X` (new
 without technique X: the preset's own setting for it), and the extras `new+wsd`,
 `new+dropout` and `classic+muon` (not run unless named). Runs go in seed-major order, so a stopped
-ablation has whole seeds. A run whose folder holds a summary.json is read, not run again.
+ablation has whole seeds. A run whose folder holds a summary.json is read, not run again
+(--read-only: nothing is run; a partial ablation's table).
 
 Per run: the final validation loss (whole split, summary.json), the training time and
 time per step (summary's train_time_s / steps: periodic evaluations and checkpoints
@@ -73,6 +74,8 @@ def train(name: str, sets: list[str], seed: int, args) -> dict:
     load_before = os.getloadavg()
     wall = None
     if not (run_dir / "summary.json").exists():
+        if args.read_only:
+            return None
         t0 = time.perf_counter()
         with open(log, "w") as f:
             done = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT)
@@ -153,6 +156,8 @@ def main(argv=None) -> None:
     ap.add_argument("--thresholds", type=float, nargs="+", default=list(THRESHOLDS),
                     help="validation losses whose first step and time are reported")
     ap.add_argument("--set", action="append", default=[], help="KEY=VALUE for every run, after the recipe's")
+    ap.add_argument("--read-only", action="store_true",
+                    help="run nothing: the table of the runs already in OUT_DIR (load figures are then today's)")
     ap.add_argument("--json", help="write the runs here (default OUT_DIR/ablation.json)")
     args = ap.parse_args(argv)
     Path(args.out_dir).mkdir(parents=True, exist_ok=True)
@@ -160,8 +165,11 @@ def main(argv=None) -> None:
     runs = []
     for seed in args.seeds:
         for name in args.recipes:
-            runs.append(train(name, every[name], seed, args))
-            print(line(runs[-1]), flush=True)
+            run = train(name, every[name], seed, args)
+            if run is None:
+                continue
+            runs.append(run)
+            print(line(run), flush=True)
             out.write_text(json.dumps({"preset": args.preset, "recipes": {n: every[n] for n in args.recipes},
                                        "runs": runs}, indent=1) + "\n")
     print(table(runs, args.recipes, args.thresholds))
