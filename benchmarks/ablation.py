@@ -2,7 +2,7 @@
 `scratchformer train lm` in its own process, with the time to reach a validation loss.
 
     python benchmarks/ablation.py --data tinyshakespeare.txt --out-dir runs/ablation \
-        [--preset cpu-quick] [--seeds 0 1 2] [--recipes classic new ...] [--eval-every 100]
+        [--preset cpu-quick-classic] [--seeds 0 1 2] [--recipes classic new ...] [--eval-every 100]
 
 Recipes: `classic` (the preset as it is), `new` (every technique in NEW), `new-X` (new
 without technique X: the preset's own setting for it), and the extras `new+wsd`,
@@ -149,7 +149,7 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", required=True, help="the LM's text file")
     ap.add_argument("--out-dir", required=True, help="folder for the run folders and their logs")
-    ap.add_argument("--preset", default="cpu-quick")
+    ap.add_argument("--preset", default="cpu-quick-classic")  # AdamW: the recipes add Muon themselves
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--recipes", nargs="+", default=DEFAULT_RECIPES, choices=list(every))
     ap.add_argument("--eval-every", type=int, default=100, help="steps between periodic evaluations")

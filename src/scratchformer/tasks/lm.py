@@ -59,15 +59,19 @@ class TextData:
 
 
 FINETUNE_PRESET = "gpt2-finetune"
+CPU_QUICK_CLASSIC = {  # AdamW on GPT-2's block: the seed's recipe, tuned for a 2-core CPU
+    "model.n_layer": 3, "model.n_head": 4, "model.d_model": 128, "model.d_ff": 512,
+    "model.block_size": 64, "model.dropout": 0.0,
+    "optim.lr": 5e-3, "optim.min_lr": 5e-4, "optim.warmup_steps": 30,
+    "train.batch_size": 16, "train.steps": 1500, "train.eval_every": 250,
+    "train.checkpoint_every": 500, "train.steps_per_call": 25,
+}
 PRESETS = {
-    # Tuned on a 2-core CPU for a low validation loss within ~45 s (README, results).
-    "cpu-quick": {
-        "model.n_layer": 3, "model.n_head": 4, "model.d_model": 128, "model.d_ff": 512,
-        "model.block_size": 64, "model.dropout": 0.0,
-        "optim.lr": 5e-3, "optim.min_lr": 5e-4, "optim.warmup_steps": 30,
-        "train.batch_size": 16, "train.steps": 1500, "train.eval_every": 250,
-        "train.checkpoint_every": 500, "train.steps_per_call": 25,
-    },
+    # A low validation loss within ~45 s on a 2-core CPU: the classic settings with Muon
+    # on the hidden matrices, the one change of benchmarks/ablation.py's recipes that paid
+    # at this size (BENCHMARKS.md, "Block options and Muon"; README, results).
+    "cpu-quick": {**CPU_QUICK_CLASSIC, "optim.name": "muon"},
+    "cpu-quick-classic": CPU_QUICK_CLASSIC,
     # Fine-tuning a run (train lm --init-from RUN; the default preset then), as nanoGPT's
     # finetune_shakespeare: a small constant-ish rate, few steps. block_size 256 keeps the
     # first 256 of GPT-2's 1,024 positions: a step on a 2-core CPU takes seconds, not
