@@ -17,7 +17,7 @@ from conftest import TINY_MODEL
 
 
 def _setup(**over):
-    cfg = make_config("lm", "cpu-quick", {**TINY_MODEL, **over})
+    cfg = make_config("lm", "cpu-quick-classic", {**TINY_MODEL, **over})
     model = cfg.model.__class__(**{**cfg.model.__dict__, "vocab_size": 11})
     params = init_lm(jax.random.PRNGKey(0), model)
     grads = jax.tree.map(lambda x: jnp.sin(37.0 * x) + 0.1, params)
@@ -30,7 +30,7 @@ def _same(a, b):
 
 
 def test_adamw_is_adamw_update_with_the_decay_mask():
-    o, params, grads = _setup()
+    o, params, grads = _setup(**{"optim.name": "adamw"})
     opt = optimizer(o, params)
     assert isinstance(opt.init(params), AdamWState)
     got = jax.jit(opt.update)(grads, opt.init(params), params, 2e-3)

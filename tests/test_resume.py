@@ -228,8 +228,8 @@ def test_skip_nonfinite_option_keeps_going(corpus, tmp_path):
     from scratchformer.config import make_config
     from scratchformer.tasks import LMTask
     from scratchformer.train import init_state, make_train_step
-    cfg = make_config("lm", "cpu-quick", {"model.n_layer": 1, "model.d_model": 16, "model.n_head": 2,
-                                          "model.d_ff": 32, "model.block_size": 8, "train.skip_nonfinite": True})
+    cfg = make_config("lm", "cpu-quick-classic", {"model.n_layer": 1, "model.d_model": 16, "model.n_head": 2,
+                                                  "model.d_ff": 32, "model.block_size": 8, "train.skip_nonfinite": True})
     task = LMTask.from_text(cfg, corpus.read_text())
     state = init_state(task.cfg)
     batch = task.sample_batch(task.device_data(), jax.random.PRNGKey(0), 4)

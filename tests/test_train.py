@@ -19,8 +19,8 @@ from conftest import TINY_MODEL, assert_params_close
 
 
 def _lm_task(text, **over):
-    cfg = make_config("lm", "cpu-quick", {**TINY_MODEL, "train.batch_size": 8, "train.steps": 40,
-                                          "optim.warmup_steps": 5, **over})
+    cfg = make_config("lm", "cpu-quick-classic", {**TINY_MODEL, "train.batch_size": 8, "train.steps": 40,
+                                                  "optim.warmup_steps": 5, **over})
     return LMTask.from_text(cfg, text)
 
 
@@ -101,8 +101,8 @@ def test_dropout_masks_differ_between_steps(tiny_text):
 
 
 def test_steps_per_call_divides_boundaries():
-    cfg = make_config("lm", "cpu-quick", {"train.steps": 1000, "train.eval_every": 250,
-                                          "train.checkpoint_every": 500, "train.steps_per_call": 40})
+    cfg = make_config("lm", "cpu-quick-classic", {"train.steps": 1000, "train.eval_every": 250,
+                                                  "train.checkpoint_every": 500, "train.steps_per_call": 40})
     k = steps_per_call(cfg)
     assert k <= 40 and 250 % k == 0 and 1000 % k == 0 and k == 25
 
@@ -144,6 +144,18 @@ def test_bfloat16_mixed_precision_trains_like_float32(tiny_text):
     assert abs(finals["bfloat16"] - finals["float32"]) < 0.05 * finals["float32"], finals
 
 
+def _train_calls(task, k: int, calls: int):
+    """`calls` training calls of k steps from the task's initial state: (state, losses)."""
+    call, shardings = make_train_call(task.cfg, task, k)
+    state = init_sharded_state(task.cfg, shardings)
+    data = jax.device_put(task.device_data(), replicated(make_mesh()))
+    losses = []
+    for _ in range(calls):
+        state, m = call(state, data)
+        losses += list(np.asarray(m["loss"]))
+    return state, losses
+
+
 def test_muon_trains_and_differs_from_adamw(tiny_text):
     """optim.name=muon (Muon on the blocks' matrices, AdamW elsewhere) lowers the loss, to
     other parameters than AdamW's; both under the wsd schedule."""
@@ -151,13 +163,7 @@ def test_muon_trains_and_differs_from_adamw(tiny_text):
     for name in ("adamw", "muon"):
         task = _lm_task(tiny_text, **{"optim.name": name, "optim.schedule": "wsd", "train.steps": 100,
                                       "train.steps_per_call": 50})
-        call, shardings = make_train_call(task.cfg, task, 50)
-        state = init_sharded_state(task.cfg, shardings)
-        data = jax.device_put(task.device_data(), replicated(make_mesh()))
-        out = []
-        for _ in range(2):
-            state, m = call(state, data)
-            out += list(np.asarray(m["loss"]))
+        state, out = _train_calls(task, 50, 2)
         losses[name], params[name] = np.array(out), flatten(state.params)
     for name, loss in losses.items():
         assert np.isfinite(loss).all() and loss[-10:].mean() < 0.6 * loss[0], (name, loss[0], loss[-10:].mean())
@@ -176,13 +182,7 @@ def test_block_options_train_with_adamw_and_muon(tiny_text):
     for name in ("adamw", "muon"):
         task = _lm_task(tiny_text, **{**BLOCK_OPTIONS, "optim.name": name, "train.steps": 60,
                                       "train.steps_per_call": 30, "optim.lr": 3e-3})
-        call, shardings = make_train_call(task.cfg, task, 30)
-        state = init_sharded_state(task.cfg, shardings)
-        data = jax.device_put(task.device_data(), replicated(make_mesh()))
-        losses = []
-        for _ in range(2):
-            state, m = call(state, data)
-            losses += list(np.asarray(m["loss"]))
+        state, losses = _train_calls(task, 30, 2)
         assert np.isfinite(losses).all() and np.mean(losses[-10:]) < 0.7 * losses[0], (name, losses[0], losses[-10:])
         assert np.abs(np.asarray(flatten(state.params)["blocks.0.mlp.proj.w"])).max() > 0
 
