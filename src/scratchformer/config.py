@@ -25,6 +25,7 @@ DTYPES = ("float32", "bfloat16", "float64")  # float64: for numerical checks (ne
 POSITIONS = ("learned", "sinusoidal", "rope")
 NORMS = ("layernorm", "rmsnorm")
 ACTIVATIONS = ("gelu_tanh", "gelu", "relu2")
+PRODUCTS = ("auto", "float32", "bfloat16")
 
 # Upper bounds that keep a tampered or mistyped config from allocating absurd
 # arrays: they are far above anything a CPU or one GPU trains here.
@@ -76,6 +77,8 @@ class ModelConfig:
     zero_init: bool = False   # attention's and the MLP's output projections start at zero (modded-nanogpt)
     logit_softcap: float = 0.0  # c > 0: logits = c * tanh(logits / c) (Gemma 2); 0 = off
     dtype: str = "float32"    # activation / matmul dtype; params and optimizer stay float32
+    products: str = "float32"  # float32 layers' matrix products: bfloat16 inputs with float32 sums, or
+                               # float32; auto: bfloat16 where it is faster (kernels.product_dtype)
     attn_block: int = 128     # causal self-attention in query blocks of this many positions
                               # (skips the masked half) when T is a multiple >= 2x; 0 = off
 
@@ -91,6 +94,7 @@ class ModelConfig:
               f"model.positions='rope' rotates pairs of channels: the head width model.d_model / model.n_head = "
               f"{self.d_model} / {self.n_head} must be even")
         check(self.dtype in DTYPES, f"model.dtype={self.dtype!r} is not one of {', '.join(DTYPES)}")
+        check(self.products in PRODUCTS, f"model.products={self.products!r} is not one of {', '.join(PRODUCTS)}")
         check(self.attn_block >= 0, f"model.attn_block={self.attn_block} must be >= 0 (0 turns it off)")
         check(0.0 < self.ln_eps < 1.0, f"model.ln_eps={self.ln_eps!r} must be in (0, 1)")
         check(self.norm in NORMS, f"model.norm={self.norm!r} is not one of {', '.join(NORMS)}")
@@ -397,5 +401,6 @@ def cpu_note(cfg: RunConfig, preset: str, backend: str | None = None) -> str | N
                 f"sized for a GPU; on a 2-core CPU a step of it takes ~6 s, its {t.steps:,} steps "
                 f"~{6 * t.steps / 3600:.0f} hours (the cpu preset is sized for a CPU)")
     if cfg.model.dtype == "bfloat16":
-        return "model.dtype=bfloat16 is slower than float32 on a CPU; it is meant for GPUs"
+        return ("model.dtype=bfloat16 is slower than float32 on a CPU; it is meant for GPUs (model.products="
+                "bfloat16 rounds only the matrix products' inputs: faster on a CPU with AMX)")
     return None

@@ -16,7 +16,7 @@ from .errors import CheckpointError, ConfigError, ScratchformerError
 
 # Model keys a fine-tune may set for itself: they change no weight's shape (a shorter
 # block_size keeps the first rows of a learned position table, as nanoGPT's crop_block_size).
-FREE = ("dropout", "block_size", "dtype", "attn_block")
+FREE = ("dropout", "block_size", "dtype", "products", "attn_block")
 
 
 def source(path, task: str):

@@ -1,5 +1,6 @@
 """CPU fast paths for the linear layer, LayerNorm, the position add, the decoding
-steps' weight layout and global_norm's sums of squares.
+steps' weight layout and global_norm's sums of squares; and the dtype of the linear
+layers' products (model.products: `products`, `product_dtype`).
 
 Each computes the same numbers as its textbook version (layers.linear and
 layers.layer_norm, `x + table`, `sum(x ** 2)`), up to the rounding of a different
@@ -18,6 +19,8 @@ axes flattened).
 
 from __future__ import annotations
 
+import contextlib
+import functools
 from functools import partial
 
 import jax
@@ -28,22 +31,75 @@ from .layers import at_least_f32
 
 
 # ---------------------------------------------------------------- products
-@jax.custom_vjp
-def matmul(x_BxTxD, w_DxE):
+# The dtype of the linear layers' product inputs while a model function is traced
+# (`products`); None: the activations' own dtype.
+_PRODUCTS = None
+
+
+@functools.cache
+def has_amx() -> bool:
+    """Whether this CPU has AMX tiles for bfloat16 (Linux's amx_bf16 flag)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        return False
+    return "amx_bf16" in flags.split()
+
+
+def product_dtype(setting: str, backend: str | None = None):
+    """The dtype model.products names (None: the activations' own). "auto" is bfloat16
+    on a CPU with AMX, where the presets' steps ran faster so (BENCHMARKS.md, "Products
+    in bfloat16 on the Intel Xeon"), and None elsewhere."""
+    if setting == "auto":
+        backend = backend or jax.default_backend()
+        return jnp.dtype(jnp.bfloat16) if backend == "cpu" and has_amx() else None
+    return None if setting == "float32" else jnp.dtype(setting)
+
+
+@contextlib.contextmanager
+def products(dtype):
+    """Within (while tracing): a float32 linear layer rounds its input and weight to
+    `dtype` (bfloat16) for the product and accumulates and returns float32, as mixed
+    precision on a GPU does; everything element-wise stays float32. None: as the
+    activations. Read at trace time, as jax.default_matmul_precision is (which XLA's
+    CPU backend ignores)."""
+    global _PRODUCTS
+    before, _PRODUCTS = _PRODUCTS, (None if dtype is None else jnp.dtype(dtype))
+    try:
+        yield
+    finally:
+        _PRODUCTS = before
+
+
+def rounded(x, dtype):
+    """x as the input of a product in `dtype` (None, or x not float32: x as it is)."""
+    return x.astype(dtype) if dtype is not None and x.dtype == jnp.float32 else x
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2,))
+def matmul(x_BxTxD, w_DxE, dtype=None):
     """x @ w with the textbook backward pass (dx = g w^T, dw = x^T g), which gets x
     from the forward pass: under plain autodiff XLA's CPU backend fuses the weight
-    gradient's transpose of x with a recomputation of the ops that produced x."""
-    return x_BxTxD @ w_DxE
+    gradient's transpose of x with a recomputation of the ops that produced x. dtype:
+    the three products' inputs rounded to it, float32 sums (`products`)."""
+    return _matmul_fwd(x_BxTxD, w_DxE, dtype)[0]
 
 
-def _matmul_fwd(x, w):
-    return x @ w, (x, w)
+def _matmul_fwd(x, w, dtype):
+    x_in, w_in = rounded(x, dtype), rounded(w, dtype)  # kept rounded: half the memory in bf16
+    return jnp.dot(x_in, w_in, preferred_element_type=x.dtype), (x_in, w_in)
 
 
-def _matmul_bwd(res, g):
+def _matmul_bwd(dtype, res, g):
+    # XLA's CPU backend runs a bfloat16 product in AMX only when neither operand is
+    # transposed; these two are computed in float32 there, still from the rounded
+    # inputs (BENCHMARKS.md, "Products in bfloat16 on the Intel Xeon").
     x, w = res
-    dw = jnp.einsum("nd,ne->de", x.reshape(-1, x.shape[-1]), g.reshape(-1, g.shape[-1]))
-    return g @ w.T, dw
+    out, g_in = g.dtype, rounded(g, dtype)
+    dw = jnp.einsum("nd,ne->de", x.reshape(-1, x.shape[-1]), g_in.reshape(-1, g.shape[-1]),
+                    preferred_element_type=out)
+    return jnp.dot(g_in, w.T, preferred_element_type=out), dw
 
 
 matmul.defvjp(_matmul_fwd, _matmul_bwd)
@@ -80,9 +136,10 @@ def fast_linear(p: dict, x_BxTxD):
     """layers.linear through `matmul` and `add_bias`; also reads the decoding layout
     of `transposed_weights`."""
     if "w_t" in p:
-        y = jnp.einsum("ed,...d->...e", p["w_t"].astype(x_BxTxD.dtype), x_BxTxD)
+        w_t = rounded(p["w_t"].astype(x_BxTxD.dtype), _PRODUCTS)
+        y = jnp.einsum("ed,...d->...e", w_t, rounded(x_BxTxD, _PRODUCTS), preferred_element_type=x_BxTxD.dtype)
     else:
-        y = matmul(x_BxTxD, p["w"].astype(x_BxTxD.dtype))
+        y = matmul(x_BxTxD, p["w"].astype(x_BxTxD.dtype), _PRODUCTS)
     if "b" in p:
         y = add_bias(y, p["b"].astype(y.dtype))
     return y
@@ -162,7 +219,7 @@ tests compare the two). Read when a function is traced, so set it before jit-com
 
 
 def linear(p: dict, x_BxTxD):
-    return fast_linear(p, x_BxTxD) if FAST else layers.linear(p, x_BxTxD)
+    return fast_linear(p, x_BxTxD) if FAST else layers.linear(p, x_BxTxD, _PRODUCTS)
 
 
 def layer_norm(p: dict, x_BxTxD, eps: float):

@@ -34,9 +34,14 @@ def init_linear(key, d_in: int, d_out: int, *, bias: bool = True, std: float = I
     return p
 
 
-def linear(p: dict, x_BxTxD):
-    """x @ w + b (b only if the layer has one), computed in the dtype of x."""
-    y = x_BxTxD @ p["w"].astype(x_BxTxD.dtype)
+def linear(p: dict, x_BxTxD, products=None):
+    """x @ w + b (b only if the layer has one), computed in the dtype of x; products: a
+    float32 x and w rounded to this dtype for the product, accumulated in float32."""
+    w = p["w"].astype(x_BxTxD.dtype)
+    if products is not None and x_BxTxD.dtype == jnp.float32:
+        y = jnp.dot(x_BxTxD.astype(products), w.astype(products), preferred_element_type=jnp.float32)
+    else:
+        y = x_BxTxD @ w
     if "b" in p:
         y = y + p["b"].astype(y.dtype)
     return y

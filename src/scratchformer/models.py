@@ -3,7 +3,8 @@ encoder-decoder. Pre-LN residual blocks (Xiong et al. 2020) throughout. Linear
 layers, LayerNorms and the position add are called through kernels.py, whose FAST
 chooses layers.py's textbook versions or CPU fast paths with the same numbers.
 The "modern block" options of ModelConfig (norm, qk_norm, activation, zero_init,
-logit_softcap) are looked up here, in NORMS and ACTIVATIONS, and passed down.
+logit_softcap) are looked up here, in NORMS and ACTIVATIONS, and passed down;
+model.products is entered around every function that runs linear layers (`_in_products`).
 
 Shape legend: B batch, T target/time positions, S source positions, D model width,
 V vocabulary, L layers.
@@ -19,6 +20,8 @@ Parameter trees are nested dicts with stable keys; those keys are the checkpoint
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 
 import jax
@@ -28,6 +31,7 @@ from .attention import (cache_mask, cache_slots, causal_mask, cross_attention, c
                         init_self_attention, padding_mask, self_attention)
 from .config import ModelConfig
 from .kernels import add_positions, layer_norm, linear  # textbook or CPU fast path: kernels.FAST decides
+from .kernels import product_dtype, products
 from .layers import (dropout, embed, gelu, gelu_exact, init_embedding, init_layer_norm, init_linear, init_rms_norm,
                      out_std, relu2, rms_norm, sinusoidal_positions)
 
@@ -41,6 +45,18 @@ ACTIVATIONS = {"gelu_tanh": gelu, "gelu": gelu_exact, "relu2": relu2}
 
 def compute_dtype(cfg: ModelConfig):
     return jnp.dtype(cfg.dtype)
+
+
+def _in_products(fn):
+    """fn traced under its cfg's model.products (kernels.products)."""
+    signature = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def traced(*args, **kwargs):
+        cfg = signature.bind(*args, **kwargs).arguments["cfg"]
+        with products(product_dtype(cfg.products)):
+            return fn(*args, **kwargs)
+    return traced
 
 
 def _keys(key, n):
@@ -86,6 +102,7 @@ def _init_block(key, cfg: ModelConfig, *, cross: bool) -> dict:
     return p
 
 
+@_in_products
 def _block(p, x_BxTxD, *, cfg: ModelConfig, mask, key=None, train=False, cache=None, pos=0,
            cross=None, causal: bool = False):
     """One pre-LN block. `cross` = (kv, mask) adds cross-attention. causal=True says
@@ -145,6 +162,7 @@ def _embed(p_embed, table_name, ids_BxT, pos, cfg: ModelConfig):
     return add_positions(x, jax.lax.dynamic_slice_in_dim(table, pos, t, axis=0))
 
 
+@_in_products
 def _head(params, table_name, x_BxTxD, cfg: ModelConfig):
     """Logits BxTxV: the output head, or x times the transposed token table when tied;
     soft-capped to (-c, c) by c * tanh(logits / c) when cfg.logit_softcap = c > 0
@@ -246,6 +264,7 @@ def encode(params, src_BxS, *, cfg: ModelConfig, train=False, key=None):
     return norm(params["encoder"]["ln_f"], x, cfg)
 
 
+@_in_products
 def memory_kv(params, memory_BxSxD, cfg: ModelConfig):
     """Cross-attention keys/values of every decoder layer, computed once per source."""
     return [cross_kv(p["cross"], memory_BxSxD, cfg.n_head, _qk_eps(cfg)) for p in params["decoder"]["blocks"]]

@@ -13,6 +13,7 @@ import numpy as np
 
 from . import checkpoint as ckpt
 from .errors import CheckpointError, DataError, ResumeMismatch
+from .kernels import product_dtype
 from .memory import format_bytes
 from .parallel import host_value
 from .runs import RunFolder, config_of
@@ -186,6 +187,12 @@ def footprint(cfg, n: int, fsdp: bool, n_devices: int) -> str:
             f"model.block_size={m.block_size}: {n:,} parameters) at train.batch_size={t.batch_size}{spread}")
 
 
+def precision(m) -> str:
+    """The model's dtype, and its products' where model.products rounds them."""
+    products = product_dtype(m.products)
+    return f"{m.dtype} with {products.name} products" if products is not None and m.dtype == "float32" else m.dtype
+
+
 def header(task, n: int, need: int | None, out_dir) -> str:
     """One line before training starts: what is trained, how long, in how much memory."""
     cfg = task.cfg
@@ -194,4 +201,4 @@ def header(task, n: int, need: int | None, out_dir) -> str:
     per_step = f"{task.tokens_per_step(cfg):,} {'tokens' if task.unit == 'tok' else 'sequences'}"
     memory = f"; needs ~{format_bytes(need)} per device" if need else ""
     return (f"{cfg.task}: {n:,} parameters ({shape} x {m.d_model}, {m.n_head} heads, context "
-            f"{m.block_size}, {m.dtype}); {t.steps:,} steps of {per_step}{memory}; run folder {out_dir}")
+            f"{m.block_size}, {precision(m)}); {t.steps:,} steps of {per_step}{memory}; run folder {out_dir}")

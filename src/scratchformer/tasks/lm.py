@@ -61,7 +61,7 @@ class TextData:
 FINETUNE_PRESET = "gpt2-finetune"
 CPU_QUICK_CLASSIC = {  # AdamW on GPT-2's block: the seed's recipe, tuned for a 2-core CPU
     "model.n_layer": 3, "model.n_head": 4, "model.d_model": 128, "model.d_ff": 512,
-    "model.block_size": 64, "model.dropout": 0.0,
+    "model.block_size": 64, "model.dropout": 0.0, "model.products": "auto",
     "optim.lr": 5e-3, "optim.min_lr": 5e-4, "optim.warmup_steps": 30,
     "train.batch_size": 16, "train.steps": 1500, "train.eval_every": 250,
     "train.checkpoint_every": 500, "train.steps_per_call": 25,
@@ -77,7 +77,7 @@ PRESETS = {
     # first 256 of GPT-2's 1,024 positions: a step on a 2-core CPU takes seconds, not
     # tens of seconds (README, "GPT-2").
     FINETUNE_PRESET: {
-        "model.block_size": 256, "model.dropout": 0.0,
+        "model.block_size": 256, "model.dropout": 0.0, "model.products": "auto",
         "optim.lr": 3e-5, "optim.min_lr": 3e-5, "optim.warmup_steps": 0, "optim.weight_decay": 0.0,
         "train.batch_size": 4, "train.steps": 200, "train.eval_every": 50, "train.checkpoint_every": 50,
         "train.steps_per_call": 1, "data.eval_windows": 16,
@@ -87,6 +87,7 @@ PRESETS = {
         "model.n_layer": 4, "model.n_head": 4, "model.d_model": 192, "model.d_ff": 768,
         "model.block_size": 128, "model.dropout": 0.0,
         "model.attn_block": 64,  # two query blocks at T=128: a little faster per step on a CPU
+        "model.products": "auto",  # bfloat16 products on a CPU with AMX (kernels.product_dtype)
         "optim.lr": 3e-3, "optim.min_lr": 1e-4, "optim.warmup_steps": 100,
         "train.batch_size": 32, "train.steps": 2500, "train.eval_every": 500,
         "train.checkpoint_every": 500, "train.steps_per_call": 20,
