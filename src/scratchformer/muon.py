@@ -36,7 +36,9 @@ NS_COEFFS = (3.4445, -4.7750, 2.0315)  # (a, b, c) of the reference's quintic it
 # equal column blocks (self-attention's q|k|v, cross-attention's k|v).
 FUSED_BLOCKS = {"qkv": 3, "kv": 2}
 # Newton-Schulz in float32 by default: on XLA's CPU backend bfloat16 was no faster and
-# left the result much further from U V^T.
+# left the result much further from U V^T. With model.products=bfloat16 (the CPU presets
+# on a CPU with AMX) the iteration keeps X in float32 and rounds only the products'
+# inputs, for every matrix of a shape at once (`newton_schulz_stack`).
 NS_DTYPE = jnp.float32
 
 
@@ -76,6 +78,45 @@ def newton_schulz(g_MxN, steps: int = 5, dtype=NS_DTYPE, eps: float = 1e-7):
     return (x.T if tall else x).astype(g_MxN.dtype)
 
 
+def newton_schulz_stack(g_LxMxN, steps: int = 5, products=jnp.bfloat16, eps: float = 1e-7):
+    """`newton_schulz` of each of L wide matrices (M <= N) at once, X in float32 and each
+    product's inputs rounded to `products` with float32 sums (float64 inputs and
+    products: float64 throughout, for the tests). One batched product per
+    term instead of one per matrix: on XLA's CPU backend with AMX this ran the cpu-quick
+    preset's 18 matrices in ~7 ms against ~12 ms one by one in float32 (BENCHMARKS.md,
+    "Products in bfloat16 on the Intel Xeon"); batched float32 products were slower."""
+    x = g_LxMxN.astype(jnp.promote_types(g_LxMxN.dtype, jnp.float32))  # float64 stays (tests)
+
+    def product(spec, a, b):
+        return jnp.einsum(spec, a.astype(products), b.astype(products), preferred_element_type=x.dtype)
+
+    x = x / (jnp.sqrt(jnp.sum(jnp.square(x), axis=(1, 2), keepdims=True)) + eps)
+    a, b, c = NS_COEFFS
+    for _ in range(steps):
+        a_LxMxM = product("lmn,lkn->lmk", x, x)
+        x = a * x + product("lmk,lkn->lmn", b * a_LxMxM + c * product("lmk,lkj->lmj", a_LxMxM, a_LxMxM), x)
+    return x
+
+
+def orthogonalise_stacked(us, blocks, *, steps: int = 5, products=jnp.bfloat16, rms_scale=None, eps: float = 1e-7):
+    """`orthogonalise` of every matrix in the list `us` (with its number of fused
+    `blocks`), the blocks of one shape (tall ones transposed) stacked into one
+    `newton_schulz_stack`. Returns the list of scaled updates, shaped as `us`."""
+    parts = [(i, p.T if p.shape[0] > p.shape[1] else p) for i, (u, n) in enumerate(zip(us, blocks))
+             for p in jnp.split(u, n, axis=1)]
+    done = {}
+    for shape in dict.fromkeys(p.shape for _, p in parts):
+        at = [j for j, (_, p) in enumerate(parts) if p.shape == shape]
+        out = newton_schulz_stack(jnp.stack([parts[j][1] for j in at]), steps, products, eps)
+        done.update(zip(at, out))
+    result = []
+    for i, u in enumerate(us):
+        mine = [done[j] for j, (k, _) in enumerate(parts) if k == i]
+        mine = [o.T if o.shape != (u.shape[0], u.shape[1] // len(mine)) else o for o in mine]
+        result.append(jnp.concatenate([shape_factor(*o.shape, rms_scale) * o.astype(u.dtype) for o in mine], axis=1))
+    return result
+
+
 def shape_factor(d_in: int, d_out: int, rms_scale: float | None = None) -> float:
     """Multiplier of the orthogonalised update of a d_in x d_out matrix.
 
@@ -108,7 +149,7 @@ def orthogonalise(u_MxN, *, blocks: int = 1, steps: int = 5, dtype=NS_DTYPE, rms
 
 def muon_update(grads, state: MuonState, params, *, lr, momentum: float = 0.95, nesterov: bool = True,
                 ns_steps: int = 5, weight_decay: float = 0.0, mask=None, ns_dtype=NS_DTYPE,
-                rms_scale: float | None = None, ns_eps: float = 1e-7):
+                rms_scale: float | None = None, ns_eps: float = 1e-7, products=None):
     """One Muon step on a tree of 2-D matrices (Jordan et al. 2024):
 
         m <- beta m + (1-beta) g                          (beta = momentum)
@@ -117,7 +158,8 @@ def muon_update(grads, state: MuonState, params, *, lr, momentum: float = 0.95, 
 
     NS is `newton_schulz`, run per block on a fused projection (a leaf under "qkv" or
     "kv", see `orthogonalise`); s is `shape_factor` (rms_scale). The defaults are the
-    reference's. The momentum is its EMA form without bias correction: NS ignores a
+    reference's. products (a dtype): NS by `orthogonalise_stacked` instead, its
+    products' inputs rounded to it (ns_dtype unused). The momentum is its EMA form without bias correction: NS ignores a
     scalar factor, so torch-style m <- beta m + g gives the same step (optax.contrib.muon's
     Nesterov, which bias-corrects m and g by different factors, does not, from step 2).
     As in optim.adamw_update, the decay is decoupled from the gradient and multiplied by
@@ -138,7 +180,14 @@ def muon_update(grads, state: MuonState, params, *, lr, momentum: float = 0.95, 
             o = o + weight_decay * p
         return p - lr * o
 
-    updates = jax.tree_util.tree_map_with_path(direction, mu, grads)
+    if products is None:
+        updates = jax.tree_util.tree_map_with_path(direction, mu, grads)
+    else:
+        paths_us, treedef = jax.tree_util.tree_flatten_with_path(
+            jax.tree.map(lambda m, g: momentum * m + (1 - momentum) * g if nesterov else m, mu, grads))
+        outs = orthogonalise_stacked([u for _, u in paths_us], [_blocks(path) for path, _ in paths_us],
+                                     steps=ns_steps, products=products, rms_scale=rms_scale, eps=ns_eps)
+        updates = jax.tree_util.tree_unflatten(treedef, outs)
     return jax.tree.map(step, params, updates, mask), MuonState(count, mu)
 
 
@@ -171,7 +220,8 @@ def hybrid_update(grads, state: HybridState, params, *, muon_lr, adam_lr, muon_m
     (b1, b2, eps) on the others, each with its own learning rate. Weight decay is
     decoupled and multiplied by the leaf's learning rate, where decay_mask is True:
     weight_decay on the AdamW leaves, muon_weight_decay (None: weight_decay) on Muon's.
-    muon_kw go to muon_update (momentum, nesterov, ns_steps, ns_dtype, rms_scale, ns_eps).
+    muon_kw go to muon_update (momentum, nesterov, ns_steps, ns_dtype, rms_scale, ns_eps,
+    products).
     The masks are trees of Python bools (static under jit): `muon_mask(params)` and
     optim.decay_mask(params)."""
     if decay_mask is None:

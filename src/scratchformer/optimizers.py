@@ -25,7 +25,7 @@ class Optimizer(NamedTuple):
     update: Callable[..., Any]   # (grads, state, params, lr) -> (new params, new state)
 
 
-def adamw(o: OptimConfig, params) -> Optimizer:
+def adamw(o: OptimConfig, params, products=None) -> Optimizer:
     """optim.adamw_update on every leaf, decayed where optim.decay_mask says."""
     decay = decay_mask(params, decay_embeddings=o.decay_embeddings)
 
@@ -35,11 +35,12 @@ def adamw(o: OptimConfig, params) -> Optimizer:
     return Optimizer(adamw_init, update)
 
 
-def muon_adamw(o: OptimConfig, params) -> Optimizer:
+def muon_adamw(o: OptimConfig, params, products=None) -> Optimizer:
     """muon.hybrid_update: Muon (optim.muon_lr, muon_momentum, muon_weight_decay; the
     reference's Nesterov, 5 Newton-Schulz steps and shape factor) on the hidden matrices
     (muon.muon_mask), AdamW (optim.lr, b1, b2, eps, weight_decay) on every other leaf.
-    The state is a muon.HybridState, holding None at the other optimizer's leaves."""
+    The state is a muon.HybridState, holding None at the other optimizer's leaves.
+    products: the dtype of the Newton-Schulz products' inputs (model.products), or None."""
     on_muon = muon_mask(params)
     decay = decay_mask(params, decay_embeddings=o.decay_embeddings)
     ratio = o.muon_lr / o.lr
@@ -47,7 +48,7 @@ def muon_adamw(o: OptimConfig, params) -> Optimizer:
     def update(grads, state, params, lr):
         return hybrid_update(grads, state, params, muon_lr=lr * ratio, adam_lr=lr, muon_mask=on_muon,
                              decay_mask=decay, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay,
-                             muon_weight_decay=o.muon_weight_decay, momentum=o.muon_momentum)
+                             muon_weight_decay=o.muon_weight_decay, momentum=o.muon_momentum, products=products)
     return Optimizer(lambda p: hybrid_init(p, on_muon), update)
 
 
@@ -67,10 +68,11 @@ def wsd(o: OptimConfig, total_steps: int):
 SCHEDULES = {"cosine": cosine, "wsd": wsd}
 
 
-def optimizer(o: OptimConfig, params) -> Optimizer:
+def optimizer(o: OptimConfig, params, products=None) -> Optimizer:
     """The optimizer optim.name names, for a tree shaped like `params` (arrays or
-    ShapeDtypeStructs)."""
-    return OPTIMIZERS[o.name](o, params)
+    ShapeDtypeStructs); products: the model's product dtype (kernels.product_dtype),
+    which Muon's Newton-Schulz iteration follows."""
+    return OPTIMIZERS[o.name](o, params, products)
 
 
 def schedule(o: OptimConfig, total_steps: int):

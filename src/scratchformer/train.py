@@ -23,6 +23,7 @@ import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from .config import RunConfig, task_class
+from .kernels import product_dtype
 from .memory import check_fits, program_bytes, tree_bytes
 from .optim import clip_by_global_norm
 from .optimizers import optimizer, schedule
@@ -75,7 +76,7 @@ def make_train_step(cfg: RunConfig, micro_sharding=None):
     o, t = cfg.optim, cfg.train
     loss_fn = partial(task_class(cfg.task).loss, cfg=cfg.model, train=True, label_smoothing=t.label_smoothing)
     grad_fn = jax.value_and_grad(lambda p, b, k: loss_fn(p, b, key=k), has_aux=True)
-    opt = optimizer(o, state_template(cfg).params)
+    opt = optimizer(o, state_template(cfg).params, product_dtype(cfg.model.products))
 
     def summed_grads(params, batch, key):
         """(sum of token losses, sum of weights, gradient of the sum) over the batch,
