@@ -15,6 +15,8 @@ import pytest
 
 from scratchformer import checkpoint as ckpt
 from scratchformer.cli import main
+from scratchformer.config import ModelConfig
+from scratchformer.train_run import precision
 
 from conftest import run_cli
 
@@ -22,6 +24,9 @@ LM_TINY = ["--set", "model.n_layer=1", "--set", "model.d_model=32", "--set", "mo
            "--set", "model.d_ff=64", "--set", "model.block_size=16", "--set", "train.batch_size=8",
            "--set", "optim.warmup_steps=5", "--set", "train.eval_every=20", "--set", "train.checkpoint_every=20",
            "--set", "data.eval_windows=8"]
+# The presets' model.products=auto as the first line names it on this machine: "float32",
+# or "float32 with bfloat16 products" on a CPU with AMX.
+AUTO = precision(ModelConfig(products="auto"))
 REV_TINY = ["--set", "model.n_layer=1", "--set", "model.d_model=32", "--set", "data.max_len=6",
             "--set", "model.block_size=8", "--set", "data.eval_size=200", "--set", "train.batch_size=16",
             "--set", "optim.warmup_steps=5", "--set", "train.eval_every=20", "--set", "train.checkpoint_every=20"]
@@ -106,7 +111,7 @@ def test_dry_run_sizes_a_model_and_writes_nothing(tmp_path, corpus, capsys):
                                                            "model.d_ff": 64, "model.block_size": 16}), corpus).cfg
     n = sum(x.size for x in jax.tree.leaves(state_template(cfg).params))
     assert code == 0 and err == "" and not (tmp_path / "run").exists()
-    assert out.startswith(f"lm: {n:,} parameters (3 layers x 32, 2 heads, context 16, float32); ")
+    assert out.startswith(f"lm: {n:,} parameters (3 layers x 32, 2 heads, context 16, {AUTO}); ")
     assert re.search(r"; needs ~[\d.]+ [kMG]B per device; run folder ", out)
     assert out.splitlines()[-1].startswith("dry run: the training step compiled and fits in memory")
     code, out, err = cli(capsys, *args[:-2], "--set", "model.d_model=16384", "--set", "model.d_ff=65536",
@@ -139,7 +144,7 @@ def test_progress_in_a_log_file_is_plain_lines(tmp_path, capsys, corpus):
     from scratchformer import runs
     _, params, _ = runs.load(tmp_path / "run")
     n = sum(x.size for x in jax.tree.leaves(params))
-    assert re.fullmatch(rf"lm: {n:,} parameters \(1 layers x 32, 2 heads, context 16, float32\); 100 steps of "
+    assert re.fullmatch(rf"lm: {n:,} parameters \(1 layers x 32, 2 heads, context 16, {re.escape(AUTO)}\); 100 steps of "
                         rf"128 tokens; needs ~\d+ MB per device; run folder {tmp_path / 'run'}", err.splitlines()[0])
     lines = [line for line in err.splitlines() if "/100: loss=" in line]
     assert [line.split("/")[0] for line in lines] == [f"step {s}" for s in range(10, 101, 10)]
@@ -469,7 +474,7 @@ def _bad_inputs(tmp: Path, lm_run: Path, rev_run: Path, corpus: Path):
         ("resume without checkpoint", [*lm, "--resume", "--out", tmp / "nockpt"], "no checkpoint to resume"),
         ("resume, saved config", ["train", "lm", "--resume", "--out", tmp / "nockpt"], "no checkpoint to resume"),
         ("resume with another config", [*lm, "--resume", "--out", lm_run, "--set", "model.n_layer=2"],
-         "different config (model.n_layer: 1 -> 2, train.steps: 40 -> 2500); a resumed run keeps its config: "
+         "different config (model.n_layer: 1 -> 2, train.steps: 40 -> 1500); a resumed run keeps its config: "
          "leave out --preset, --config, --set, --steps and --seed"),
         ("truncated checkpoint", ["eval", trunc], "truncated or corrupted"),
         ("resume from a garbled header", ["train", "lm", "--resume", "--out", garbled], "truncated or corrupted"),

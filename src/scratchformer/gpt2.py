@@ -74,7 +74,8 @@ def model_overrides(hf: dict, source="config.json") -> dict:
             "model.ln_eps": _float(hf, "layer_norm_epsilon", source, 1e-5), "model.activation": ACTIVATIONS[act],
             "model.dropout": _float(hf, "resid_pdrop", source, 0.1),
             "model.tie_embeddings": bool(hf.get("tie_word_embeddings", True)),
-            "model.positions": "learned", "model.bias": True, "model.fused_qkv": True}
+            "model.positions": "learned", "model.bias": True, "model.fused_qkv": True,
+            "model.products": "float32"}  # as transformers computes: sampled and scored number for number
 
 
 def _int(hf: dict, key: str, source, default=None) -> int:
