@@ -19,27 +19,21 @@ import argparse
 import platform
 import statistics
 import time
-from dataclasses import replace
 
 import jax
 import jax.numpy as jnp
 
-from scratchformer.bench import VOCAB, _RandomTokens
+from scratchformer.bench import random_token_training
 from scratchformer.config import make_config
 from scratchformer.kernels import has_amx
-from scratchformer.parallel import make_mesh, replicated
-from scratchformer.train import init_sharded_state, make_train_call
 
 SETTINGS = ("float32", "bfloat16")
 
 
 def _compiled(preset: str, products: str):
     cfg = make_config("lm", preset, {"model.products": products})
-    cfg = replace(cfg, model=replace(cfg.model, vocab_size=VOCAB))
-    task, mesh, k = _RandomTokens(cfg), make_mesh(), cfg.train.steps_per_call
-    call, shardings = make_train_call(cfg, task, k, mesh)
-    state = init_sharded_state(cfg, shardings)
-    data = jax.device_put(task.device_data(), replicated(mesh))
+    k = cfg.train.steps_per_call
+    call, state, data, _ = random_token_training(cfg, k)
     call = call.lower(state, data).compile()
     state, m = call(state, data)  # first call: warm
     jax.block_until_ready(m)

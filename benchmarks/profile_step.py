@@ -32,15 +32,12 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
-from dataclasses import replace
 from pathlib import Path
 
 import jax
 
-from scratchformer.bench import VOCAB, _RandomTokens
+from scratchformer.bench import random_token_training
 from scratchformer.config import make_config, parse_set_args
-from scratchformer.parallel import make_mesh, replicated
-from scratchformer.train import init_sharded_state, make_train_call
 
 CONTAINERS = {"while", "call", "conditional"}  # their time is their body's, counted there
 
@@ -126,11 +123,8 @@ def main() -> int:
                    "(name, line, opcode, ms per step) to FILE as JSON")
     a = p.parse_args()
     cfg = make_config("lm", a.preset, {"train.steps": 1_000_000, **parse_set_args(a.sets)})
-    cfg = replace(cfg, model=replace(cfg.model, vocab_size=VOCAB))
-    task, mesh, k = _RandomTokens(cfg), make_mesh(), cfg.train.steps_per_call
-    call, shardings = make_train_call(cfg, task, k, mesh)
-    state = init_sharded_state(cfg, shardings)
-    data = jax.device_put(task.device_data(), replicated(mesh))
+    k = cfg.train.steps_per_call
+    call, state, data, cfg = random_token_training(cfg, k)
     compiled = call.lower(state, data).compile()
     if not has_stack_frames(compiled.as_text()):
         print(f"profile_step.py: the optimized HLO of jax {jax.__version__} has no stack-frame table to attribute "

@@ -76,15 +76,19 @@ class _RandomTokens(DrawnOnDevice):
         return sample_batch(key, data["train"], batch=batch, block=self.cfg.model.block_size)
 
 
-def bench_train(name: str, *, steps_per_call: int, calls: int, peak: float, dtype: str = "float32") -> dict:
-    over = {**SHAPES[name], "train.steps": 10_000, "model.dropout": 0.0, "model.dtype": dtype}
-    cfg = make_config("lm", "cpu", over)
+def random_token_training(cfg, steps_per_call: int):
+    """The LM's jitted training call for `cfg` (its vocabulary set to VOCAB) on random
+    tokens, with its initial state and data: (call, state, data), not yet compiled."""
     cfg = replace(cfg, model=replace(cfg.model, vocab_size=VOCAB))
-    task = _RandomTokens(cfg)
-    mesh = make_mesh()
+    task, mesh = _RandomTokens(cfg), make_mesh()
     call, shardings = make_train_call(cfg, task, steps_per_call, mesh)
     state = init_sharded_state(cfg, shardings)
-    data = jax.device_put(task.device_data(), replicated(mesh))
+    return call, state, jax.device_put(task.device_data(), replicated(mesh)), cfg
+
+
+def bench_train(name: str, *, steps_per_call: int, calls: int, peak: float, dtype: str = "float32") -> dict:
+    over = {**SHAPES[name], "train.steps": 10_000, "model.dropout": 0.0, "model.dtype": dtype}
+    call, state, data, cfg = random_token_training(make_config("lm", "cpu", over), steps_per_call)
     # compile_s: tracing + lowering + XLA compilation, timed on their own; first_call_s:
     # the whole first call (compilation plus steps_per_call steps), as a user waits for it.
     t0 = time.perf_counter()
