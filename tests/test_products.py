@@ -108,7 +108,7 @@ def test_auto_is_bfloat16_on_a_cpu_with_amx_only(monkeypatch):
 
 
 def test_cpu_presets_choose_by_machine():
-    for preset in ("cpu-quick", "cpu-quick-classic", "cpu"):
+    for preset in ("cpu-quick", "cpu-quick-classic", "cpu", "cpu-classic", "gpt2-finetune"):
         assert make_config("lm", preset).model.products == "auto"
     assert ModelConfig().products == "float32"  # imports and tests: exact float32 unless asked
 
