@@ -102,19 +102,22 @@ def orthogonalise_stacked(us, blocks, *, steps: int = 5, products=jnp.bfloat16, 
     """`orthogonalise` of every matrix in the list `us` (with its number of fused
     `blocks`), the blocks of one shape (tall ones transposed) stacked into one
     `newton_schulz_stack`. Returns the list of scaled updates, shaped as `us`."""
-    parts = [(i, p.T if p.shape[0] > p.shape[1] else p) for i, (u, n) in enumerate(zip(us, blocks))
-             for p in jnp.split(u, n, axis=1)]
+    parts = []  # (matrix index, transposed?, block as NS reads it: wide)
+    for i, (u, n) in enumerate(zip(us, blocks)):
+        for p in jnp.split(u, n, axis=1):
+            tall = p.shape[0] > p.shape[1]
+            parts.append((i, tall, p.T if tall else p))
+    by_shape = {}
+    for j, (_, _, p) in enumerate(parts):
+        by_shape.setdefault(p.shape, []).append(j)
     done = {}
-    for shape in dict.fromkeys(p.shape for _, p in parts):
-        at = [j for j, (_, p) in enumerate(parts) if p.shape == shape]
-        out = newton_schulz_stack(jnp.stack([parts[j][1] for j in at]), steps, products, eps)
-        done.update(zip(at, out))
-    result = []
-    for i, u in enumerate(us):
-        mine = [done[j] for j, (k, _) in enumerate(parts) if k == i]
-        mine = [o.T if o.shape != (u.shape[0], u.shape[1] // len(mine)) else o for o in mine]
-        result.append(jnp.concatenate([shape_factor(*o.shape, rms_scale) * o.astype(u.dtype) for o in mine], axis=1))
-    return result
+    for at in by_shape.values():
+        done.update(zip(at, newton_schulz_stack(jnp.stack([parts[j][2] for j in at]), steps, products, eps)))
+    mine = [[] for _ in us]
+    for j, (i, tall, _) in enumerate(parts):
+        o = done[j].T if tall else done[j]
+        mine[i].append(shape_factor(*o.shape, rms_scale) * o.astype(us[i].dtype))
+    return [jnp.concatenate(m, axis=1) for m in mine]
 
 
 def shape_factor(d_in: int, d_out: int, rms_scale: float | None = None) -> float:
@@ -159,8 +162,8 @@ def muon_update(grads, state: MuonState, params, *, lr, momentum: float = 0.95, 
     NS is `newton_schulz`, run per block on a fused projection (a leaf under "qkv" or
     "kv", see `orthogonalise`); s is `shape_factor` (rms_scale). The defaults are the
     reference's. products (a dtype): NS by `orthogonalise_stacked` instead, its
-    products' inputs rounded to it (ns_dtype unused). The momentum is its EMA form without bias correction: NS ignores a
-    scalar factor, so torch-style m <- beta m + g gives the same step (optax.contrib.muon's
+    products' inputs rounded to it (ns_dtype unused). The momentum is its EMA form
+    without bias correction: NS ignores a scalar factor, so torch-style m <- beta m + g gives the same step (optax.contrib.muon's
     Nesterov, which bias-corrects m and g by different factors, does not, from step 2).
     As in optim.adamw_update, the decay is decoupled from the gradient and multiplied by
     the learning rate (the reference's p *= 1 - lr * wd).
@@ -170,10 +173,7 @@ def muon_update(grads, state: MuonState, params, *, lr, momentum: float = 0.95, 
     if mask is None:
         mask = jax.tree.map(lambda _: True, params)
 
-    def direction(path, m, g):
-        u = momentum * m + (1 - momentum) * g if nesterov else m
-        return orthogonalise(u, blocks=_blocks(path), steps=ns_steps, dtype=ns_dtype, rms_scale=rms_scale,
-                             eps=ns_eps)
+    us = jax.tree.map(lambda m, g: momentum * m + (1 - momentum) * g if nesterov else m, mu, grads)
 
     def step(p, o, decay):
         if decay and weight_decay:
@@ -181,10 +181,11 @@ def muon_update(grads, state: MuonState, params, *, lr, momentum: float = 0.95, 
         return p - lr * o
 
     if products is None:
-        updates = jax.tree_util.tree_map_with_path(direction, mu, grads)
+        updates = jax.tree_util.tree_map_with_path(
+            lambda path, u: orthogonalise(u, blocks=_blocks(path), steps=ns_steps, dtype=ns_dtype,
+                                          rms_scale=rms_scale, eps=ns_eps), us)
     else:
-        paths_us, treedef = jax.tree_util.tree_flatten_with_path(
-            jax.tree.map(lambda m, g: momentum * m + (1 - momentum) * g if nesterov else m, mu, grads))
+        paths_us, treedef = jax.tree_util.tree_flatten_with_path(us)
         outs = orthogonalise_stacked([u for _, u in paths_us], [_blocks(path) for path, _ in paths_us],
                                      steps=ns_steps, products=products, rms_scale=rms_scale, eps=ns_eps)
         updates = jax.tree_util.tree_unflatten(treedef, outs)
