@@ -489,6 +489,7 @@ def _bad_inputs(tmp: Path, lm_run: Path, rev_run: Path, corpus: Path):
          "optim.warmup_steps=50 must be smaller than train.steps=10 (for a short run, also pass --set"),
         ("dropout 1", [*lm, "--set", "model.dropout=1.0"], "model.dropout"),
         ("negative dropout", [*lm, "--set", "model.dropout=-0.1"], "model.dropout"),
+        ("ema decay 1", [*lm, "--set", "train.ema=1"], "train.ema=1.0 must be in [0, 1) (0 turns it off)"),
         ("block size 0", [*lm, "--set", "model.block_size=0"], "model.block_size"),
         ("batch size 0", [*lm, "--set", "train.batch_size=0"], "train.batch_size"),
         ("unknown preset", ["train", "lm", "--preset", "huge"], "unknown preset 'huge'"),

@@ -158,11 +158,12 @@ def test_ctrl_c_and_sigterm_save_and_resume_is_exact(corpus, tmp_path, reference
     _assert_same_run(out, reference)
 
 
-def test_muon_run_stopped_and_resumed_is_exact(corpus, tmp_path):
-    """optim.name=muon under the wsd schedule: its state (Muon momentum on the blocks'
-    matrices, AdamW moments elsewhere, None at the other's leaves) is checkpointed whole,
-    and a run stopped by SIGTERM and resumed ends identical to an uninterrupted one."""
-    args = [*ARGS, "--set", "optim.name=muon", "--set", "optim.schedule=wsd"]
+def test_muon_run_with_ema_stopped_and_resumed_is_exact(corpus, tmp_path):
+    """optim.name=muon under the wsd schedule, with a moving average of the weights: its
+    state (Muon momentum on the blocks' matrices, AdamW moments elsewhere, None at the
+    other's leaves) and the average are checkpointed whole, and a run stopped by SIGTERM
+    and resumed ends identical to an uninterrupted one."""
+    args = [*ARGS, "--set", "optim.name=muon", "--set", "optim.schedule=wsd", "--set", "train.ema=0.9"]
     ref = tmp_path / "ref"
     r = run_cli("train", "lm", "--data", corpus, "--out", ref, *args)
     assert r.returncode == 0, r.stderr
@@ -177,7 +178,8 @@ def test_muon_run_stopped_and_resumed_is_exact(corpus, tmp_path):
     step = int(re.search(r"stopped at step (\d+)", err).group(1))
     assert 0 < step < 200
     tensors, _ = ckpt.read(ckpt.latest(out))
-    assert {"opt_state.muon.mu.blocks.0.mlp.fc.w", "opt_state.adam.nu.embed.tokens"} <= tensors.keys()
+    assert {"opt_state.muon.mu.blocks.0.mlp.fc.w", "opt_state.adam.nu.embed.tokens", "ema.blocks.0.mlp.fc.w",
+            "ema.embed.tokens"} <= tensors.keys()
     r = run_cli("train", "lm", "--data", corpus, "--out", out, *args, "--resume")
     assert r.returncode == 0, r.stderr
     assert f"; trained steps {step}-200 in " in r.stdout, r.stdout

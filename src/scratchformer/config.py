@@ -156,6 +156,8 @@ class TrainConfig:
     keep_checkpoints: int = 2     # latest K kept, plus the best
     seed: int = 0
     label_smoothing: float = 0.0
+    ema: float = 0.0              # decay of a moving average of the weights, evaluated, sampled and exported
+                                  # in their place (e.g. 0.999; optim.py, ema_decay); 0 = off
     skip_nonfinite: bool = False  # skip a step whose loss/gradient is NaN/inf instead of stopping
     init_from: str = ""           # a run (folder or checkpoint) whose weights this run starts from (finetune.py)
 
@@ -166,6 +168,7 @@ class TrainConfig:
         check(self.batch_size % self.grad_accum == 0,
               f"train.batch_size={self.batch_size} is not divisible by train.grad_accum={self.grad_accum}")
         check(0 <= self.label_smoothing < 1, f"train.label_smoothing={self.label_smoothing!r} must be in [0, 1)")
+        check(0 <= self.ema < 1, f"train.ema={self.ema!r} must be in [0, 1) (0 turns it off)")
         check(0 <= self.seed < 2**32, f"train.seed={self.seed} must be in [0, 2**32)")
 
 

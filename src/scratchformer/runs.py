@@ -117,7 +117,9 @@ def load(run_dir, *, which: str = "best", with_data: bool = False):
     tensors, meta = ckpt.read(path)
     cfg = config_of(meta, path)
     task = task_class(cfg.task).from_meta(cfg, meta.get("task_meta") or {})
-    params = ckpt.restore(ckpt.subtree(tensors, "params"), state_template(task.cfg).params, source=str(path))
+    # a run with train.ema is its moving average (what it evaluated); otherwise its params
+    params = ckpt.restore(ckpt.subtree(tensors, "ema") or ckpt.subtree(tensors, "params"),
+                          state_template(task.cfg).params, source=str(path))
     if with_data:
         task = task.with_training_data(meta, run_dir)
     return task, params, meta

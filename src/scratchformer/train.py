@@ -25,7 +25,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from .config import RunConfig, task_class
 from .kernels import product_dtype
 from .memory import check_fits, program_bytes, tree_bytes
-from .optim import clip_by_global_norm
+from .optim import clip_by_global_norm, ema_decay, ema_update
 from .optimizers import optimizer, schedule
 from .parallel import (batch_sharding, bytes_per_device, check_batch, host_value, is_main, make_mesh, put_global,
                        replicated, state_shardings)
@@ -34,7 +34,7 @@ from .runs import RunFolder
 from .stop import StopRequest
 from .train_run import Checkpoints, Metrics, TrainingDiverged, TrainingInterrupted, footprint, header, start_state
 
-__all__ = ["TrainState", "TrainingDiverged", "TrainingInterrupted", "fit", "dry_run"]
+__all__ = ["TrainState", "TrainingDiverged", "TrainingInterrupted", "fit", "dry_run", "weights"]
 
 
 class TrainState(NamedTuple):
@@ -42,12 +42,20 @@ class TrainState(NamedTuple):
     params: Any
     opt_state: Any         # the state of optim.name's optimizer (optim.AdamWState, muon.HybridState)
     rng: jax.Array         # uint32[2] PRNG key of the run
+    ema: Any = None        # train.ema > 0: the moving average of params (what is evaluated and saved
+                           # as the model); None: off
+
+
+def weights(state: TrainState):
+    """The weights a run evaluates, samples and exports: the moving average when there is one."""
+    return state.params if state.ema is None else state.ema
 
 
 def init_state(cfg: RunConfig) -> TrainState:
     k_init, k_run = jax.random.split(jax.random.PRNGKey(cfg.train.seed))
     params = task_class(cfg.task).init_params(k_init, cfg.model)
-    return TrainState(jnp.zeros((), jnp.int32), params, optimizer(cfg.optim, params).init(params), k_run)
+    ema = jax.tree.map(jnp.copy, params) if cfg.train.ema else None
+    return TrainState(jnp.zeros((), jnp.int32), params, optimizer(cfg.optim, params).init(params), k_run, ema)
 
 
 def run_key(cfg: RunConfig):
@@ -106,11 +114,12 @@ def make_train_step(cfg: RunConfig, micro_sharding=None):
         grads, norm = clip_by_global_norm(jax.tree.map(lambda x: x / w, g), o.clip_norm)
         lr = lr_at(cfg, state.step)
         params, opt_state = opt.update(grads, state.opt_state, state.params, lr)
+        ema = None if state.ema is None else ema_update(state.ema, params, ema_decay(t.ema, state.step))
         if t.skip_nonfinite:
             ok = jnp.isfinite(loss) & jnp.isfinite(norm)
-            params, opt_state = jax.tree.map(lambda new, old: jnp.where(ok, new, old),
-                                             (params, opt_state), (state.params, state.opt_state))
-        return (TrainState(state.step + 1, params, opt_state, state.rng),
+            params, opt_state, ema = jax.tree.map(lambda new, old: jnp.where(ok, new, old), (params, opt_state, ema),
+                                                  (state.params, state.opt_state, state.ema))
+        return (TrainState(state.step + 1, params, opt_state, state.rng, ema),
                 {"loss": loss, "grad_norm": norm, "lr": lr})
 
     return train_step
@@ -224,7 +233,7 @@ def fit(task, out_dir, *, resume: bool = False, fsdp: bool = False, progress: bo
             if at_eval or at_ckpt or stop.signum is not None:
                 metrics.flush()
             if at_eval:
-                saves.evaluated(state, step, metrics.evaluation(state.params, step, time.perf_counter() - t_start))
+                saves.evaluated(state, step, metrics.evaluation(weights(state), step, time.perf_counter() - t_start))
             if at_ckpt or stop.signum is not None:
                 saves.save(state, step)
             if stop.signum is not None:
@@ -240,7 +249,9 @@ def fit(task, out_dir, *, resume: bool = False, fsdp: bool = False, progress: bo
 def _summary(task, state, run, p: Plan, *, start, best_val, train_time, fsdp) -> dict:
     """The final evaluation on the whole held-out set, and what the run took."""
     cfg = task.cfg
-    final = task.evaluate(state.params, full=True)
+    final = task.evaluate(weights(state), full=True)
+    if state.ema is not None:  # what the average gained, measured in every run that keeps one
+        final["val_loss_without_ema"] = task.evaluate(state.params, full=True)["val_loss"]
     summary = {"task": cfg.task, "steps": cfg.train.steps, "resumed_from": start,
                "train_time_s": round(train_time, 2), **final,
                "best_periodic_val_loss": best_val if math.isfinite(best_val) else None,

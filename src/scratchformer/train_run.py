@@ -59,7 +59,9 @@ def start_state(run: RunFolder, task, shardings, *, resume: bool, main: bool):
         if cfg.train.init_from:  # a fine-tune: the source run's weights, a fresh optimizer
             from .finetune import start_params
             from .parallel import put_global
-            state = state._replace(params=put_global(start_params(cfg), shardings.params))
+            start = start_params(cfg)
+            state = state._replace(params=put_global(start, shardings.params),
+                                   ema=None if state.ema is None else put_global(start, shardings.ema))
         return state, math.inf
     tensors, meta = ckpt.read(path)
     saved = config_of(meta, path)

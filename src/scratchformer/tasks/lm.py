@@ -172,19 +172,17 @@ class LMTask(DrawnOnDevice):
 
     # ------------------------------------------------------------ construction
     @classmethod
-    def from_text(cls, cfg: RunConfig, corpus: str, tokenizer=None) -> "LMTask":
+    def from_text(cls, cfg: RunConfig, corpus: str, tokenizer=None, *, what="the text") -> "LMTask":
         """The task on a text: its own characters are the vocabulary, or `tokenizer`
-        (a fine-tune's: the run it starts from) encodes it."""
+        (a fine-tune's: the run it starts from) encodes it. `what` names the text in errors."""
         tok = tokenizer or text.CharTokenizer.from_text(corpus)
-        return cls(cfg, tok, encode(tok, corpus, "the text"))
+        return cls(cfg, tok, encode(tok, corpus, what))
 
     @classmethod
     def from_file(cls, cfg: RunConfig, path, tokenizer=None) -> "LMTask":
         """from_text on a UTF-8 file, remembering which file (its absolute path and
         sha256) so that `eval` can find it again and a resumed run can check it."""
-        corpus = text.read_text(path)
-        tok = tokenizer or text.CharTokenizer.from_text(corpus)
-        task = cls(cfg, tok, encode(tok, corpus, path))
+        task = cls.from_text(cfg, text.read_text(path), tokenizer, what=path)
         task.source = text.file_identity(path)
         return task
 
@@ -342,8 +340,10 @@ class LMTask(DrawnOnDevice):
             return (f"loss on {r['data']}: {r['loss']:.4f} (perplexity {r['perplexity']:.3f}, "
                     f"{r['bits_per_byte']:.4f} bits per byte) over {r['tokens']} tokens, checkpoint of step "
                     f"{r.get('step')}")
+        ema = (f" with the weights' moving average ({r['val_loss_without_ema']:.4f} without)"
+               if "val_loss_without_ema" in r else "")
         return (f"validation loss {r['val_loss']:.4f} (perplexity {r['val_perplexity']:.3f}, "
-                f"{r['bits_per_byte']:.4f} bits per byte) over {r['val_tokens']} tokens")
+                f"{r['bits_per_byte']:.4f} bits per byte) over {r['val_tokens']} tokens{ema}")
 
     # ------------------------------------------------------------ use
     def sample(self, params, *, prompt, tokens, temperature, top_k, top_p, seed, no_cache) -> tuple[str, None]:
