@@ -228,6 +228,22 @@ def test_the_published_files_layout_imports_the_same(tmp_path, bpe_files, small_
         np.testing.assert_array_equal(a, b)  # the same seed: the same weights as the folder small_run came from
 
 
+def test_a_folder_saved_in_bfloat16_imports_its_values_in_float32(tmp_path, bpe_files, capsys):
+    """save_pretrained of a bfloat16 model (numpy has no bfloat16: safetensors reads it as
+    ml_dtypes'): the run holds those values in float32 and gives the model's logits."""
+    folder, model = hf_folder(tmp_path / "hf", bpe_files, **SHAPES["gpt2-like"])
+    model.to(torch.bfloat16).save_pretrained(folder)
+    code, _, err = cli(capsys, "import", "gpt2", folder, "--out", tmp_path / "run")
+    assert code == 0, err
+    task, params = ours(tmp_path / "run")
+    ids = np.random.default_rng(1).integers(0, task.cfg.model.vocab_size, (2, 16))
+    with torch.no_grad():
+        want = model.float()(torch.tensor(ids)).logits.numpy()
+    got, _ = lm_forward(params, jnp.asarray(ids), cfg=task.cfg.model)
+    assert np.abs(np.asarray(got) - want).max() < 1e-4
+    assert task.cfg.model.products == "float32" and np.abs(want).max() > 1.0
+
+
 @pytest.fixture(scope="module")
 def broken_folders(tmp_path_factory, bpe_files):
     """{name: folder}: GPT-2 folders with one thing wrong each."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import ml_dtypes  # jax's own dependency: numpy's bfloat16
 import numpy as np
 
 from . import checkpoint as ckpt
@@ -22,6 +23,7 @@ from .errors import ConfigError, DataError, UsageError
 
 FILES = ("config.json", "model.safetensors", "vocab.json", "merges.txt")
 WEIGHTS_INDEX = "model.safetensors.index.json"  # a checkpoint saved in shards
+BFLOAT16 = np.dtype(ml_dtypes.bfloat16)  # a folder saved in bfloat16 (not a numpy floating type)
 ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu"}
 EXPORTED_ACTIVATION = {"gelu_tanh": "gelu_new", "gelu": "gelu"}
 # config.json keys that do not change what the language model computes: tokens' roles,
@@ -172,7 +174,7 @@ def params_from_hf(tensors: dict[str, np.ndarray], m, source="model.safetensors"
             shape = a.shape[::-1] if hf == "lm_head.weight" else a.shape
             raise DataError(f"{source}: {hf} has shape {shape}, its config.json needs "
                             f"{want[::-1] if hf == 'lm_head.weight' else want}")
-        if not np.issubdtype(a.dtype, np.floating):
+        if not (np.issubdtype(a.dtype, np.floating) or a.dtype == BFLOAT16):
             raise DataError(f"{source}: {hf} holds {a.dtype}, not floating-point weights")
         _set(params, path, np.ascontiguousarray(a, np.float32))
     return params
