@@ -6,7 +6,9 @@
 
 Recipes: `classic` (the preset as it is), `new` (every technique in NEW), `new-X` (new
 without technique X: the preset's own setting for it), and the extras `new+wsd`,
-`new+dropout` and `classic+muon` (not run unless named). Runs go in seed-major order, so a stopped
+`new+dropout` and `classic+muon` (not run unless named); from a preset that has its
+recipe already (`--preset cpu`: the classic block with Muon), `preset` (= `classic`) and
+`preset+X`, one change of ON_PRESET at a time. Runs go in seed-major order, so a stopped
 ablation has whole seeds. A run whose folder holds a summary.json is read, not run again
 (--read-only: nothing is run; a partial ablation's table).
 
@@ -46,6 +48,16 @@ EXTRAS = {
     "new+dropout": ["model.dropout=0.1"],
 }
 
+# One change at a time from a preset's own recipe (`preset+X`).
+ON_PRESET = {
+    "ema": ["train.ema=0.98"],
+    "qk_norm": ["model.qk_norm=true"],
+    "dropout": ["model.dropout=0.1"],
+    "muon_wd": ["optim.muon_weight_decay=0.1"],
+    "context256": ["model.block_size=256", "train.batch_size=16", "model.attn_block=128"],  # tokens per step kept
+    "adamw": ["optim.name=adamw"],
+}
+
 
 def recipes() -> dict[str, list[str]]:
     """Every recipe's --set values, by name, in the default running order."""
@@ -56,6 +68,9 @@ def recipes() -> dict[str, list[str]]:
     for name, sets in EXTRAS.items():
         out[name] = new + sets
     out["classic+muon"] = NEW["muon"]  # the one technique that moves the loss most, alone
+    out["preset"] = []
+    for name, sets in ON_PRESET.items():
+        out[f"preset+{name}"] = sets
     return out
 
 
