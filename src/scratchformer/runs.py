@@ -108,16 +108,16 @@ def config_of(meta: dict, path):
 
 
 def load(run_dir, *, which: str = "best", with_data: bool = False):
-    """Returns (task, params, meta). `run_dir`: a run folder (its best checkpoint, or its
-    latest without one), or one checkpoint file: a training state's, or weights alone
-    (an imported model's). with_data also reloads the data the
-    run trained on (an LM's text) for evaluation."""
+    """Returns (task, params, meta); params are the moving average of a run with train.ema
+    (what it evaluated). `run_dir`: a run folder (its best checkpoint, or its latest
+    without one), or one checkpoint file: a training state's, or weights alone (an
+    imported model's). with_data also reloads the data the run trained on (an LM's text)
+    for evaluation."""
     from .train import state_template
     path = checkpoint_path(run_dir, which)
     tensors, meta = ckpt.read(path)
     cfg = config_of(meta, path)
     task = task_class(cfg.task).from_meta(cfg, meta.get("task_meta") or {})
-    # a run with train.ema is its moving average (what it evaluated); otherwise its params
     params = ckpt.restore(ckpt.subtree(tensors, "ema") or ckpt.subtree(tensors, "params"),
                           state_template(task.cfg).params, source=str(path))
     if with_data:
