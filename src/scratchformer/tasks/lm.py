@@ -77,10 +77,12 @@ CPU_CLASSIC = {  # AdamW on GPT-2's block, the seed's `cpu` preset: tuned on a 2
 }
 PRESETS = {
     # A low validation loss within ~45 s on a 2-core CPU: the classic settings with Muon
-    # on the hidden matrices, the one change of benchmarks/ablation.py's recipes that paid
-    # at this size (BENCHMARKS.md, "Block options and Muon"; README, results); 1,200
-    # steps: 1.648-1.669 over three seeds (1,500: 1.618-1.631), in 80% of the time.
-    "cpu-quick": {**CPU_QUICK_CLASSIC, "optim.name": "muon", "train.steps": 1200},
+    # on the hidden matrices, the one change of benchmarks/ablation.py's block recipes that
+    # paid at this size (BENCHMARKS.md, "Block options and Muon"), with weight decay on
+    # Muon's matrices and the weights' moving average evaluated: 1,000 steps, 1.656-1.683
+    # over three seeds (BENCHMARKS.md, "Weight decay on Muon's matrices, and the moving average").
+    "cpu-quick": {**CPU_QUICK_CLASSIC, "optim.name": "muon", "optim.muon_weight_decay": 0.1, "train.ema": 0.99,
+                  "train.steps": 1000},
     "cpu-quick-classic": CPU_QUICK_CLASSIC,
     # Fine-tuning a run (train lm --init-from RUN; the default preset then), as nanoGPT's
     # finetune_shakespeare: a small constant-ish rate, few steps. block_size 256 keeps the
@@ -92,10 +94,12 @@ PRESETS = {
         "train.batch_size": 4, "train.steps": 200, "train.eval_every": 50, "train.checkpoint_every": 50,
         "train.steps_per_call": 1, "data.eval_windows": 16,
     },
-    # Muon on the classic settings, 1,500 steps: 1.495 on the Intel Xeon in 10 minutes,
-    # where AdamW's 2,500 steps end at 1.514 in 20; Muon's 2,500 overfit (BENCHMARKS.md,
-    # "Muon at the cpu preset").
-    "cpu": {**CPU_CLASSIC, "optim.name": "muon", "train.steps": 1500},
+    # Muon on the classic settings, 1,500 steps (AdamW's 2,500 end higher in twice the
+    # time; Muon's 2,500 overfit: BENCHMARKS.md, "Muon at the cpu preset"), its matrices
+    # decayed at 0.2 and the moving average evaluated: 1.455-1.469 over seeds on the Intel
+    # Xeon in 10 minutes (BENCHMARKS.md, "Weight decay on Muon's matrices, and the moving average").
+    "cpu": {**CPU_CLASSIC, "optim.name": "muon", "optim.muon_weight_decay": 0.2, "train.ema": 0.98,
+            "train.steps": 1500},
     "cpu-classic": CPU_CLASSIC,
     # nanoGPT's shakespeare_char GPU settings, but 2,500 steps (not 5,000) and bf16: the
     # validation loss bottoms out near 2,500 steps and then overfits (BENCHMARKS.md, GPU).
