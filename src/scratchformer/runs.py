@@ -118,8 +118,8 @@ def load(run_dir, *, which: str = "best", with_data: bool = False):
     tensors, meta = ckpt.read(path)
     cfg = config_of(meta, path)
     task = task_class(cfg.task).from_meta(cfg, meta.get("task_meta") or {})
-    params = ckpt.restore(ckpt.subtree(tensors, "ema") or ckpt.subtree(tensors, "params"),
-                          state_template(task.cfg).params, source=str(path))
+    weights = "ema" if task.cfg.train.ema else "params"  # a weights-only file's config has no average
+    params = ckpt.restore(ckpt.subtree(tensors, weights), state_template(task.cfg).params, source=str(path))
     if with_data:
         task = task.with_training_data(meta, run_dir)
     return task, params, meta
