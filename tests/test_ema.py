@@ -70,3 +70,15 @@ def test_a_run_with_ema_evaluates_saves_and_loads_the_average(tiny_text, tmp_pat
     plain = fit(_task(tiny_text), tmp_path / "plain", progress=False)
     assert "val_loss_without_ema" not in plain
     assert not [k for k in ckpt.read(ckpt.latest(tmp_path / "plain"))[0] if k.startswith("ema.")]
+
+
+def test_a_weights_only_file_loads_its_params_whatever_the_config_says(tiny_text, tmp_path):
+    """An imported model (gpt2.save_weights_run) has only `params.*`; a config that asks for
+    an average (as the presets do) still loads them, while a training state must hold it."""
+    from scratchformer.gpt2 import save_weights_run
+    task = _task(tiny_text, **{"train.ema": 0.9})
+    params = task.init_params(jax.random.PRNGKey(3), task.cfg.model)
+    save_weights_run(tmp_path / "w", task, params, {})
+    _, loaded, _ = load(tmp_path / "w")
+    for k, v in flatten(params).items():
+        np.testing.assert_array_equal(np.asarray(flatten(loaded)[k]), np.asarray(v), err_msg=k)
