@@ -8,7 +8,8 @@ Recipes: `classic` (the preset as it is), `new` (every technique in NEW), `new-X
 without technique X: the preset's own setting for it), and the extras `new+wsd`,
 `new+dropout` and `classic+muon` (not run unless named); from a preset that has its
 recipe already (`--preset cpu`: the classic block with Muon), `preset` (= `classic`) and
-`preset+X`, one change of ON_PRESET at a time. Runs go in seed-major order, so a stopped
+`preset+X`, one change of ON_PRESET at a time, and `preset-X`, one of the preset's own
+techniques (OFF_PRESET) turned off. Runs go in seed-major order, so a stopped
 ablation has whole seeds. A run whose folder holds a summary.json is read, not run again
 (--read-only: nothing is run; a partial ablation's table).
 
@@ -56,6 +57,14 @@ ON_PRESET = {
     "muon_wd": ["optim.muon_weight_decay=0.1"],
     "context256": ["model.block_size=256", "train.batch_size=16", "model.attn_block=128"],  # tokens per step kept
     "adamw": ["optim.name=adamw"],
+    # the block options and schedule of NEW and EXTRAS that the Muon presets leave off
+    "rmsnorm": NEW["rmsnorm"], "relu2": NEW["relu2"], "zero_init": NEW["zero_init"],
+    "untied": NEW["untied"], "softcap": NEW["softcap"], "wsd": EXTRAS["new+wsd"],
+}
+# What the Muon presets turn on, turned off (`preset-X`).
+OFF_PRESET = {
+    "ema": ["train.ema=0"],
+    "muon_wd": ["optim.muon_weight_decay=0"],
 }
 
 
@@ -71,6 +80,8 @@ def recipes() -> dict[str, list[str]]:
     out["preset"] = []
     for name, sets in ON_PRESET.items():
         out[f"preset+{name}"] = sets
+    for name, sets in OFF_PRESET.items():
+        out[f"preset-{name}"] = sets
     return out
 
 
