@@ -3,6 +3,7 @@ training itself, and what a run evaluates, saves and hands to sample, eval and e
 
 import jax
 import numpy as np
+import pytest
 
 from scratchformer import checkpoint as ckpt
 from scratchformer.checkpoint import flatten
@@ -82,3 +83,9 @@ def test_a_weights_only_file_loads_its_params_whatever_the_config_says(tiny_text
     _, loaded, _ = load(tmp_path / "w")
     for k, v in flatten(params).items():
         np.testing.assert_array_equal(np.asarray(flatten(loaded)[k]), np.asarray(v), err_msg=k)
+
+    state = init_state(task.cfg)  # a training state saved without its average: refused, named
+    ckpt.save(tmp_path / "no-ema.safetensors", {"params": state.params, "opt_state": state.opt_state},
+              {"config": task.cfg.to_dict(), "step": 0, "task_meta": task.meta()})
+    with pytest.raises(ckpt.CheckpointError, match="missing"):
+        load(tmp_path / "no-ema.safetensors")

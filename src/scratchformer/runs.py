@@ -120,7 +120,7 @@ def load(run_dir, *, which: str = "best", with_data: bool = False):
     task = task_class(cfg.task).from_meta(cfg, meta.get("task_meta") or {})
     # A training state of a run with train.ema holds the average (what it evaluated); a
     # weights-only file (an import, save_weights_run) holds the model's weights as `params`.
-    weights_only = not any(k.startswith("opt_state.") for k in tensors)
+    weights_only = not ckpt.subtree(tensors, "opt_state")
     weights = "ema" if task.cfg.train.ema and not weights_only else "params"
     params = ckpt.restore(ckpt.subtree(tensors, weights), state_template(task.cfg).params, source=str(path))
     if with_data:
