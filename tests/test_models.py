@@ -314,7 +314,7 @@ _PARAMS_ED = init_encdec(jax.random.PRNGKey(11), ED_CFG)
 @pytest.mark.parametrize("positions", ["learned", "sinusoidal", "rope"])
 def test_untrained_models_start_near_uniform(positions):
     """With the output head tied to the token table, the untrained model's loss is about
-    ln V for every kind of position, at every preset's width (LM: 128, 192, 384;
+    ln V for every kind of position, at every preset's width (LM: 96, 192, 384;
     reversal: 64). (With Vaswani's token std D^-1/2 for sinusoidal positions it was 9.5
     for the LM at D=128, the model predicting its input token, and reversal then trained
     far slower; with a fixed 0.04 it was 1.3 above ln V at D=192.)"""

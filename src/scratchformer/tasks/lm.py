@@ -76,13 +76,15 @@ CPU_CLASSIC = {  # AdamW on GPT-2's block, the seed's `cpu` preset: tuned on a 2
     "train.checkpoint_every": 500, "train.steps_per_call": 20,
 }
 PRESETS = {
-    # A low validation loss within ~45 s on a 2-core CPU: the classic settings with Muon
+    # A low validation loss within ~30 s on a 2-core CPU: the classic settings with Muon
     # on the hidden matrices, the one change of benchmarks/ablation.py's block recipes that
     # paid at this size (BENCHMARKS.md, "Block options and Muon"), with weight decay on
-    # Muon's matrices and the weights' moving average evaluated: 1,000 steps, 1.656-1.683
-    # over three seeds (BENCHMARKS.md, "Weight decay on Muon's matrices, and the moving average").
-    "cpu-quick": {**CPU_QUICK_CLASSIC, "optim.name": "muon", "optim.muon_weight_decay": 0.1, "train.ema": 0.99,
-                  "train.steps": 1000},
+    # Muon's matrices and the weights' moving average evaluated ("Weight decay on Muon's
+    # matrices, and the moving average"), at width 96 (3 heads of 32): its steps take ~0.63x
+    # width 128's, so 1,200 of them (1.663-1.672 over three seeds) train in ~0.77x the time
+    # of 1,000 at width 128 (1.656-1.683) (BENCHMARKS.md, "cpu-quick's shape for the 30 s goal").
+    "cpu-quick": {**CPU_QUICK_CLASSIC, "model.d_model": 96, "model.d_ff": 384, "model.n_head": 3,
+                  "optim.name": "muon", "optim.muon_weight_decay": 0.1, "train.ema": 0.99, "train.steps": 1200},
     "cpu-quick-classic": CPU_QUICK_CLASSIC,
     # Fine-tuning a run (train lm --init-from RUN; the default preset then), as nanoGPT's
     # finetune_shakespeare: a small constant-ish rate, few steps. block_size 256 keeps the
