@@ -22,34 +22,16 @@ import time
 
 import jax
 import jax.numpy as jnp
+from step_variants import step_times as variant_step_times  # this folder's script: run as a script
 
-from scratchformer.bench import random_token_training
 from scratchformer.config import make_config
 from scratchformer.kernels import has_amx
 
 SETTINGS = ("float32", "bfloat16")
 
 
-def _compiled(preset: str, products: str):
-    cfg = make_config("lm", preset, {"model.products": products})
-    k = cfg.train.steps_per_call
-    call, state, data, _ = random_token_training(cfg, k)
-    call = call.lower(state, data).compile()
-    state, m = call(state, data)  # first call: warm
-    jax.block_until_ready(m)
-    return {"call": call, "state": state, "data": data, "steps": k}
-
-
 def step_times(preset: str, calls: int) -> dict:
-    runs = {s: _compiled(preset, s) for s in SETTINGS}
-    times = {s: [] for s in SETTINGS}
-    for _ in range(calls):
-        for s, r in runs.items():
-            t0 = time.perf_counter()
-            r["state"], m = r["call"](r["state"], r["data"])
-            jax.block_until_ready(m)
-            times[s].append((time.perf_counter() - t0) / r["steps"] * 1e3)
-    return {s: statistics.median(t) for s, t in times.items()}
+    return variant_step_times({s: make_config("lm", preset, {"model.products": s}) for s in SETTINGS}, calls)
 
 
 def _rate(f, args, flop: float, reps: int = 20) -> float:
