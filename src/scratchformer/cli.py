@@ -17,7 +17,7 @@ from . import __version__
 EXAMPLES = """examples:
   scratchformer train reverse --out runs/rev       # encoder-decoder learns to reverse sequences (~35 s)
   scratchformer sample runs/rev --input "7 3 9 1"  # -> 1 9 3 7
-  scratchformer train lm --preset cpu-quick --out runs/quick   # Tiny Shakespeare char LM (~1-2 min)
+  scratchformer train lm --preset cpu-quick --out runs/quick   # Tiny Shakespeare char LM (~30-60 s on 2 CPU cores)
   scratchformer eval runs/quick --json
   scratchformer eval runs/quick --data other.txt   # the loss on a text of your choice
   scratchformer sample runs/quick --prompt "ROMEO:" --tokens 300
