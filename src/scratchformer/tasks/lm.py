@@ -78,7 +78,7 @@ CPU_CLASSIC = {  # AdamW on GPT-2's block, the seed's `cpu` preset: tuned on a 2
 PRESETS = {
     # A low validation loss within ~30 s on a 2-core CPU: the classic settings with Muon
     # on the hidden matrices, the one change of benchmarks/ablation.py's block recipes that
-    # paid at this size (BENCHMARKS.md, "Block options and Muon"), with weight decay on
+    # paid at width 128 (BENCHMARKS.md, "Block options and Muon"), with weight decay on
     # Muon's matrices and the weights' moving average evaluated ("Weight decay on Muon's
     # matrices, and the moving average"), at width 96 (3 heads of 32): its steps take ~0.63x
     # width 128's, so 1,200 of them (1.663-1.672 over three seeds) train in ~0.77x the time
