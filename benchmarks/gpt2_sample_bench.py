@@ -23,7 +23,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import statistics
 import time
 
@@ -33,6 +32,7 @@ import numpy as np
 import torch
 import transformers
 
+from scratchformer import machine
 from scratchformer.config import ModelConfig
 from scratchformer.decode import _generate, generate
 from scratchformer.memory import program_bytes
@@ -86,8 +86,7 @@ def main() -> None:
     cores = len(os.sched_getaffinity(0))
     torch.set_num_threads(a.torch_threads or cores)
     out = {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-           "machine": next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                            if line.startswith("model name")), platform.processor()),
+           "machine": machine.describe(),
            "cores": cores, "load_average_before": os.getloadavg(), "jax": jax.__version__,
            "torch": torch.__version__, "transformers": transformers.__version__, "torch_threads": torch.get_num_threads()}
     params = init_lm(jax.random.PRNGKey(0), CFG)

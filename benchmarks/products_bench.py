@@ -16,7 +16,6 @@ g @ w^T and x^T @ g).
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
 
@@ -24,6 +23,7 @@ import jax
 import jax.numpy as jnp
 from step_variants import step_times as variant_step_times  # this folder's script: run as a script
 
+from scratchformer import machine
 from scratchformer.config import make_config
 from scratchformer.kernels import has_amx
 
@@ -69,9 +69,8 @@ def main() -> int:
     p.add_argument("--preset", action="append", help="preset (repeatable); default cpu-quick, cpu-quick-classic, cpu")
     p.add_argument("--calls", type=int, default=7, help="timed calls of each setting (default 7)")
     a = p.parse_args()
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.processor()) if platform.system() == "Linux" else platform.processor()
-    print(f"{cpu}, {jax.device_count()} device(s) ({jax.default_backend()}), AMX: {has_amx()}, JAX {jax.__version__}")
+    print(f"{machine.describe()}; {jax.device_count()} device(s) ({jax.default_backend()}), AMX: {has_amx()}, "
+          f"JAX {jax.__version__}")
     for preset in a.preset or ["cpu-quick", "cpu-quick-classic", "cpu"]:
         ms = step_times(preset, a.calls)
         m, t = make_config("lm", preset).model, make_config("lm", preset).train

@@ -4,6 +4,7 @@ test runs the quick variant and checks structure, arithmetic and the FLOP formul
 
 import json
 
+from scratchformer import machine
 from scratchformer.cli import main
 
 
@@ -11,6 +12,7 @@ def test_bench_json_schema_and_arithmetic(capsys):
     assert main(["bench", "--quick", "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
     peak = r["matmul_peak_gflops"]
+    assert r["machine"] == machine.as_dict()  # the figures say which machine kind they are from
     assert peak > 0 and [t["name"] for t in r["train"]] == ["nano-cpu", "gpt-small"]
     tokens = {"nano-cpu": 12 * 64, "gpt-small": 8 * 256}
     # 6 * N * tokens + 12 * L * D * T * tokens, N counted by hand: per layer QKV and output

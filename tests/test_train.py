@@ -72,8 +72,10 @@ def test_gradient_accumulation_with_padding_weights():
 def test_same_seed_same_run_and_scan_equals_single_steps(tiny_text):
     def run(k, seed):
         task = _lm_task(tiny_text, **{"model.dropout": 0.1, "train.steps_per_call": k, "train.seed": seed})
-        call, _ = make_train_call(task.cfg, task, k)
-        state, data, losses = init_state(task.cfg), task.device_data(), []
+        call, shardings = make_train_call(task.cfg, task, k)
+        # The state in its shardings, as the training loop starts (an uncommitted one would
+        # compile the call a second time, for the committed state the first call returns).
+        state, data, losses = init_sharded_state(task.cfg, shardings), task.device_data(), []
         for _ in range(20 // k):
             state, m = call(state, data)
             losses += list(np.asarray(m["loss"]))

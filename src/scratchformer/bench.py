@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import hugepages
+from . import hugepages, machine
 from .config import make_config
 from .decode import generate
 from .models import init_lm
@@ -36,6 +36,11 @@ SHAPES = {
                   "model.block_size": 256, "train.batch_size": 8},
 }
 VOCAB = 65  # Tiny Shakespeare's characters
+# The step timed: AdamW with clipping on GPT-2's block, products in the model's dtype, as
+# nanoGPT trains and as benchmarks/torch_nanogpt.py times it (and as every bench figure
+# in BENCHMARKS.md was measured). Not the `cpu` preset, whose Muon spends a quarter of
+# cpu-quick's step in Newton-Schulz on a CPU without AMX.
+BENCH_PRESET = "cpu-classic"
 
 
 def matmul_peak_gflops(n: int = 2048, reps: int = 10) -> float:
@@ -87,8 +92,9 @@ def random_token_training(cfg, steps_per_call: int):
 
 
 def bench_train(name: str, *, steps_per_call: int, calls: int, peak: float, dtype: str = "float32") -> dict:
-    over = {**SHAPES[name], "train.steps": 10_000, "model.dropout": 0.0, "model.dtype": dtype}
-    call, state, data, cfg = random_token_training(make_config("lm", "cpu", over), steps_per_call)
+    over = {**SHAPES[name], "train.steps": 10_000, "model.dropout": 0.0, "model.dtype": dtype,
+            "model.products": "float32"}
+    call, state, data, cfg = random_token_training(make_config("lm", BENCH_PRESET, over), steps_per_call)
     # compile_s: tracing + lowering + XLA compilation, timed on their own; first_call_s:
     # the whole first call (compilation plus steps_per_call steps), as a user waits for it.
     t0 = time.perf_counter()
@@ -115,7 +121,8 @@ def bench_train(name: str, *, steps_per_call: int, calls: int, peak: float, dtyp
 
 def sampling_model():
     """(model config, parameters) of the gpt-small LM that sampling is timed on."""
-    cfg = replace(make_config("lm", "cpu", SHAPES["gpt-small"]).model, vocab_size=VOCAB, dropout=0.0)
+    cfg = replace(make_config("lm", BENCH_PRESET, SHAPES["gpt-small"]).model, vocab_size=VOCAB, dropout=0.0,
+                  products="float32")
     return cfg, init_lm(jax.random.PRNGKey(0), cfg)
 
 
@@ -143,7 +150,7 @@ def run(quick: bool = False, dtypes=None) -> dict:
         train.append(bench_train("nano-cpu", steps_per_call=10, calls=3 if quick else 15, peak=peak, dtype=dt))
         train.append(bench_train("gpt-small", steps_per_call=2, calls=2 if quick else 10, peak=peak, dtype=dt))
     sample = bench_sample(n_tokens=200 if quick else 1000, reps=1 if quick else 3)
-    return {"device": str(jax.devices()[0].device_kind), "backend": jax.default_backend(),
+    return {"device": str(jax.devices()[0].device_kind), "backend": jax.default_backend(), "machine": machine.as_dict(),
             "devices": jax.device_count(), "hugepages": hugepages.status(), "matmul_peak_gflops": round(peak, 1),
             "train": train, "sample": sample}
 
@@ -153,6 +160,7 @@ def main(as_json: bool = False, quick: bool = False) -> int:
     if as_json:
         print(json.dumps(r))
         return 0
+    print(f"machine: {machine.describe()}; JAX {jax.__version__}")
     print(f"device: {r['device']} ({r['backend']}, {r['devices']} device(s)); huge pages: {r['hugepages']}; "
           f"matmul peak {r['matmul_peak_gflops']:.1f} GFLOP/s (f32, 2048^2)")
     print(f"{'shape':<10} {'dtype':<9} {'ms/step':>9} {'tokens/s':>10} {'GFLOP/s':>9} {'of peak':>8} {'compile s':>10} "

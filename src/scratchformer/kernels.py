@@ -20,13 +20,12 @@ axes flattened).
 from __future__ import annotations
 
 import contextlib
-import functools
 from functools import partial
 
 import jax
 import jax.numpy as jnp
 
-from . import layers
+from . import layers, machine
 from .layers import at_least_f32
 
 
@@ -36,15 +35,9 @@ from .layers import at_least_f32
 _PRODUCTS = None
 
 
-@functools.cache
 def has_amx() -> bool:
     """Whether this CPU has AMX tiles for bfloat16 (Linux's amx_bf16 flag)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line for line in f if line.startswith("flags")), "")
-    except OSError:
-        return False
-    return "amx_bf16" in flags.split()
+    return "amx_bf16" in machine.cpu_flags()
 
 
 def product_dtype(setting: str, backend: str | None = None):
