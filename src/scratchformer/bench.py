@@ -37,9 +37,9 @@ SHAPES = {
 }
 VOCAB = 65  # Tiny Shakespeare's characters
 # The step timed: AdamW with clipping on GPT-2's block, products in the model's dtype, as
-# nanoGPT trains and as benchmarks/torch_nanogpt.py times it (and as every bench figure
-# in BENCHMARKS.md was measured). Not the `cpu` preset, whose Muon spends a quarter of
-# cpu-quick's step in Newton-Schulz on a CPU without AMX.
+# nanoGPT trains and as benchmarks/torch_nanogpt.py times it, so the two compare. Not the
+# `cpu` preset, whose Muon spends a quarter of cpu-quick's step in Newton-Schulz on a CPU
+# without AMX (BENCHMARKS.md, "The AMD EPYC without AVX-512").
 BENCH_PRESET = "cpu-classic"
 
 
