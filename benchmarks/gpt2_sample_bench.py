@@ -83,7 +83,7 @@ def main() -> None:
     ap.add_argument("--memory", action="store_true", help="also XLA's footprint for 1,000 to 20,000 tokens")
     ap.add_argument("--memory-only", action="store_true", help="only that footprint")
     a = ap.parse_args()
-    cores = len(os.sched_getaffinity(0))
+    cores = machine.cores()
     torch.set_num_threads(a.torch_threads or cores)
     out = {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
            "machine": machine.describe(),

@@ -25,7 +25,6 @@ from step_variants import step_times as variant_step_times  # this folder's scri
 
 from scratchformer import machine
 from scratchformer.config import make_config
-from scratchformer.kernels import has_amx
 
 SETTINGS = ("float32", "bfloat16")
 
@@ -69,8 +68,7 @@ def main() -> int:
     p.add_argument("--preset", action="append", help="preset (repeatable); default cpu-quick, cpu-quick-classic, cpu")
     p.add_argument("--calls", type=int, default=7, help="timed calls of each setting (default 7)")
     a = p.parse_args()
-    print(f"{machine.describe()}; {jax.device_count()} device(s) ({jax.default_backend()}), AMX: {has_amx()}, "
-          f"JAX {jax.__version__}")
+    print(f"{machine.describe()}; {jax.device_count()} device(s) ({jax.default_backend()}), JAX {jax.__version__}")
     for preset in a.preset or ["cpu-quick", "cpu-quick-classic", "cpu"]:
         ms = step_times(preset, a.calls)
         m, t = make_config("lm", preset).model, make_config("lm", preset).train
