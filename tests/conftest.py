@@ -27,6 +27,7 @@ if "PYTEST_XDIST_WORKER" not in os.environ:
     atexit.register(shutil.rmtree, _cache, ignore_errors=True)
     os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
     os.environ["JAX_COMPILATION_CACHE_MAX_SIZE"] = str(4 << 30)
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.1"  # JAX's 1 s leaves out the tiny models' programs
 
 TINY_MODEL = {"model.n_layer": 2, "model.n_head": 2, "model.d_model": 16, "model.d_ff": 32,
               "model.block_size": 16}
