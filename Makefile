@@ -31,7 +31,8 @@ demo: $(VENV)/.installed
 	$(BIN)/scratchformer sample runs/demo --prompt "ROMEO:" --tokens 400
 
 # Two processes, a test file each at a time: much of the suite is compiling, which uses one
-# core, so two workers keep both busy (measurements in BENCHMARKS.md, "The test suite").
+# core, so two workers keep both busy (measured in BENCHMARKS.md,
+# "The AMD EPYC without AVX-512").
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -n 2 --dist loadfile
 

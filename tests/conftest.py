@@ -17,7 +17,7 @@ SHAKESPEARE = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
 
 # The suite compiles the same programs many times over: in test after test, and in every
 # process the CLI tests start (a resumed run compiles its killed run's step again). JAX's
-# disk cache loads them instead: test_resume and test_cli took 340 s instead of 532 s.
+# disk cache loads them instead (measured in BENCHMARKS.md, "The AMD EPYC without AVX-512").
 # A fresh private folder for each run of the suite, so no state is carried between runs;
 # xdist's workers and every subprocess inherit it through the environment. Setting a size
 # limit turns on the cache's file lock, so that processes compiling side by side (the
