@@ -56,7 +56,7 @@ def muon_init(params) -> MuonState:
     return MuonState(jnp.zeros((), jnp.int32), jax.tree.map(jnp.zeros_like, params))
 
 
-def newton_schulz(g_MxN, steps: int = 5, dtype=NS_DTYPE, eps: float = 1e-7, gram: bool | None = None):
+def newton_schulz(g_MxN, steps: int = 5, dtype=NS_DTYPE, eps: float = 1e-7):
     """Approximate U V^T for g = U S V^T (the reference's zeropower_via_newtonschulz5):
 
         X <- g / (||g||_F + eps)                      (singular values into [0, 1])
@@ -65,44 +65,17 @@ def newton_schulz(g_MxN, steps: int = 5, dtype=NS_DTYPE, eps: float = 1e-7, gram
     with (a, b, c) = NS_COEFFS, chosen for a steep slope at zero rather than exact
     convergence: the singular values come out spread around 1 (about 0.7-1.2), not at 1.
     A tall g is transposed first so that A is the smaller Gram matrix. The iteration
-    runs in `dtype` (the reference uses bfloat16 on GPU); the result has g's dtype.
-    gram: iterate on M x M matrices (`_gram_iteration`), the same map with other
-    rounding; None: where it needs fewer operations, an X at least twice as wide as
-    tall, in float32 or wider (the Gram matrix squares X's condition number)."""
+    runs in `dtype` (the reference uses bfloat16 on GPU); the result has g's dtype."""
     x = g_MxN.astype(jnp.promote_types(g_MxN.dtype, jnp.float32))
     tall = x.shape[0] > x.shape[1]
     if tall:
         x = x.T
     x = (x / (jnp.linalg.norm(x) + eps)).astype(dtype)
-    if gram is None:
-        gram = x.shape[1] >= 2 * x.shape[0] and jnp.dtype(dtype).itemsize >= 4
-    if gram:
-        x = _gram_iteration(x, steps)
-    else:
-        a, b, c = NS_COEFFS
-        for _ in range(steps):
-            a_MxM = x @ x.T
-            x = a * x + (b * a_MxM + c * (a_MxM @ a_MxM)) @ x
-    return (x.T if tall else x).astype(g_MxN.dtype)
-
-
-def _gram_iteration(x0_MxN, steps: int):
-    """The iteration X_{k+1} = P_k X_k, P_k = a I + b R_k + c R_k^2, R_k = X_k X_k^T,
-    written as X_k = Q_k X_0: Q_{k+1} = P_k Q_k and R_{k+1} = P_k R_k P_k (P_k is
-    symmetric), so only M x M products remain until the last, X = Q X_0. The direct
-    form costs 2 M^2 N + M^3 multiply-adds a step; this one 2 M^2 N in all (R_0 and
-    the last product) and 17 M^3 over 5 steps: 44% fewer at N = 4 M (a feed-forward
-    weight), more than the direct form below N = 1.5 M."""
     a, b, c = NS_COEFFS
-    r = x0_MxN @ x0_MxN.T
-    eye = jnp.eye(r.shape[0], dtype=r.dtype)
-    q = None
-    for k in range(steps):
-        p = a * eye + b * r + c * (r @ r)
-        q = p if q is None else p @ q
-        if k < steps - 1:
-            r = p @ (r @ p)
-    return x0_MxN if q is None else q @ x0_MxN
+    for _ in range(steps):
+        a_MxM = x @ x.T
+        x = a * x + (b * a_MxM + c * (a_MxM @ a_MxM)) @ x
+    return (x.T if tall else x).astype(g_MxN.dtype)
 
 
 def newton_schulz_stack(g_LxMxN, steps: int = 5, products=jnp.bfloat16, eps: float = 1e-7):
