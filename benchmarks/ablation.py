@@ -11,7 +11,8 @@ recipe already (`--preset cpu`: the classic block with Muon), `preset` (= `class
 `preset+X`, one change of ON_PRESET at a time, and `preset-X`, one of the preset's own
 techniques (OFF_PRESET) turned off. Runs go in seed-major order, so a stopped
 ablation has whole seeds. A run whose folder holds a summary.json is read, not run again
-(--read-only: nothing is run; a partial ablation's table).
+(--read-only: nothing is run; a partial ablation's table). `--recipe NAME=KEY=VALUE,...`
+names a recipe of one's own (benchmarks/gpu_profile.sh's Muon recipes for the `gpu` preset).
 
 Per run: the final validation loss (whole split, summary.json), the training time and
 time per step (summary's train_time_s / steps: periodic evaluations and checkpoints
@@ -177,7 +178,9 @@ def main(argv=None) -> None:
     ap.add_argument("--out-dir", required=True, help="folder for the run folders and their logs")
     ap.add_argument("--preset", default="cpu-quick-classic")  # AdamW: the recipes add Muon themselves
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--recipes", nargs="+", default=DEFAULT_RECIPES, choices=list(every))
+    ap.add_argument("--recipes", nargs="+", default=DEFAULT_RECIPES, help="recipes to run, in order")
+    ap.add_argument("--recipe", action="append", default=[], metavar="NAME=KEY=VALUE[,KEY=VALUE...]",
+                    help="a recipe of one's own: its name and --set values (repeatable)")
     ap.add_argument("--eval-every", type=int, default=100, help="steps between periodic evaluations")
     ap.add_argument("--thresholds", type=float, nargs="+", default=list(THRESHOLDS),
                     help="validation losses whose first step and time are reported")
@@ -186,6 +189,14 @@ def main(argv=None) -> None:
                     help="run nothing: the table of the runs already in OUT_DIR (load figures are then today's)")
     ap.add_argument("--json", help="write the runs here (default OUT_DIR/ablation.json)")
     args = ap.parse_args(argv)
+    for spec in args.recipe:
+        name, _, sets = spec.partition("=")
+        if not name or "=" not in sets:
+            ap.error(f"--recipe {spec!r}: expected NAME=KEY=VALUE[,KEY=VALUE...]")
+        every[name] = sets.split(",")
+    unknown = [n for n in args.recipes if n not in every]
+    if unknown:
+        ap.error(f"unknown recipe(s) {', '.join(unknown)}; known: {', '.join(every)}")
     Path(args.out_dir).mkdir(parents=True, exist_ok=True)
     out = Path(args.json or Path(args.out_dir) / "ablation.json")
     runs = []
