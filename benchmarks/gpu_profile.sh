@@ -2,25 +2,26 @@
 # The prepared GPU check for the time-to-quality goal on one GPU (validation loss <= 1.47
 # within 15 s of training; README, "Results"), run on a GPU machine from the repository root.
 # Parts in order of importance; a part runs only if its time limit fits before $BUDGET s
-# (default 540) after the start, so `run` with timeout_s 600 brings back every finished part:
+# (default 540) after the start, so a 10-minute limit on the whole keeps every finished part:
 #   1. the GPU, JAX, and the bf16 matmul rate at 8192^3 (the denominator of "share of the
 #      measured bf16 matmul rate");
 #   2. benchmarks/ablation.py at the `gpu` preset, seed 0, evaluated every 125 steps on the
-#      whole validation split: the step and training seconds (compilation excluded) at which
-#      the loss first reached 1.50 / 1.47. The preset as shipped (AdamW, dropout 0.2, 2,500
-#      steps), then Muon with the CPU presets' settings (decay 0.2 on its matrices, the
-#      weights' average at 0.98) for 1,500 steps, and the same with model.products=bfloat16
-#      (Newton-Schulz stacked by shape, bfloat16 products: fewer, larger launches);
-#   3. benchmarks/profile_step.py on the preset, Muon and Muon stacked: ms a step untraced
-#      (its share of part 1's rate) and where it goes (every kernel's time in ops-*.json);
+#      whole validation split: the step and training seconds (compilation excluded, the
+#      evaluations included) at which the loss first reached 1.50 / 1.47. The preset as
+#      shipped (AdamW, dropout 0.2, 2,500 steps), then Muon with the `cpu` preset's settings
+#      (decay 0.2 on its matrices, the weights' average at 0.98) for 1,500 steps, and the same
+#      with model.products=bfloat16 (Newton-Schulz stacked by shape, bfloat16 products: fewer,
+#      larger launches);
+#   3. benchmarks/profile_step.py on the preset and with optim.name=muon, unstacked and
+#      stacked: ms a step untraced (to set against part 1's rate) and where it goes (every
+#      kernel's time in ops-*.json);
 #   4. Muon for 1,000 steps, and for 1,500 with dropout 0.1 (part 2's other recipes);
 #   5. bf16 matmul rates in other forms (why JAX's 528 TFLOP/s on 2026-11-27 was below the
 #      ~790 PyTorch reaches on this kind of GPU), the memory check's GPU branch (a model too
 #      big for the GPU must stop with one line, exit 2, and no run folder), the tests on the GPU.
-# Needs Tiny Shakespeare at $DATA (default .gpudata/tinyshakespeare.txt; carry .gpudata):
-#   mkdir -p .gpudata && cp ../shared/data/tinyshakespeare.txt .gpudata/   (.gpudata is ignored)
-# DRY=1 runs every part with a tiny model and few steps, on any machine: it checks the
-# script, not the GPU (PY=.venv/bin/python there).
+# Needs Tiny Shakespeare at $DATA (default .gpudata/tinyshakespeare.txt; git ignores .gpudata).
+# DRY=1 runs every part but the tests with a tiny model and few steps (the memory check at its
+# own size), on any machine: it checks the script, not the GPU (PY=.venv/bin/python on a CPU).
 set -uo pipefail
 export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1
 DATA=${DATA:-.gpudata/tinyshakespeare.txt}
