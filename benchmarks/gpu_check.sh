@@ -24,22 +24,7 @@ stamp() { echo "== $1 at $(( $(date +%s) - T0 )) s" | tee -a "$OUT/parts.txt"; }
 
 stamp info
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader | tee "$OUT/gpu.txt"
-timeout 60 $PY - <<'EOF' 2>&1 | tee -a "$OUT/gpu.txt"
-import time, jax, jax.numpy as jnp
-print("jax", jax.__version__, jax.devices())
-n = 8192
-for dt in (jnp.bfloat16, jnp.float32):
-    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), dt)
-    b = jax.random.normal(jax.random.PRNGKey(1), (n, n), dt)
-    f = jax.jit(lambda x, y: x @ y)
-    for _ in range(3):
-        f(a, b).block_until_ready()
-    ts = []
-    for _ in range(10):
-        t = time.perf_counter(); f(a, b).block_until_ready(); ts.append(time.perf_counter() - t)
-    ts.sort()
-    print(f"matmul {n}^3 {jnp.dtype(dt).name}: median {2 * n**3 / ts[5] / 1e12:.1f} TFLOP/s, best {2 * n**3 / ts[0] / 1e12:.1f}")
-EOF
+timeout 60 $PY benchmarks/matmul_rate.py --sizes 8192 --dtypes bfloat16 float32 2>&1 | tee -a "$OUT/gpu.txt"
 
 # Runs a part only if its time limit still fits before the deadline ($BUDGET s after start).
 fits() { [ $(( T0 + ${BUDGET:-540} - $(date +%s) )) -ge "$1" ] || { stamp "skipped: $2"; return 1; }; }

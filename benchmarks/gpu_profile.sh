@@ -49,21 +49,7 @@ fi
 
 stamp info
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader 2>&1
-N=$N timeout 60 $PY - <<'PY' 2>&1 | grep -v Warning
-import os, time, jax, jax.numpy as jnp
-n = int(os.environ["N"])
-print("jax", jax.__version__, jax.devices())
-a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.bfloat16)
-b = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.bfloat16)
-f = jax.jit(lambda x, y: x @ y)
-for _ in range(3):
-    f(a, b).block_until_ready()
-ts = []
-for _ in range(10):
-    t = time.perf_counter(); f(a, b).block_until_ready(); ts.append(time.perf_counter() - t)
-ts.sort()
-print(f"matmul {n}^3 bfloat16: median {2 * n**3 / ts[5] / 1e12:.1f} TFLOP/s, best {2 * n**3 / ts[0] / 1e12:.1f}")
-PY
+timeout 60 $PY benchmarks/matmul_rate.py --sizes $N 2>&1 | grep -v Warning
 
 MUON=optim.name=muon,optim.muon_weight_decay=0.2,train.ema=0.98
 RECIPES=(
@@ -99,29 +85,10 @@ profile gpu-muon-bf16ns 90 --set optim.name=muon --set model.products=bfloat16
 ablate 100 muon1000
 ablate 110 muon1500-drop0.1
 
-if fits 60 "matmul forms"; then
+if fits 90 "matmul forms"; then
   stamp "matmul forms"
-  N=$N timeout 60 $PY - <<'PY' 2>&1 | grep -v Warning
-import os, time, jax, jax.numpy as jnp
-def rate(f, args, flop, reps=10):
-    for _ in range(3): jax.block_until_ready(f(*args))
-    ts = []
-    for _ in range(reps):
-        t = time.perf_counter(); jax.block_until_ready(f(*args)); ts.append(time.perf_counter() - t)
-    ts.sort(); return flop / ts[len(ts)//2] / 1e12, flop / ts[0] / 1e12
-n = int(os.environ["N"])
-for m in (n // 2, 2 * n):
-    a = jax.random.normal(jax.random.PRNGKey(0), (m, m), jnp.bfloat16)
-    print(f"bf16 {m}^3 one product per call: median %.1f best %.1f TFLOP/s" % rate(jax.jit(lambda x, y: x @ y), (a, a), 2 * m**3))
-a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.bfloat16)
-b = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.bfloat16)
-f32out = jax.jit(lambda x, y: jnp.dot(x, y, preferred_element_type=jnp.float32))
-print(f"bf16 {n}^3 f32 accumulate out: median %.1f best %.1f" % rate(f32out, (a, b), 2 * n**3))
-chain = jax.jit(lambda x, y: jax.lax.fori_loop(0, 20, lambda i, c: (c @ y) * jnp.bfloat16(0.01), x))
-print(f"bf16 {n}^3 20 chained products per call: median %.1f best %.1f" % rate(chain, (a, b), 20 * 2 * n**3, reps=5))
-z = jnp.ones((n, n), jnp.bfloat16)
-print(f"bf16 {n}^3 all-ones data: median %.1f best %.1f" % rate(jax.jit(lambda x, y: x @ y), (z, z), 2 * n**3))
-PY
+  timeout 45 $PY benchmarks/matmul_rate.py --sizes $((N / 2)) $((N * 2)) 2>&1 | grep -v Warning
+  timeout 45 $PY benchmarks/matmul_rate.py --sizes $N --forms f32out chain ones 2>&1 | grep -v Warning
 fi
 
 if fits 60 "memory check"; then
