@@ -16,12 +16,11 @@ g @ w^T and x^T @ g).
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
-from step_variants import step_times as variant_step_times  # this folder's script: run as a script
+from matmul_rate import rate  # this folder's scripts: run as a script
+from step_variants import step_times as variant_step_times
 
 from scratchformer import machine
 from scratchformer.config import make_config
@@ -33,16 +32,9 @@ def step_times(preset: str, calls: int) -> dict:
     return variant_step_times({s: make_config("lm", preset, {"model.products": s}) for s in SETTINGS}, calls)
 
 
-def _rate(f, args, flop: float, reps: int = 20) -> float:
-    f = jax.jit(f)
-    for _ in range(3):
-        jax.block_until_ready(f(*args))
-    ts = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        jax.block_until_ready(f(*args))
-        ts.append(time.perf_counter() - t0)
-    return flop / statistics.median(ts) / 1e9
+def _rate(f, args, flop: float) -> float:
+    """Median GFLOP/s of jit(f)(*args) over 20 calls."""
+    return 1000 * rate(jax.jit(f), args, flop, reps=20)[0]
 
 
 def product_rates(n: int, d: int, e: int) -> dict:
