@@ -97,6 +97,23 @@ def test_lm_run_folder(lm_run, capsys):
     assert abs(r["val_perplexity"] - 2.718281828 ** r["val_loss"]) < 1e-6 * r["val_perplexity"]
 
 
+def test_train_says_when_sample_and_eval_load_an_earlier_step(tmp_path):
+    """A run whose best periodic evaluation came before its last step: train's last lines
+    say which step `sample` and `eval` open, since its summary's loss is the last step's."""
+    import numpy as np
+
+    from scratchformer import checkpoint as ckpt
+    from scratchformer import runs
+    assert runs.best_checkpoint_note(tmp_path, {"steps": 40}) is None  # no best checkpoint
+    (tmp_path / ckpt.CKPT_DIR).mkdir()
+    ckpt.save(tmp_path / ckpt.CKPT_DIR / ckpt.BEST, {"w": np.zeros(2, np.float32)},
+              {"step": 20, "best_val_loss": 1.5})
+    assert runs.best_checkpoint_note(tmp_path, {"steps": 40}) == (
+        "sample and eval load the best checkpoint, step 20 (periodic validation loss 1.5000), not the last "
+        "step's weights")
+    assert runs.best_checkpoint_note(tmp_path, {"steps": 20}) is None
+
+
 def test_dry_run_sizes_a_model_and_writes_nothing(tmp_path, corpus, capsys):
     """--dry-run prints the start-up line (parameters counted independently here) and
     stops; a model too big for memory is the same one-line error as without it."""
@@ -455,6 +472,8 @@ def _bad_inputs(tmp: Path, lm_run: Path, rev_run: Path, corpus: Path):
         ("resume on other data", [*lm, "--steps", "40", "--resume", "--out", lm_run, "--data", tmp / "tok"],
          f"--data {tmp / 'tok'}: cannot resume on it, the run was trained on {corpus.resolve()}"),
         ("prepare into an existing folder", ["prepare", corpus, "--out", tmp / "tok"], "already exists"),
+        ("prepare a missing text", ["prepare", tmp / "nope.txt", "--out", tmp / "tok3"],
+         f"scratchformer: error: {tmp / 'nope.txt'}: no such file"),
         ("prepare bpe without a size", ["prepare", corpus, "--out", tmp / "tok2", "--tokenizer", "bpe"],
          "--tokenizer bpe needs --vocab-size N"),
         ("prepare bpe with a tiny vocabulary", ["prepare", corpus, "--out", tmp / "tok2", "--tokenizer", "bpe",
@@ -469,6 +488,8 @@ def _bad_inputs(tmp: Path, lm_run: Path, rev_run: Path, corpus: Path):
         ("eval without checkpoint", ["eval", tmp / "nockpt"], "no checkpoint"),
         ("sample without checkpoint", ["sample", tmp / "nockpt"], "no checkpoint"),
         ("eval of a missing folder", ["eval", tmp / "missing"], "does not exist"),
+        ("eval of a missing checkpoint file", ["eval", tmp / "nockpt" / "step_00000010.safetensors"],
+         f"checkpoint file {tmp / 'nockpt' / 'step_00000010.safetensors'} does not exist"),
         ("eval of a file that is no checkpoint", ["eval", lm_run / "config.json"],
          f"{lm_run / 'config.json'} is a file, not a run folder or a .safetensors checkpoint"),
         ("resume without checkpoint", [*lm, "--resume", "--out", tmp / "nockpt"], "no checkpoint to resume"),
@@ -510,7 +531,7 @@ def _bad_inputs(tmp: Path, lm_run: Path, rev_run: Path, corpus: Path):
         ("--config holding a list", [*lm, "--config", tmp / "list.json"],
          "list.json must hold a JSON object, not list"),
         ("--config with an unknown key", [*lm, "--config", tmp / "typo.json"],
-         "typo.json: unknown config key 'model.n_layers'; known keys: model.n_layer,"),
+         "typo.json: unknown config key 'model.n_layers'; did you mean model.n_layer? known keys: model.n_layer,"),
         ("--config with an unknown section", [*lm, "--config", tmp / "section.json"],
          "section.json: unknown config section(s) ['modle']"),
         ("--config cut short", [*lm, "--config", tmp / "cut.json"], "cut.json is not a valid config: Expecting"),

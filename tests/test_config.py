@@ -59,8 +59,8 @@ def test_a_config_json_reads_back_as_the_same_config(tmp_path_factory, drawn, da
     ("model.activation", "gelu_new", "model.activation='gelu_new' is not one of gelu_tanh, gelu, relu2"),
     ("model.logit_softcap", "-1", "model.logit_softcap=-1.0 must be >= 0 (0 turns it off)"),
     ("model.logit_softcap", "inf", "model.logit_softcap='inf' is not a valid float"),
-    ("model.qk_norm", "maybe", "model.qk_norm='maybe' is not a valid bool"),
-    ("model.zero_init", "2", "model.zero_init='2' is not a valid bool"),
+    ("model.qk_norm", "maybe", "model.qk_norm='maybe' is not a valid bool (true/false, 1/0, yes/no, on/off)"),
+    ("model.zero_init", "2", "model.zero_init='2' is not a valid bool (true/false, 1/0, yes/no, on/off)"),
 ])
 def test_bad_block_options_are_one_line_errors(key, value, message):
     with pytest.raises(ConfigError) as e:

@@ -80,6 +80,14 @@ def test_shakespeare_from_seeded_cache(shakespeare_path, tmp_path, monkeypatch):
     assert len(corpus) == 1_115_394 and len(set(corpus)) == 65
 
 
+def test_shakespeare_unreachable_says_to_pass_data(tmp_path, monkeypatch):
+    monkeypatch.setenv("SCRATCHFORMER_CACHE", str(tmp_path))
+    unreachable = r"^download of http://127\.0\.0\.1:9/unreachable failed: .*pass --data FILE\)$"
+    with pytest.raises(DataError, match=unreachable):
+        text.shakespeare_path(url="http://127.0.0.1:9/unreachable")
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("content,match", [(b"", "empty"), (b"ab\x00cd", "binary"), (b"caf\xe9", "not UTF-8")])
 def test_read_text_rejects_bad_files(tmp_path, content, match):
     p = tmp_path / "f.txt"

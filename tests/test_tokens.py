@@ -12,8 +12,9 @@ import pytest
 
 from scratchformer.data import bpe
 from scratchformer.data.bpe import END_OF_TEXT, BpeTokenizer
+from scratchformer.data import tokens
 from scratchformer.data.tokens import TokenFiles, dtype_for, prepare
-from scratchformer.errors import DataError
+from scratchformer.errors import DataError, ScratchformerError
 
 from conftest import run_cli
 
@@ -130,6 +131,23 @@ def test_prepare_writes_nothing_when_a_source_is_bad(tmp_path):
     with pytest.raises(DataError, match="vocab_size=100 must be in"):
         prepare([tmp_path / "good.txt"], tmp_path / "data", tokenizer="bpe", vocab_size=100)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.txt", "good.txt"]
+
+
+def test_prepare_makes_missing_parent_folders_and_removes_them_on_failure(tmp_path, monkeypatch):
+    (tmp_path / "good.txt").write_text(TEXT)
+
+    def broken(*a, **k):  # fails inside the folder being built, after its parents were made
+        raise DataError("stop")
+    with monkeypatch.context() as m:
+        m.setattr(tokens, "_write", broken)
+        with pytest.raises(DataError, match="stop"):
+            prepare([tmp_path / "good.txt"], tmp_path / "a" / "b" / "data")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["good.txt"]
+    meta = prepare([tmp_path / "good.txt"], tmp_path / "a" / "b" / "data")
+    assert (tmp_path / "a" / "b" / "data" / "meta.json").is_file() and meta["train"]["tokens"] > 0
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ScratchformerError, match=r"file/x/data: .*file is a file, not a folder"):
+        prepare([tmp_path / "good.txt"], tmp_path / "file" / "x" / "data")
 
 
 def test_dtype_follows_the_vocabulary():

@@ -18,7 +18,7 @@ import os
 import re
 import shutil
 import tempfile
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import jax
@@ -89,23 +89,44 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 @contextmanager
 def atomic_folder(out: Path, *, option: str = "out"):
     """Build a new folder `out` whole or not at all: yields a temporary folder beside it,
-    renamed to `out` when the block ends without an exception, removed otherwise."""
+    renamed to `out` when the block ends without an exception, removed otherwise. Missing
+    parent folders are made, as `train --out runs/x` makes runs/, and removed again if
+    the block fails."""
     out = Path(out)
     if out.exists():
         raise CheckpointError(f"{out} already exists; choose a new folder", option=option)
-    if not out.parent.is_dir():
-        raise CheckpointError(f"{out}: the folder {out.parent} does not exist", option=option)
+    made = missing_parents(out, option=option)
+    for folder in reversed(made):
+        folder.mkdir()
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's folder is private; the result is an ordinary folder
+    done = False
     try:
         yield tmp
         os.rename(tmp, out)
         fsync_dir(out.parent)
+        done = True
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+        if not done:
+            for folder in made:  # deepest first
+                with suppress(OSError):
+                    folder.rmdir()
+
+
+def missing_parents(out: Path, *, option: str = "out") -> list[Path]:
+    """The folders above `out` that do not exist yet, deepest first; a one-line error
+    (for `option`) where something above `out` is a file, not a folder."""
+    made, parent = [], Path(out).parent
+    while not parent.exists():
+        made.append(parent)
+        parent = parent.parent
+    if not parent.is_dir():
+        raise CheckpointError(f"{out}: {parent} is a file, not a folder", option=option)
+    return made
 
 
 def to_host(tree) -> dict[str, np.ndarray]:

@@ -226,6 +226,9 @@ def cmd_train(a) -> int:
     from .parallel import is_main
     if is_main():
         print(f"run folder: {out}\n{runs.describe(summary)}")
+        best = runs.best_checkpoint_note(out, summary)
+        if best:
+            print(best)
     return 0
 
 

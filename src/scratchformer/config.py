@@ -10,6 +10,7 @@ through `apply_overrides`, so they are validated by the same code.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import math
 from dataclasses import dataclass, field, fields, replace
@@ -235,7 +236,9 @@ def _key_type(task: str, key: str) -> type:
         if owners:
             raise ConfigError(f"{key} is a setting of the {owners[0]} task; the {task} task does not use it")
     known = [f"{s}.{k}" for s in SECTIONS for k in _field_types(_section_class(task, s))]
-    raise ConfigError(f"unknown config key {key!r}; known keys: {', '.join(known)}")
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.75)
+    hint = f"did you mean {close[0]}? " if close else ""
+    raise ConfigError(f"unknown config key {key!r}; {hint}known keys: {', '.join(known)}")
 
 
 def _parse_value(key: str, raw: Any, typ: type) -> Any:
@@ -254,7 +257,8 @@ def _parse_value(key: str, raw: Any, typ: type) -> Any:
                 raise ValueError
             return v
         except ValueError:
-            raise ConfigError(f"{key}={raw!r} is not a valid {typ.__name__}") from None
+            accepted = " (true/false, 1/0, yes/no, on/off)" if typ is bool else ""
+            raise ConfigError(f"{key}={raw!r} is not a valid {typ.__name__}{accepted}") from None
     if typ is float and isinstance(raw, int) and not isinstance(raw, bool):  # an int is a valid float
         return float(raw)
     if type(raw) is not typ:

@@ -89,7 +89,8 @@ def checkpoint_path(run_dir, which: str = "best") -> Path:
             raise CheckpointError(f"{run_dir} is a file, not a run folder or a .safetensors checkpoint")
         return run_dir
     if not run_dir.is_dir():
-        raise CheckpointError(f"run folder {run_dir} does not exist")
+        kind = "checkpoint file" if run_dir.suffix == ".safetensors" else "run folder"
+        raise CheckpointError(f"{kind} {run_dir} does not exist")
     path = (ckpt.best(run_dir) if which == "best" else None) or ckpt.latest(run_dir)
     if path is None:
         inside = run_dir.name == ckpt.CKPT_DIR and any(run_dir.glob("*.safetensors"))
@@ -144,6 +145,20 @@ def training_source(run_dir) -> str | None:
     (None for generated data or before the first checkpoint)."""
     last = ckpt.latest(run_dir)
     return (ckpt.read_meta(last).get("data") or {}).get("path") if last else None
+
+
+def best_checkpoint_note(run_dir, summary: dict) -> str | None:
+    """Where `sample` and `eval` will not load the weights the summary's loss is of: the
+    best periodic checkpoint is from an earlier step than the last (the run overfitted
+    after it). None where they are the same step."""
+    best = ckpt.best(run_dir)
+    if best is None:
+        return None
+    meta = ckpt.read_meta(best)
+    if meta.get("step") == summary["steps"]:
+        return None
+    return (f"sample and eval load the best checkpoint, step {meta['step']} (periodic validation loss "
+            f"{meta['best_val_loss']:.4f}), not the last step's weights")
 
 
 def describe(summary: dict) -> str:

@@ -79,8 +79,15 @@ def download(url: str, dest: Path, sha256: str, *, timeout: float = 60.0) -> Pat
 
 
 def shakespeare_path(url: str = SHAKESPEARE_URL) -> Path:
-    """Tiny Shakespeare in the cache, downloaded and verified on first use."""
-    return download(url, cache_dir() / SHAKESPEARE_NAME, SHAKESPEARE_SHA256)
+    """Tiny Shakespeare in the cache, downloaded and verified on first use. Without the
+    internet the error says how to train on a copy (--data FILE) instead."""
+    try:
+        return download(url, cache_dir() / SHAKESPEARE_NAME, SHAKESPEARE_SHA256)
+    except DataError as e:
+        if str(e).startswith("download of"):
+            raise DataError(f"{e} (an LM without --data trains on Tiny Shakespeare; with a copy at hand, "
+                            "pass --data FILE)") from None
+        raise
 
 
 def file_identity(path) -> dict:

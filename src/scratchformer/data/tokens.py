@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..checkpoint import atomic_folder
+from ..checkpoint import atomic_folder, missing_parents
 from ..errors import DataError
 from .bpe import END_OF_TEXT, BpeTokenizer, tokenizer_from_json
 from .text import CharTokenizer, sha256_file
@@ -35,18 +35,19 @@ def dtype_for(vocab_size: int) -> np.dtype:
 
 
 def source_files(paths) -> list[Path]:
-    """The text files to read: each path, or the *.txt files under a folder (sorted)."""
+    """The text files to read: each path, or the *.txt files under a folder (sorted). Their
+    errors name no option: `prepare` takes the texts as arguments, not through --data."""
     files = []
     for p in map(Path, paths):
         if p.is_dir():
             found = sorted(f for f in p.rglob("*.txt") if f.is_file())
             if not found:
-                raise DataError(f"{p} is a folder without .txt files", option="data")
+                raise DataError(f"{p} is a folder without .txt files")
             files += found
         elif p.is_file():
             files.append(p)
         else:
-            raise DataError(f"{p}: no such file", option="data")
+            raise DataError(f"{p}: no such file")
     return files
 
 
@@ -55,21 +56,19 @@ def _pieces(path: Path):
     after a newline followed by a non-space character (where GPT-2's pre-tokenizer splits
     too, so a piece's ids are those the whole text would give)."""
     if path.stat().st_size == 0:
-        raise DataError(f"{path} is empty; give a UTF-8 text file", option="data")
+        raise DataError(f"{path} is empty; give a UTF-8 text file")
     carry = ""
     try:
         with open(path, encoding="utf-8", newline="") as f:
             while block := f.read(READ_CHARS):
                 if "\x00" in block:
-                    raise DataError(f"{path} looks binary (it contains NUL bytes); give a UTF-8 text file",
-                                    option="data")
+                    raise DataError(f"{path} looks binary (it contains NUL bytes); give a UTF-8 text file")
                 text, cut = carry + block, _last_boundary(carry + block)
                 carry = text[cut:]
                 if cut:
                     yield text[:cut]
     except UnicodeDecodeError as e:
-        raise DataError(f"{path} is not UTF-8 (bad byte near offset {e.start}); give a UTF-8 text file",
-                        option="data") from None
+        raise DataError(f"{path} is not UTF-8 (bad byte near offset {e.start}); give a UTF-8 text file") from None
     if carry:
         yield carry
 
@@ -105,8 +104,7 @@ def prepare(paths, out, *, tokenizer: str = "char", vocab_size: int | None = Non
     out = Path(out)
     if out.exists():  # before the texts are read (atomic_folder checks again)
         raise DataError(f"{out} already exists; choose a new folder", option="out")
-    if not out.parent.is_dir():
-        raise DataError(f"{out}: the folder {out.parent} does not exist", option="out")
+    missing_parents(out)  # a file in the way: before the texts are read
     if not 0 < val_fraction < 1:
         raise DataError(f"val_fraction={val_fraction!r} must be in (0, 1)")
     if tokenizer not in TOKENIZERS:
