@@ -95,6 +95,9 @@ def test_lm_run_folder(lm_run, capsys):
     r = json.loads(out)
     assert code == 0 and r["task"] == "lm" and r["val_tokens"] > 0
     assert abs(r["val_perplexity"] - 2.718281828 ** r["val_loss"]) < 1e-6 * r["val_perplexity"]
+    code, out, _ = cli(capsys, "eval", lm_run)  # the plain line names the step it loaded, as --json does
+    assert code == 0 and out.strip().startswith(f"validation loss {r['val_loss']:.4f}")
+    assert out.strip().endswith(f", checkpoint of step {r['step']}")
 
 
 def test_train_says_when_sample_and_eval_load_an_earlier_step(tmp_path):

@@ -351,8 +351,9 @@ class LMTask(DrawnOnDevice):
                     f"{r.get('step')}")
         ema = (f" with the weights' moving average ({r['val_loss_without_ema']:.4f} without)"
                if "val_loss_without_ema" in r else "")
+        step = f", checkpoint of step {r['step']}" if r.get("step") is not None else ""  # eval's result
         return (f"validation loss {r['val_loss']:.4f} (perplexity {r['val_perplexity']:.3f}, "
-                f"{r['bits_per_byte']:.4f} bits per byte) over {r['val_tokens']} tokens{ema}")
+                f"{r['bits_per_byte']:.4f} bits per byte) over {r['val_tokens']} tokens{ema}{step}")
 
     # ------------------------------------------------------------ use
     def sample(self, params, *, prompt, tokens, temperature, top_k, top_p, seed, no_cache) -> tuple[str, None]:
