@@ -44,9 +44,10 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def download(url: str, dest: Path, sha256: str, *, timeout: float = 60.0) -> Path:
+def download(url: str, dest: Path, sha256: str, *, timeout: float = 60.0, if_unreachable: str = "") -> Path:
     """Fetch `url` to `dest` atomically (temp file in the same folder, fsync, rename),
-    verifying its sha256. A cached file is re-verified; a mismatch is an error."""
+    verifying its sha256. A cached file is re-verified; a mismatch is an error.
+    if_unreachable: added to the error where the download fails (what to do instead)."""
     dest = Path(dest)
     if dest.exists():
         got = sha256_file(dest)
@@ -64,9 +65,9 @@ def download(url: str, dest: Path, sha256: str, *, timeout: float = 60.0) -> Pat
                         h.update(chunk)
                         out.write(chunk)
             except urllib.error.HTTPError as e:
-                raise DataError(f"download of {url} failed: HTTP {e.code} {e.reason}") from None
+                raise DataError(f"download of {url} failed: HTTP {e.code} {e.reason}{if_unreachable}") from None
             except (urllib.error.URLError, OSError) as e:
-                raise DataError(f"download of {url} failed: {getattr(e, 'reason', e)}") from None
+                raise DataError(f"download of {url} failed: {getattr(e, 'reason', e)}{if_unreachable}") from None
             out.flush()
             os.fsync(out.fileno())
         if h.hexdigest() != sha256:
@@ -81,13 +82,9 @@ def download(url: str, dest: Path, sha256: str, *, timeout: float = 60.0) -> Pat
 def shakespeare_path(url: str = SHAKESPEARE_URL) -> Path:
     """Tiny Shakespeare in the cache, downloaded and verified on first use. Without the
     internet the error says how to train on a copy (--data FILE) instead."""
-    try:
-        return download(url, cache_dir() / SHAKESPEARE_NAME, SHAKESPEARE_SHA256)
-    except DataError as e:
-        if str(e).startswith("download of"):
-            raise DataError(f"{e} (an LM without --data trains on Tiny Shakespeare; with a copy at hand, "
-                            "pass --data FILE)") from None
-        raise
+    return download(url, cache_dir() / SHAKESPEARE_NAME, SHAKESPEARE_SHA256,
+                    if_unreachable=" (an LM without --data trains on Tiny Shakespeare; with a copy at hand, "
+                                   "pass --data FILE)")
 
 
 def file_identity(path) -> dict:
