@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from scratchformer.attention import (causal_mask, cross_attention, cross_kv, init_cross_attention,
-                                     init_self_attention, padding_mask, self_attention)
+from scratchformer.attention import (attend, attend_causal, causal_mask, cross_attention, cross_kv,
+                                     init_cross_attention, init_self_attention, padding_mask, self_attention)
 
 
 def naive_attention(x_q, x_kv, wq, bq, wk, bk, wv, bv, wo, bo, n_head, allowed):
@@ -92,4 +92,29 @@ def test_causal_blocks_match_the_naive_loop_and_their_gradients_match_the_full_m
     g_block = jax.grad(loss, argnums=(0, 1))(p, x, mask=None, causal_block=block)
     g_full = jax.grad(loss, argnums=(0, 1))(p, x, mask=causal_mask(t))
     for a, c in zip(jax.tree.leaves(g_block), jax.tree.leaves(g_full)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(c), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("form", ["causal", "blocks", "causal+padding"])
+def test_attention_and_its_gradients_match_jax_nn_dot_product_attention(form):
+    """The attention core (with the causal mask, in query blocks, with padding too) against
+    JAX's own implementation, jax.nn.dot_product_attention (XLA's): the outputs and the
+    gradients in q, k and v (benchmarks/attention_bench.py times the two)."""
+    b, t, h, kw = 2, 12, 3, 8
+    q, k_, v, g = (jax.random.normal(key, (b, t, h, kw)) for key in jax.random.split(jax.random.PRNGKey(7), 4))
+    g = g.reshape(b, t, h * kw)
+    mask = causal_mask(t)
+    if form == "causal+padding":  # the second sequence's last 5 positions are padding
+        mask = mask & padding_mask(jnp.arange(t)[None, :] < jnp.array([[t], [t - 5]]))
+
+    def ours(q, k, v):
+        if form == "blocks":
+            return attend_causal(q, k, v, block=4)
+        return attend(q, k, v, mask)[0]
+
+    def theirs(q, k, v):
+        return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="xla").reshape(b, t, h * kw)
+    (y1, vjp1), (y2, vjp2) = jax.vjp(ours, q, k_, v), jax.vjp(theirs, q, k_, v)
+    np.testing.assert_allclose(np.asarray(y1), np.asarray(y2), rtol=1e-5, atol=1e-5)
+    for a, c in zip(vjp1(g), vjp2(g)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(c), rtol=1e-4, atol=1e-5)
