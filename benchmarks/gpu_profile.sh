@@ -14,7 +14,9 @@
 #      larger launches);
 #   3. benchmarks/profile_step.py on the preset and with optim.name=muon, unstacked and
 #      stacked: ms a step untraced (to set against part 1's rate) and where it goes (every
-#      kernel's time in ops-*.json);
+#      kernel's time in ops-*.json), and benchmarks/attention_bench.py at the preset's shape:
+#      one layer's attention as the model computes it against jax.nn.dot_product_attention
+#      (XLA's, cuDNN's fused kernel), forward and backward;
 #   4. Muon for 1,000 steps, and for 1,500 with dropout 0.1 (part 2's other recipes);
 #   5. bf16 matmul rates in other forms (why JAX's 528 TFLOP/s on 2026-11-27 was below the
 #      ~790 PyTorch reaches on this kind of GPU), the memory check's GPU branch (a model too
@@ -82,6 +84,12 @@ profile() {  # name, time limit, extra args...
 profile gpu 90
 profile gpu-muon 90 --set optim.name=muon
 profile gpu-muon-bf16ns 90 --set optim.name=muon --set model.products=bfloat16
+if fits 60 "attention forms"; then
+  stamp "attention forms"
+  ATT=()  # the gpu preset's shape by default: B=64, T=256, 6 heads of 64, bfloat16
+  [ "${DRY:-0}" = 1 ] && ATT=(--batch 4 --t 32 --heads 2 --head-dim 16 --reps 3)
+  timeout 60 $PY benchmarks/attention_bench.py "${ATT[@]}" 2>&1 | grep -v Warning
+fi
 ablate 100 muon1000
 ablate 110 muon1500-drop0.1
 
