@@ -1,5 +1,8 @@
 """Checkpoint format: round trip, and every way a file can be wrong is a clear error."""
 
+import os
+import stat
+
 import jax
 import numpy as np
 import pytest
@@ -113,3 +116,21 @@ def test_prune_keeps_latest(tmp_path):
     ckpt.prune(tmp_path, 2)
     assert ckpt.list_steps(tmp_path) == [30, 40]
     assert ckpt.latest(tmp_path).name == "step_00000040.safetensors"
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_written_files_and_folders_have_ordinary_permissions(tmp_path, umask):
+    """What the atomic writers leave is what open() and mkdir() would make under the umask,
+    not the temporary file's private 0600 (an exported folder others cannot read)."""
+    old = os.umask(umask)
+    try:
+        ckpt.atomic_write_bytes(tmp_path / "a.json", b"{}")
+        with ckpt.atomic_folder(tmp_path / "out") as tmp:
+            ckpt.atomic_write_bytes(tmp / "b.bin", b"x")
+        (tmp_path / "plain").write_bytes(b"")
+        (tmp_path / "plain_dir").mkdir()
+    finally:
+        os.umask(old)
+    mode = lambda p: stat.S_IMODE(p.stat().st_mode)  # noqa: E731
+    assert mode(tmp_path / "a.json") == mode(tmp_path / "out" / "b.bin") == mode(tmp_path / "plain") == 0o666 & ~umask
+    assert mode(tmp_path / "out") == mode(tmp_path / "plain_dir") == 0o777 & ~umask

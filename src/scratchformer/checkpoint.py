@@ -70,14 +70,24 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def umasked(mode: int) -> int:
+    """`mode` less the process's umask: what open() and mkdir() would give a new file or
+    folder. mkstemp and mkdtemp make theirs private (0600, 0700) whatever the umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return mode & ~umask
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so that `path` is either the old file or the whole new one."""
+    """Write `data` to `path` so that `path` is either the old file or the whole new one,
+    with an ordinary new file's permissions."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
+            os.fchmod(f.fileno(), umasked(0o666))
             os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
@@ -99,9 +109,7 @@ def atomic_folder(out: Path, *, option: str = "out"):
     for folder in reversed(made):
         folder.mkdir()
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's folder is private; the result is an ordinary folder
+    os.chmod(tmp, umasked(0o777))  # the result is an ordinary folder, not mkdtemp's private one
     done = False
     try:
         yield tmp

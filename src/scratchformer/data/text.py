@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..checkpoint import umasked
 from ..errors import DataError
 
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
@@ -69,6 +70,7 @@ def download(url: str, dest: Path, sha256: str, *, timeout: float = 60.0, if_unr
             except (urllib.error.URLError, OSError) as e:
                 raise DataError(f"download of {url} failed: {getattr(e, 'reason', e)}{if_unreachable}") from None
             out.flush()
+            os.fchmod(out.fileno(), umasked(0o666))  # mkstemp's file is private
             os.fsync(out.fileno())
         if h.hexdigest() != sha256:
             raise DataError(f"download of {url} has sha256 {h.hexdigest()}, expected {sha256}")
