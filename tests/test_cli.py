@@ -497,6 +497,7 @@ def _bad_inputs(tmp: Path, lm_run: Path, rev_run: Path, corpus: Path):
          f"{lm_run / 'config.json'} is a file, not a run folder or a .safetensors checkpoint"),
         ("resume without checkpoint", [*lm, "--resume", "--out", tmp / "nockpt"], "no checkpoint to resume"),
         ("resume, saved config", ["train", "lm", "--resume", "--out", tmp / "nockpt"], "no checkpoint to resume"),
+        ("resume into a new folder", [*lm, "--resume", "--out", tmp / "new"], f"cannot resume: {tmp / 'new'} does not exist"),
         ("resume with another config", [*lm, "--resume", "--out", lm_run, "--set", "model.n_layer=2"],
          "different config (model.n_layer: 1 -> 2, train.steps: 40 -> 1500); a resumed run keeps its config: "
          "leave out --preset, --config, --set, --steps and --seed"),
@@ -608,7 +609,8 @@ def test_bad_inputs_give_one_clear_line(tmp_path, lm_run, rev_run, corpus, capsy
             failures.append(f"{name}: exit {code}, stderr {err!r}")
     assert not failures, "\n".join(failures)
     assert sorted(p.name for p in lm_run.rglob("*")) == before  # nothing written into the existing run
-    assert not (tmp_path / "nockpt" / "config.json").exists()
+    assert not (tmp_path / "nockpt" / "config.json").exists() and not (tmp_path / "nockpt" / "checkpoints").exists()
+    assert not (tmp_path / "new").exists()
     assert not (tmp_path / "big").exists()  # refused before the run folder is made
     assert not (tmp_path / "c.png").exists() and not (tmp_path / "c.jpg").exists()
 

@@ -44,11 +44,13 @@ def start_state(run: RunFolder, task, shardings, *, resume: bool, main: bool):
     config and data; writes config.json for a fresh run."""
     from .train import init_sharded_state, restore_state
     cfg = task.cfg
+    if resume and ckpt.latest(run.path) is None and not (run.path / "config.json").is_file():
+        # before run.prepare, which would make the folder it names
+        what = "has no checkpoint to resume from" if run.path.is_dir() else "does not exist"
+        raise CheckpointError(f"cannot resume: {run.path} {what}")
     if main:
         run.prepare(resume=resume)
     path = ckpt.latest(run.path) if resume else None
-    if resume and path is None and not (run.path / "config.json").is_file():
-        raise CheckpointError(f"cannot resume: {run.path} has no checkpoint to resume from")
     if path is None:
         if main:
             run.truncate_metrics(0)
