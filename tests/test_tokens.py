@@ -104,6 +104,17 @@ def test_encoding_in_pieces_gives_the_ids_of_the_whole(monkeypatch):
     assert (again.encode(TEXT) == whole).all()
 
 
+def test_attention_plot_labels_one_token_each():
+    """plot's attention figure labels each row and column by its token's own text (a BPE
+    token is several characters), so that the labels and the cells line up."""
+    from scratchformer.plots import token_labels
+    tok = BpeTokenizer.train([TEXT], 300)
+    text = "First Citizen:\nBefore we proceed"
+    labels = token_labels(tok, tok.encode(text))
+    assert len(labels) == len(tok.encode(text)) < len(text)
+    assert "".join(labels) == text.replace(" ", "\u2423").replace("\n", "\u21b5")
+
+
 @pytest.mark.parametrize("kind,vocab", [("char", None), ("bpe", 300)])
 def test_prepare_writes_splits_that_decode_to_the_sources(tmp_path, monkeypatch, kind, vocab):
     from scratchformer.data import tokens

@@ -167,6 +167,11 @@ def _char_label(c: str) -> str:
     return {" ": "\u2423", "\n": "\u21b5", "\t": "\u2192"}.get(c, c if c.isprintable() else repr(c)[1:-1])
 
 
+def token_labels(tokenizer, ids) -> list[str]:
+    """One label per token: its own text, spaces and newlines made visible."""
+    return ["".join(_char_label(c) for c in tokenizer.decode([int(i)])) for i in ids]
+
+
 def lm_snippet(task, params, meta: dict, run_dir, length: int = 40) -> tuple[np.ndarray, str]:
     """Token ids to look at the LM's attention on, and what they are: held-out text from
     the validation split's first line that is not empty, when the run's text file is at
@@ -186,18 +191,20 @@ def lm_snippet(task, params, meta: dict, run_dir, length: int = 40) -> tuple[np.
 
 
 def plot_lm_attention(run_dir, task, params, meta: dict) -> Path:
-    """Causal self-attention of every layer and head over `lm_snippet`'s characters."""
+    """Causal self-attention of every layer and head over `lm_snippet`'s tokens (characters
+    for a character-level run), each labelled by its own text."""
     import jax.numpy as jnp
 
     from .models import lm_attention
 
     ids, what = lm_snippet(task, params, meta, run_dir)
     probs = lm_attention(params, jnp.asarray(ids)[None], cfg=task.cfg.model)
-    labels = [_char_label(c) for c in task.tokenizer.decode(ids)]
+    labels = token_labels(task.tokenizer, ids)
+    unit = "character" if task.tokenizer.kind == "char" else "token"
     return _attention_grid(Path(run_dir) / "attention.png", [np.asarray(p[0]) for p in probs], labels, labels,
                            ylabel="position (query)", xlabel="attends to (key)",
-                           title=f"causal self-attention on {what}: row = a character, columns = the "
-                                 "characters up to it")
+                           title=f"causal self-attention on {what}: row = a {unit}, columns = the "
+                                 f"{unit}s up to it")
 
 
 def _attention_grid(path: Path, probs_per_layer, row_labels, col_labels, *, ylabel: str, xlabel: str,
@@ -212,7 +219,8 @@ def _attention_grid(path: Path, probs_per_layer, row_labels, col_labels, *, ylab
             ax = axes[layer][head]
             image = ax.imshow(probs[head], cmap="viridis", vmin=0, vmax=1, aspect="auto")
             ax.set_title(f"layer {layer + 1}, head {head + 1}", fontsize=8)
-            ax.set_xticks(range(len(col_labels)), col_labels, fontsize=6)
+            ax.set_xticks(range(len(col_labels)), col_labels, fontsize=6,
+                          rotation=90 if max(map(len, col_labels)) > 1 else 0)  # tokens of several characters
             ax.set_yticks(range(len(row_labels)), row_labels, fontsize=6)
             if head == 0:
                 ax.set_ylabel(ylabel)
