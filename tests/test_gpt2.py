@@ -195,6 +195,28 @@ def test_a_trained_run_exports_to_transformers(tmp_path, bpe_files, capsys):
     assert np.abs(np.asarray(got) - want).max() < 1e-4
 
 
+def test_a_character_run_exports_without_a_tokenizer_transformers_would_misread(tmp_path):
+    """A character run has no tokenizer of transformers' kinds: ours goes beside the model as
+    char_tokenizer.json (under transformers' name tokenizer.json, AutoTokenizer failed on it),
+    and the config names no <|endoftext|> (GPT2Config's default, 50256, is outside its
+    vocabulary)."""
+    task = LMTask(make_config("lm", "cpu-quick", {"model.n_layer": 1}), CharTokenizer("abc \n"))
+    save_weights_run(tmp_path / "run", task, task.init_params(jax.random.PRNGKey(0), task.cfg.model), {})
+    assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "hf")]) == 0
+    assert sorted(p.name for p in (tmp_path / "hf").iterdir()) == ["char_tokenizer.json", "config.json",
+                                                                   "model.safetensors"]
+    assert (tmp_path / "hf" / "char_tokenizer.json").read_text() == task.tokenizer.to_json()
+    config = transformers.GPT2Config.from_pretrained(tmp_path / "hf")
+    assert config.bos_token_id is None and config.eos_token_id is None and config.vocab_size == 5
+    back = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "hf").eval()
+    ids = np.array([[0, 1, 2, 3, 4, 2]])
+    with torch.no_grad():
+        want = back(torch.tensor(ids)).logits.numpy()
+    got, _ = lm_forward(ours(tmp_path / "run")[1], jnp.asarray(ids),
+                        cfg=dataclasses.replace(task.cfg.model, products="float32"))
+    assert np.abs(np.asarray(got) - want).max() < 1e-4
+
+
 def test_fine_tuning_starts_from_the_imported_weights(small_run, bpe_files, tmp_path, capsys):
     run, out = small_run, tmp_path / "ft"
     code, _, err = cli(capsys, "train", "lm", "--init-from", run, "--data", bpe_files[0] / "text.txt", "--out", out,

@@ -108,8 +108,8 @@ def hf_config(m, eos_id: int | None) -> dict:
            "layer_norm_epsilon": m.ln_eps, "activation_function": EXPORTED_ACTIVATION[m.activation],
            "resid_pdrop": m.dropout, "embd_pdrop": m.dropout, "attn_pdrop": m.dropout,
            "tie_word_embeddings": m.tie_embeddings, "scale_attn_weights": True}
-    if eos_id is not None:
-        out.update(bos_token_id=eos_id, eos_token_id=eos_id)
+    # GPT2Config's defaults are GPT-2's <|endoftext|>, 50256, outside a character vocabulary
+    out.update(bos_token_id=eos_id, eos_token_id=eos_id)
     return out
 
 
@@ -260,7 +260,8 @@ def save_weights_run(out, task, params, meta: dict) -> None:
 def export_gpt2(run_dir, out) -> Path:
     """Write a Hugging Face GPT-2 folder of a decoder-only run: config.json and
     model.safetensors, and for a byte-level BPE run its vocab.json, merges.txt and
-    tokenizer.json (a character run has no GPT-2 tokenizer: only tokenizer.json, ours)."""
+    tokenizer.json. A character run has no tokenizer transformers reads: ours is written as
+    char_tokenizer.json, not under the name transformers would load and fail on."""
     from safetensors.numpy import save_file
 
     from .runs import load
@@ -274,7 +275,7 @@ def export_gpt2(run_dir, out) -> Path:
     with ckpt.atomic_folder(Path(out)) as tmp:
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         save_file(hf_from_params(params, m), str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        (tmp / "tokenizer.json").write_text(tok.to_json())
+        (tmp / ("tokenizer.json" if tok.kind == "bpe" else "char_tokenizer.json")).write_text(tok.to_json())
         if tok.kind == "bpe":
             tok.save_vocab_merges(tmp)
     return Path(out)
