@@ -301,6 +301,17 @@ def test_bad_gpt2_folders_give_one_line_and_no_run(tmp_path, broken_folders, cas
     assert not (tmp_path / "run").exists() and not list(tmp_path.glob(".run.*"))
 
 
+def test_the_fine_tune_presets_context_shrinks_to_a_shorter_position_table(small_run):
+    """gpt2-finetune's 256 positions are more than a small run has (here 64): unasked, the
+    fine-tune takes the run's own 64 rather than failing; asked for more, it is an error
+    (test_bad_uses_of_an_imported_run)."""
+    from scratchformer import finetune
+    init = finetune.source(small_run, "lm")
+    cfg = finetune.config("lm", "gpt2-finetune", {}, init, small_run)
+    assert cfg.model.block_size == init.cfg.model.block_size == 64 < make_config("lm", "gpt2-finetune").model.block_size
+    assert finetune.config("lm", "gpt2-finetune", {"model.block_size": "32"}, init, small_run).model.block_size == 32
+
+
 def test_bad_uses_of_an_imported_run(small_run, tmp_path, capsys):
     run, rev = small_run, tmp_path / "rev"
     cfg = make_config("reverse", None, {"model.n_layer": 1, "model.d_model": 16})

@@ -51,6 +51,8 @@ def config(task: str, preset: str | None, overrides: dict, init, path):
     cfg = apply_overrides(asked, arch, allow_derived=True)
     m, old = cfg.model, init.cfg.model
     if m.positions == "learned" and m.block_size > old.block_size:
+        if "model.block_size" not in overrides:  # the preset's (gpt2-finetune: 256): as long as the table allows
+            return apply_overrides(cfg, {"model.block_size": old.block_size})
         raise ConfigError(f"model.block_size={m.block_size} is longer than the position table of {path} "
                           f"({old.block_size} positions); choose at most {old.block_size}")
     return cfg
