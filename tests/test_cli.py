@@ -481,6 +481,15 @@ def _bad_inputs(tmp: Path, lm_run: Path, rev_run: Path, corpus: Path):
          "--tokenizer bpe needs --vocab-size N"),
         ("prepare bpe with a tiny vocabulary", ["prepare", corpus, "--out", tmp / "tok2", "--tokenizer", "bpe",
                                                 "--vocab-size", "5"], "argument --vocab-size: '5' must be >= 257"),
+        ("prepare with a run's tokenizer and a size", ["prepare", corpus, "--out", tmp / "tok2", "--tokenizer-from",
+                                                       lm_run, "--vocab-size", "300"],
+         "--tokenizer-from takes the run's tokenizer; leave out --tokenizer, --vocab-size and --gpt2"),
+        ("prepare with a missing run's tokenizer", ["prepare", corpus, "--out", tmp / "tok2", "--tokenizer-from",
+                                                    tmp / "missing"], f"--tokenizer-from run folder {tmp / 'missing'}"),
+        ("prepare with a reverse run's tokenizer", ["prepare", corpus, "--out", tmp / "tok2", "--tokenizer-from",
+                                                    rev_run], "is a reverse run; --tokenizer-from takes lm runs only"),
+        ("prepare a text the run's characters do not cover", ["prepare", tmp / "foreign.txt", "--out", tmp / "tok2",
+                                                              "--tokenizer-from", lm_run], "'Z'"),
         ("prompt char out of vocab", ["sample", lm_run, "--prompt", "hello Z"], "'Z'"),
         ("escaped newline in prompt", ["sample", lm_run, "--prompt", "the\\n"],
          "--prompt \"the\\n\" holds a backslash, which is not in the model's vocabulary; for a newline, pass a "
@@ -610,9 +619,30 @@ def test_bad_inputs_give_one_clear_line(tmp_path, lm_run, rev_run, corpus, capsy
     assert not failures, "\n".join(failures)
     assert sorted(p.name for p in lm_run.rglob("*")) == before  # nothing written into the existing run
     assert not (tmp_path / "nockpt" / "config.json").exists() and not (tmp_path / "nockpt" / "checkpoints").exists()
-    assert not (tmp_path / "new").exists()
+    assert not (tmp_path / "new").exists() and not (tmp_path / "tok2").exists()
     assert not (tmp_path / "big").exists()  # refused before the run folder is made
     assert not (tmp_path / "c.png").exists() and not (tmp_path / "c.jpg").exists()
+
+
+def test_prepare_with_a_runs_tokenizer_makes_data_to_fine_tune_it_on(tmp_path, lm_run, corpus, capsys):
+    """A character run's tokenizer cannot be learned again from another text (the characters
+    differ): prepare --tokenizer-from writes token files with the run's own, which
+    --init-from then accepts (its 16 positions are fewer than gpt2-finetune's 256: taken as
+    they are)."""
+    from scratchformer import runs
+    from scratchformer.data.tokens import TokenFiles, prepare
+    text = tmp_path / "other.txt"
+    text.write_text("a lazy dog.\n" * 100)  # fewer characters than the run's
+    code, _, err = cli(capsys, "prepare", text, "--out", tmp_path / "tok", "--tokenizer-from", lm_run)
+    assert code == 0, err
+    prepare([text], tmp_path / "own")  # the text's own characters
+    run_tok, own_tok = runs.load(lm_run)[0].tokenizer, TokenFiles(tmp_path / "own").tokenizer
+    assert TokenFiles(tmp_path / "tok").tokenizer.to_json() == run_tok.to_json() != own_tok.to_json()
+    code, _, err = cli(capsys, "train", "lm", "--init-from", lm_run, "--data", tmp_path / "tok", "--out",
+                       tmp_path / "ft", "--steps", "2", "--set", "train.batch_size=2", "--set", "data.eval_windows=2",
+                       "--no-progress")
+    assert code == 0, err
+    assert json.loads((tmp_path / "ft" / "config.json").read_text())["model"]["block_size"] == 16
 
 
 def test_sample_too_long_for_memory_is_one_line(monkeypatch, lm_run, capsys):

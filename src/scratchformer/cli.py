@@ -125,9 +125,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "val.bin (uint16 ids where the vocabulary fits, else uint32), tokenizer.json, meta.json.")
     pr.add_argument("texts", nargs="+", metavar="TEXT")
     pr.add_argument("--out", required=True, help="the folder to write (must not exist)")
-    pr.add_argument("--tokenizer", choices=["char", "bpe"], default="char",
-                    help="char: the text's characters; bpe: GPT-2's byte-level BPE, learned here (--vocab-size) "
-                    "or GPT-2's own (--gpt2)")
+    pr.add_argument("--tokenizer", choices=["char", "bpe"],
+                    help="char (the default): the text's characters; bpe: GPT-2's byte-level BPE, learned here "
+                    "(--vocab-size) or GPT-2's own (--gpt2)")
+    pr.add_argument("--tokenizer-from", metavar="RUN", help="the tokenizer of an lm run folder, whatever its kind: "
+                    "data to fine-tune it on (train lm --init-from RUN --data OUT)")
     pr.add_argument("--vocab-size", type=_number(int, 257, 1 << 20), help="bpe: symbols to learn (e.g. 1024 for "
                     "1 MB of text)")
     pr.add_argument("--gpt2", nargs=2, metavar=("VOCAB_JSON", "MERGES_TXT"), help="bpe: GPT-2's vocab.json and "
@@ -277,12 +279,16 @@ def cmd_plot(a) -> int:
 def cmd_prepare(a) -> int:
     from .data.tokens import prepare
     from .errors import UsageError
-    if a.tokenizer == "char" and (a.vocab_size or a.gpt2):
+    from .finetune import source
+    if a.tokenizer_from and (a.tokenizer or a.vocab_size or a.gpt2):
+        raise UsageError("--tokenizer-from takes the run's tokenizer; leave out --tokenizer, --vocab-size and --gpt2")
+    if a.tokenizer != "bpe" and (a.vocab_size or a.gpt2):
         raise UsageError("--vocab-size and --gpt2 are for --tokenizer bpe")
     if a.tokenizer == "bpe" and not (a.vocab_size or a.gpt2):
         raise UsageError("--tokenizer bpe needs --vocab-size N (e.g. 1024) or --gpt2 VOCAB_JSON MERGES_TXT")
-    meta = prepare(a.texts, a.out, tokenizer=a.tokenizer, vocab_size=a.vocab_size, gpt2=a.gpt2,
-                   val_fraction=a.val_fraction, progress=True)
+    like = source(a.tokenizer_from, "lm", option="tokenizer_from").tokenizer if a.tokenizer_from else None
+    meta = prepare(a.texts, a.out, tokenizer=a.tokenizer or "char", vocab_size=a.vocab_size, gpt2=a.gpt2,
+                   val_fraction=a.val_fraction, progress=True, like=like)
     tr, va = meta["train"], meta["val"]
     print(f"{a.out}: {meta['tokenizer']['kind']} tokenizer of {meta['tokenizer']['vocab_size']:,} symbols; "
           f"{tr['tokens']:,} training and {va['tokens']:,} validation tokens ({meta['dtype']}) from "

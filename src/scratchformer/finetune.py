@@ -19,9 +19,9 @@ from .errors import CheckpointError, ConfigError, ScratchformerError
 FREE = ("dropout", "block_size", "dtype", "products", "attn_block")
 
 
-def source(path, task: str):
+def source(path, task: str, *, option: str = "init_from"):
     """The task (config and tokenizer) of the run that `--init-from path` names, from its
-    checkpoint's header; one-line errors (option init_from) for a missing run or one of
+    checkpoint's header; one-line errors (for `option`) for a missing run or one of
     another task."""
     from . import checkpoint as ckpt
     from .runs import checkpoint_path, config_of
@@ -31,10 +31,10 @@ def source(path, task: str):
         cfg = config_of(meta, file)
         init = task_class(cfg.task).from_meta(cfg, meta.get("task_meta") or {})
     except ScratchformerError as e:
-        raise type(e)(str(e), option="init_from") from None
+        raise type(e)(str(e), option=option) from None
     if init.name != task:
-        raise CheckpointError(f"{path} is a {init.name} run; train {task} starts only from a {task} run",
-                              option="init_from")
+        raise CheckpointError(f"{path} is a {init.name} run; --{option.replace('_', '-')} takes {task} runs only",
+                              option=option)
     return init
 
 

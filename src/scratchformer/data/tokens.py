@@ -96,11 +96,12 @@ def _make_tokenizer(files, kind: str, vocab_size: int | None, gpt2):
 
 
 def prepare(paths, out, *, tokenizer: str = "char", vocab_size: int | None = None, val_fraction: float = 0.1,
-            gpt2=None, progress: bool = False) -> dict:
+            gpt2=None, progress: bool = False, like=None) -> dict:
     """Tokenize text files (or folders of .txt files) into the token-file folder `out`.
     The last `val_fraction` of the tokens is the validation split. `tokenizer`: "char"
     (the vocabulary of the text) or "bpe" (trained here to `vocab_size`, unless
-    `gpt2` = (vocab.json, merges.txt) gives GPT-2's own). Returns meta.json's content."""
+    `gpt2` = (vocab.json, merges.txt) gives GPT-2's own); `like`, a tokenizer object,
+    instead of either (a run's: the data to fine-tune it on). Returns meta.json's content."""
     out = Path(out)
     if out.exists():  # before the texts are read (atomic_folder checks again)
         raise DataError(f"{out} already exists; choose a new folder", option="out")
@@ -110,7 +111,7 @@ def prepare(paths, out, *, tokenizer: str = "char", vocab_size: int | None = Non
     if tokenizer not in TOKENIZERS:
         raise DataError(f"{tokenizer!r} is not one of {', '.join(TOKENIZERS)}", option="tokenizer")
     files = source_files(paths)
-    tok = _make_tokenizer(files, tokenizer, vocab_size, gpt2)
+    tok = like or _make_tokenizer(files, tokenizer, vocab_size, gpt2)
     with atomic_folder(out) as tmp:
         meta = _write(files, tok, tmp, val_fraction, progress)
     return meta

@@ -203,7 +203,8 @@ class LMTask(DrawnOnDevice):
         files = TokenFiles(folder)
         if tokenizer is not None and files.tokenizer.to_json() != tokenizer.to_json():
             raise DataError(f"{folder} was prepared with another tokenizer than the run's; prepare the text with "
-                            "the run's (for GPT-2: --tokenizer bpe --gpt2 vocab.json merges.txt)", option="data")
+                            "the run's (scratchformer prepare TEXT --out DIR --tokenizer-from RUN), or pass the text "
+                            "file itself", option="data")
         task = cls(cfg, files.tokenizer, splits=(files.train, files.val))
         task.source = files.identity()
         return task
