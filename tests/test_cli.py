@@ -387,6 +387,12 @@ def test_compare_runs(tmp_path, lm_run, corpus, capsys):
     ax.clear()
     assert plot_comparison(ax, runs[:1] * 2) == "optimizer step"
     plt.close(fig)
+    retokenized = tmp_path / "retokenized"  # the same run as if its text had been tokenized otherwise
+    shutil.copytree(other, retokenized)
+    (retokenized / "tokenizer.json").write_text('{"kind": "char", "chars": "ab"}')
+    code, _, err = cli(capsys, "plot", lm_run, retokenized, "--out", tmp_path / "c2.png")
+    assert code == 0 and err.startswith("scratchformer: note: the runs have different tokenizers") and \
+        "bits per byte" in err and err.count("\n") == 1, err
 
 
 def test_compare_a_run_still_training(tmp_path, lm_run, capsys):
@@ -426,6 +432,8 @@ def _bad_inputs(tmp: Path, lm_run: Path, rev_run: Path, corpus: Path):
     (tmp / "short.txt").write_text("to be or not")
     (tmp / "foreign.txt").write_text("the lazy dog. Zwei Straße " * 3)
     (tmp / "nockpt").mkdir()
+    (tmp / "weights").mkdir()  # as an imported model's folder: a config, no training metrics
+    shutil.copy(lm_run / "config.json", tmp / "weights")
     trunc = tmp / "trunc"
     trunc.mkdir()
     (trunc / "checkpoints").mkdir()
@@ -479,6 +487,8 @@ def _bad_inputs(tmp: Path, lm_run: Path, rev_run: Path, corpus: Path):
          f"scratchformer: error: {tmp / 'nope.txt'}: no such file"),
         ("prepare bpe without a size", ["prepare", corpus, "--out", tmp / "tok2", "--tokenizer", "bpe"],
          "--tokenizer bpe needs --vocab-size N"),
+        ("prepare holding out everything", ["prepare", corpus, "--out", tmp / "tok2", "--val-fraction", "1"],
+         "argument --val-fraction: '1' must be < 1"),
         ("prepare bpe with a tiny vocabulary", ["prepare", corpus, "--out", tmp / "tok2", "--tokenizer", "bpe",
                                                 "--vocab-size", "5"], "argument --vocab-size: '5' must be >= 257"),
         ("prepare with a run's tokenizer and a size", ["prepare", corpus, "--out", tmp / "tok2", "--tokenizer-from",
@@ -588,6 +598,8 @@ def _bad_inputs(tmp: Path, lm_run: Path, rev_run: Path, corpus: Path):
          "the runs are of different tasks (lm, reverse); compare runs of one task"),
         ("compare with a missing run", ["plot", lm_run, tmp / "missing", "--out", tmp / "c.png"],
          f"run folder {tmp / 'missing'} does not exist"),
+        ("compare with a weights-only run", ["plot", lm_run, tmp / "weights", "--out", tmp / "c.png"],
+         f"{tmp / 'weights'} has no metrics.jsonl: weights only (an imported model), no training to compare"),
         ("compare into a missing folder", ["plot", lm_run, lm_run, "--out", tmp / "no" / "c.png"],
          f"folder {tmp / 'no'} for {tmp / 'no' / 'c.png'} does not exist"),
         ("compare into a non-png", ["plot", lm_run, lm_run, "--out", tmp / "c.jpg"], "must end in .png"),

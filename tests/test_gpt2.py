@@ -320,7 +320,7 @@ def test_bad_uses_of_an_imported_run(small_run, tmp_path, capsys):
     rms = LMTask(make_config("lm", "cpu-quick", {"model.norm": "rmsnorm", "model.n_layer": 1}), CharTokenizer("ab"))
     save_weights_run(tmp_path / "rms", rms, rms.init_params(jax.random.PRNGKey(0), rms.cfg.model), {})
     cases = [
-        (["sample", run, "--prompt", "the " * 80], "--prompt the prompt is"),
+        (["sample", run, "--prompt", "the " * 80], "error: --prompt is "),
         (["train", "lm", "--init-from", rev, "--out", tmp_path / "x"], f"--init-from {rev} is a reverse run"),
         (["train", "lm", "--init-from", run, "--out", tmp_path / "x", "--set", "model.n_layer=3"],
          "model.n_layer cannot be set with --init-from"),

@@ -32,8 +32,9 @@ EXAMPLES = """examples:
 RUN_HELP = "a run folder (its best checkpoint), or one checkpoint file (runs/x/checkpoints/step_*.safetensors)"
 
 
-def _number(kind, low=None, high=None, *, open_low=False):
-    """An argparse type: a number of `kind` within bounds, with a one-line error."""
+def _number(kind, low=None, high=None, *, open_low=False, open_high=False):
+    """An argparse type: a number of `kind` within bounds (open_*: the bound itself is
+    out), with a one-line error."""
     def parse(s):
         try:
             v = kind(s)
@@ -41,8 +42,8 @@ def _number(kind, low=None, high=None, *, open_low=False):
             raise argparse.ArgumentTypeError(f"{s!r} is not {'an integer' if kind is int else 'a number'}") from None
         if low is not None and (v <= low if open_low else v < low):
             raise argparse.ArgumentTypeError(f"{s!r} must be {'>' if open_low else '>='} {low}")
-        if high is not None and v > high:
-            raise argparse.ArgumentTypeError(f"{s!r} must be at most {high:,}")
+        if high is not None and (v >= high if open_high else v > high):
+            raise argparse.ArgumentTypeError(f"{s!r} must be {'<' if open_high else 'at most'} {high:,}")
         return v
     return parse
 
@@ -103,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("dir", metavar="DIR", help=RUN_HELP)
     s.add_argument("--prompt", help="lm: text to continue (default a newline)")
     s.add_argument("--tokens", type=_number(int, 0, MAX_SAMPLE_TOKENS, open_low=True),
-                   help="lm: characters to generate (default 500)")
+                   help="lm: tokens to generate, characters for a character-level run (default 500)")
     s.add_argument("--temperature", type=_number(float, 0), help="lm: 0 = greedy (default 0.8)")
     s.add_argument("--top-k", type=_number(int, 0), help="lm: keep the k most likely (0 = all, the default)")
     s.add_argument("--top-p", type=_number(float, 0, 1, open_low=True), help="lm: nucleus mass (1 = off, the default)")
@@ -134,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "1 MB of text)")
     pr.add_argument("--gpt2", nargs=2, metavar=("VOCAB_JSON", "MERGES_TXT"), help="bpe: GPT-2's vocab.json and "
                     "merges.txt instead of learning one")
-    pr.add_argument("--val-fraction", type=_number(float, 0, 1, open_low=True), default=0.1,
+    pr.add_argument("--val-fraction", type=_number(float, 0, 1, open_low=True, open_high=True), default=0.1,
                     help="the last part of the tokens held out for validation (default 0.1)")
 
     im = sub.add_parser("import", help="make a run folder of a Hugging Face GPT-2 (to sample, eval, fine-tune)",

@@ -258,6 +258,8 @@ def read_run(run_dir) -> dict:
     if not path.is_file():
         raise CheckpointError(f"{path} does not exist; is {run_dir} a run folder?")
     cfg = from_file(path)
+    if not (d / "metrics.jsonl").is_file():
+        raise CheckpointError(f"{d} has no metrics.jsonl: weights only (an imported model), no training to compare")
     train, evals, _ = read_metrics(d)
     summary = {}
     if (d / "summary.json").is_file():
@@ -323,6 +325,7 @@ def compare_runs(run_dirs, out) -> tuple[Path, list[dict]]:
     tasks = sorted({r["cfg"].task for r in runs})
     if len(tasks) > 1:
         raise UsageError(f"the runs are of different tasks ({', '.join(tasks)}); compare runs of one task")
+    _note_other_tokenizers(runs)
     out = Path(out)
     if not out.parent.is_dir():
         raise UsageError(f"folder {out.parent} for {out} does not exist")
@@ -347,6 +350,17 @@ def compare_runs(run_dirs, out) -> tuple[Path, list[dict]]:
                      "final_val_loss": r["summary"].get("val_loss"),  # whole held-out set, at the end
                      "train_time_s": r["summary"].get("train_time_s")})
     return out, rows
+
+
+def _note_other_tokenizers(runs: list[dict]) -> None:
+    """A note on stderr where LM runs tokenize differently: their losses are per token of
+    different sizes, so the curves do not compare (bits per byte do)."""
+    files = [r["dir"] / "tokenizer.json" for r in runs]
+    if len({f.read_text() for f in files if f.is_file()}) > 1:  # a folder without one (copied by hand): unknown
+        sizes = ", ".join(f"{r['name']} {r['cfg'].model.vocab_size:,} symbols" for r in runs)
+        print(f"scratchformer: note: the runs have different tokenizers ({sizes}): their losses are per token of "
+              "different sizes and do not compare; `eval RUN --json` gives each one's bits per byte, which do",
+              file=sys.stderr)
 
 
 def table(rows: list[dict]) -> str:
