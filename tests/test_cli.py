@@ -487,6 +487,9 @@ def _bad_inputs(tmp: Path, lm_run: Path, rev_run: Path, corpus: Path):
          f"scratchformer: error: {tmp / 'nope.txt'}: no such file"),
         ("prepare bpe without a size", ["prepare", corpus, "--out", tmp / "tok2", "--tokenizer", "bpe"],
          "--tokenizer bpe needs --vocab-size N"),
+        ("prepare holding out one token", ["prepare", tmp / "short.txt", "--out", tmp / "tok2", "--val-fraction",
+                                           "0.05"], "--val-fraction 0.05 leaves the validation split 1 of the text's "
+                                                    "12 tokens; it needs 2 or more"),
         ("prepare holding out everything", ["prepare", corpus, "--out", tmp / "tok2", "--val-fraction", "1"],
          "argument --val-fraction: '1' must be < 1"),
         ("prepare bpe with a tiny vocabulary", ["prepare", corpus, "--out", tmp / "tok2", "--tokenizer", "bpe",

@@ -135,6 +135,10 @@ def _write(files, tok, folder: Path, val_fraction: float, progress: bool) -> dic
             sources.append({"path": str(f.resolve()), "bytes": f.stat().st_size, "sha256": sha256_file(f)})
     ids = np.memmap(folder / "all.bin", dtype, mode="r")
     n_train = int(len(ids) * (1.0 - val_fraction))  # as text.split divides a text file
+    for name, n in (("training", n_train), ("validation", len(ids) - n_train)):
+        if n < 2:  # a split of one token has no (input, target) pair
+            raise DataError(f"{val_fraction} leaves the {name} split {n} of the text's {len(ids):,} tokens; "
+                            "it needs 2 or more (give more text, or another fraction)", option="val_fraction")
     table = tok.token_bytes()
     splits = {}
     for name, part in (("train", ids[:n_train]), ("val", ids[n_train:])):
