@@ -387,9 +387,15 @@ def test_compare_runs(tmp_path, lm_run, corpus, capsys):
     ax.clear()
     assert plot_comparison(ax, runs[:1] * 2) == "optimizer step"
     plt.close(fig)
-    retokenized = tmp_path / "retokenized"  # the same run as if its text had been tokenized otherwise
+    # The same run as if its text had been tokenized otherwise: other characters are still
+    # one character a token (no note); BPE tokens are not.
+    from scratchformer.data.bpe import BpeTokenizer
+    retokenized = tmp_path / "retokenized"
     shutil.copytree(other, retokenized)
     (retokenized / "tokenizer.json").write_text('{"kind": "char", "chars": "ab"}')
+    code, _, err = cli(capsys, "plot", lm_run, retokenized, "--out", tmp_path / "c2.png")
+    assert code == 0 and err == "", err
+    (retokenized / "tokenizer.json").write_text(BpeTokenizer.train([corpus.read_text()], 300).to_json())
     code, _, err = cli(capsys, "plot", lm_run, retokenized, "--out", tmp_path / "c2.png")
     assert code == 0 and err.startswith("scratchformer: note: the runs have different tokenizers") and \
         "bits per byte" in err and err.count("\n") == 1, err
@@ -432,8 +438,8 @@ def _bad_inputs(tmp: Path, lm_run: Path, rev_run: Path, corpus: Path):
     (tmp / "short.txt").write_text("to be or not")
     (tmp / "foreign.txt").write_text("the lazy dog. Zwei Straße " * 3)
     (tmp / "nockpt").mkdir()
-    (tmp / "weights").mkdir()  # as an imported model's folder: a config, no training metrics
-    shutil.copy(lm_run / "config.json", tmp / "weights")
+    (tmp / "started").mkdir()  # a run just started: its config, no metrics logged yet
+    shutil.copy(lm_run / "config.json", tmp / "started")
     trunc = tmp / "trunc"
     trunc.mkdir()
     (trunc / "checkpoints").mkdir()
@@ -502,7 +508,10 @@ def _bad_inputs(tmp: Path, lm_run: Path, rev_run: Path, corpus: Path):
         ("prepare with a reverse run's tokenizer", ["prepare", corpus, "--out", tmp / "tok2", "--tokenizer-from",
                                                     rev_run], "is a reverse run; --tokenizer-from takes lm runs only"),
         ("prepare a text the run's characters do not cover", ["prepare", tmp / "foreign.txt", "--out", tmp / "tok2",
-                                                              "--tokenizer-from", lm_run], "'Z'"),
+                                                              "--tokenizer-from", lm_run],
+         f"{tmp / 'foreign.txt'}: 3 characters ('S', 'Z', 'ß') are not in the model's vocabulary"),
+        ("not a number", ["prepare", corpus, "--out", tmp / "tok2", "--val-fraction", "nan"],
+         "argument --val-fraction: 'nan' is not a finite number"),
         ("prompt char out of vocab", ["sample", lm_run, "--prompt", "hello Z"], "'Z'"),
         ("escaped newline in prompt", ["sample", lm_run, "--prompt", "the\\n"],
          "--prompt \"the\\n\" holds a backslash, which is not in the model's vocabulary; for a newline, pass a "
@@ -520,6 +529,9 @@ def _bad_inputs(tmp: Path, lm_run: Path, rev_run: Path, corpus: Path):
         ("resume without checkpoint", [*lm, "--resume", "--out", tmp / "nockpt"], "no checkpoint to resume"),
         ("resume, saved config", ["train", "lm", "--resume", "--out", tmp / "nockpt"], "no checkpoint to resume"),
         ("resume into a new folder", [*lm, "--resume", "--out", tmp / "new"], f"cannot resume: {tmp / 'new'} does not exist"),
+        ("resume, saved config, new folder", ["train", "lm", "--resume", "--out", tmp / "new"],
+         f"cannot resume: {tmp / 'new'} does not exist"),
+        ("resume into a file", [*lm, "--resume", "--out", corpus], f"cannot resume: {corpus} is a file, not a run folder"),
         ("resume with another config", [*lm, "--resume", "--out", lm_run, "--set", "model.n_layer=2"],
          "different config (model.n_layer: 1 -> 2, train.steps: 40 -> 1500); a resumed run keeps its config: "
          "leave out --preset, --config, --set, --steps and --seed"),
@@ -601,8 +613,8 @@ def _bad_inputs(tmp: Path, lm_run: Path, rev_run: Path, corpus: Path):
          "the runs are of different tasks (lm, reverse); compare runs of one task"),
         ("compare with a missing run", ["plot", lm_run, tmp / "missing", "--out", tmp / "c.png"],
          f"run folder {tmp / 'missing'} does not exist"),
-        ("compare with a weights-only run", ["plot", lm_run, tmp / "weights", "--out", tmp / "c.png"],
-         f"{tmp / 'weights'} has no metrics.jsonl: weights only (an imported model), no training to compare"),
+        ("compare with a run just started", ["plot", lm_run, tmp / "started", "--out", tmp / "c.png"],
+         f"{tmp / 'started'} has no metrics.jsonl: no training steps logged yet"),
         ("compare into a missing folder", ["plot", lm_run, lm_run, "--out", tmp / "no" / "c.png"],
          f"folder {tmp / 'no'} for {tmp / 'no' / 'c.png'} does not exist"),
         ("compare into a non-png", ["plot", lm_run, lm_run, "--out", tmp / "c.jpg"], "must end in .png"),

@@ -157,6 +157,8 @@ def test_an_imported_run_samples_evaluates_and_plots(small_run, bpe_files, capsy
     code, out, err = cli(capsys, "plot", run)
     assert code == 0, err
     assert (run / "attention.png").is_file() and not (run / "loss.png").exists()
+    code, out, err = cli(capsys, "plot", run, run, "--out", run.parent / "c.png")
+    assert code == 2 and "has no metrics.jsonl: weights only (an imported model)" in err, err
 
 
 def test_export_loads_in_transformers_with_the_same_logits(imported, tmp_path):
@@ -320,7 +322,7 @@ def test_bad_uses_of_an_imported_run(small_run, tmp_path, capsys):
     rms = LMTask(make_config("lm", "cpu-quick", {"model.norm": "rmsnorm", "model.n_layer": 1}), CharTokenizer("ab"))
     save_weights_run(tmp_path / "rms", rms, rms.init_params(jax.random.PRNGKey(0), rms.cfg.model), {})
     cases = [
-        (["sample", run, "--prompt", "the " * 80], "error: --prompt is "),
+        (["sample", run, "--prompt", "the " * 80], "error: --prompt 'the the the the the the the th'... is 82 tokens long"),
         (["train", "lm", "--init-from", rev, "--out", tmp_path / "x"], f"--init-from {rev} is a reverse run"),
         (["train", "lm", "--init-from", run, "--out", tmp_path / "x", "--set", "model.n_layer=3"],
          "model.n_layer cannot be set with --init-from"),

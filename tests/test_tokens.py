@@ -104,6 +104,22 @@ def test_encoding_in_pieces_gives_the_ids_of_the_whole(monkeypatch):
     assert (again.encode(TEXT) == whole).all()
 
 
+def test_prepare_with_a_given_tokenizer_keeps_it(tmp_path):
+    """prepare(like=tok) (the command line's --tokenizer-from RUN) writes the splits in that
+    tokenizer, a learned BPE here, which a run with it accepts, and decodes them to the text."""
+    from scratchformer.config import make_config
+    from scratchformer.tasks.lm import LMTask
+    tok = BpeTokenizer.train([TEXT], 300)
+    (tmp_path / "t.txt").write_text(TEXT[:2000])
+    prepare([tmp_path / "t.txt"], tmp_path / "tok", like=tok, val_fraction=0.2)
+    files = TokenFiles(tmp_path / "tok")
+    assert files.tokenizer.to_json() == tok.to_json()
+    assert tok.decode(np.concatenate([files.train, files.val])) == TEXT[:2000]
+    LMTask.from_token_files(make_config("lm", "cpu-quick"), tmp_path / "tok", tokenizer=tok)  # no mismatch
+    with pytest.raises(DataError, match="takes no vocab_size"):
+        prepare([tmp_path / "t.txt"], tmp_path / "tok2", like=tok, vocab_size=300)
+
+
 def test_attention_plot_labels_one_token_each():
     """plot's attention figure labels each row and column by its token's own text (a BPE
     token is several characters), so that the labels and the cells line up."""

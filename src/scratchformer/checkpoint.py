@@ -72,9 +72,15 @@ def fsync_dir(path: Path) -> None:
 
 def umasked(mode: int) -> int:
     """`mode` less the process's umask: what open() and mkdir() would give a new file or
-    folder. mkstemp and mkdtemp make theirs private (0600, 0700) whatever the umask."""
-    umask = os.umask(0)
-    os.umask(umask)
+    folder. mkstemp and mkdtemp make theirs private (0600, 0700) whatever the umask. Read
+    from /proc where it can be: setting the umask to read it would, for that moment, give
+    any file another thread creates the mode 0666."""
+    try:
+        with open("/proc/self/status") as f:
+            umask = next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError):  # not Linux, or a kernel before 4.7
+        umask = os.umask(0)
+        os.umask(umask)
     return mode & ~umask
 
 
@@ -87,7 +93,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
-            os.fchmod(f.fileno(), umasked(0o666))
+            with suppress(PermissionError):  # a file system without modes (vfat): keep what it gives
+                os.fchmod(f.fileno(), umasked(0o666))
             os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:

@@ -8,6 +8,7 @@ stopped by a signal 128 + its number. Anything else is a bug and keeps its trace
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
@@ -40,6 +41,8 @@ def _number(kind, low=None, high=None, *, open_low=False, open_high=False):
             v = kind(s)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{s!r} is not {'an integer' if kind is int else 'a number'}") from None
+        if not math.isfinite(v):
+            raise argparse.ArgumentTypeError(f"{s!r} is not a finite number")
         if low is not None and (v <= low if open_low else v < low):
             raise argparse.ArgumentTypeError(f"{s!r} must be {'>' if open_low else '>='} {low}")
         if high is not None and (v >= high if open_high else v > high):

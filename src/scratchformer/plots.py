@@ -259,7 +259,10 @@ def read_run(run_dir) -> dict:
         raise CheckpointError(f"{path} does not exist; is {run_dir} a run folder?")
     cfg = from_file(path)
     if not (d / "metrics.jsonl").is_file():
-        raise CheckpointError(f"{d} has no metrics.jsonl: weights only (an imported model), no training to compare")
+        from .checkpoint import best, read_meta
+        imported = best(d) is not None and read_meta(best(d)).get("imported_from")
+        raise CheckpointError(f"{d} has no metrics.jsonl: " + ("weights only (an imported model), no training to "
+                              "compare" if imported else "no training steps logged yet"))
     train, evals, _ = read_metrics(d)
     summary = {}
     if (d / "summary.json").is_file():
@@ -325,12 +328,12 @@ def compare_runs(run_dirs, out) -> tuple[Path, list[dict]]:
     tasks = sorted({r["cfg"].task for r in runs})
     if len(tasks) > 1:
         raise UsageError(f"the runs are of different tasks ({', '.join(tasks)}); compare runs of one task")
-    _note_other_tokenizers(runs)
     out = Path(out)
     if not out.parent.is_dir():
         raise UsageError(f"folder {out.parent} for {out} does not exist")
     if out.suffix.lower() != ".png":
         raise UsageError(f"{out} must end in .png", option="out")
+    _note_other_tokenizers(runs)
     plt = _matplotlib()
     fig, ax = plt.subplots(figsize=(9, 5.5), dpi=120)
     plot_comparison(ax, runs)
@@ -353,10 +356,11 @@ def compare_runs(run_dirs, out) -> tuple[Path, list[dict]]:
 
 
 def _note_other_tokenizers(runs: list[dict]) -> None:
-    """A note on stderr where LM runs tokenize differently: their losses are per token of
-    different sizes, so the curves do not compare (bits per byte do)."""
-    files = [r["dir"] / "tokenizer.json" for r in runs]
-    if len({f.read_text() for f in files if f.is_file()}) > 1:  # a folder without one (copied by hand): unknown
+    """A note on stderr where LM runs' tokens differ in kind (characters, BPE) or BPE
+    vocabulary: their losses are per token of different sizes, so the curves do not compare
+    (bits per byte do). Character runs with other character sets are all per character."""
+    texts = {(r["dir"] / "tokenizer.json").read_text() for r in runs if (r["dir"] / "tokenizer.json").is_file()}
+    if len(texts) > 1 and not all(json.loads(t).get("kind") == "char" for t in texts):
         sizes = ", ".join(f"{r['name']} {r['cfg'].model.vocab_size:,} symbols" for r in runs)
         print(f"scratchformer: note: the runs have different tokenizers ({sizes}): their losses are per token of "
               "different sizes and do not compare; `eval RUN --json` gives each one's bits per byte, which do",

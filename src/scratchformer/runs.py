@@ -132,6 +132,9 @@ def load(run_dir, *, which: str = "best", with_data: bool = False):
 def saved_config(run_dir, task: str):
     """The config of the run in `run_dir` (its config.json), to continue exactly that run."""
     path = Path(run_dir) / "config.json"
+    if not Path(run_dir).is_dir():
+        raise CheckpointError(f"cannot resume: {run_dir} " + ("is a file, not a run folder" if Path(run_dir).exists()
+                                                              else "does not exist"))
     if not path.is_file():
         raise CheckpointError(f"{run_dir} has no checkpoint to resume from (no config.json)")
     cfg = from_file(path)

@@ -46,7 +46,8 @@ def start_state(run: RunFolder, task, shardings, *, resume: bool, main: bool):
     cfg = task.cfg
     if resume and ckpt.latest(run.path) is None and not (run.path / "config.json").is_file():
         # before run.prepare, which would make the folder it names
-        what = "has no checkpoint to resume from" if run.path.is_dir() else "does not exist"
+        what = ("has no checkpoint to resume from" if run.path.is_dir() else
+                "is a file, not a run folder" if run.path.exists() else "does not exist")
         raise CheckpointError(f"cannot resume: {run.path} {what}")
     if main:
         run.prepare(resume=resume)

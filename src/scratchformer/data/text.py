@@ -12,6 +12,7 @@ import sys
 import tempfile
 import urllib.error
 import urllib.request
+from contextlib import suppress
 from pathlib import Path
 
 import jax
@@ -70,7 +71,8 @@ def download(url: str, dest: Path, sha256: str, *, timeout: float = 60.0, if_unr
             except (urllib.error.URLError, OSError) as e:
                 raise DataError(f"download of {url} failed: {getattr(e, 'reason', e)}{if_unreachable}") from None
             out.flush()
-            os.fchmod(out.fileno(), umasked(0o666))  # mkstemp's file is private
+            with suppress(PermissionError):  # mkstemp's file is private; vfat has no modes
+                os.fchmod(out.fileno(), umasked(0o666))
             os.fsync(out.fileno())
         if h.hexdigest() != sha256:
             raise DataError(f"download of {url} has sha256 {h.hexdigest()}, expected {sha256}")

@@ -111,7 +111,9 @@ def prepare(paths, out, *, tokenizer: str = "char", vocab_size: int | None = Non
     if tokenizer not in TOKENIZERS:
         raise DataError(f"{tokenizer!r} is not one of {', '.join(TOKENIZERS)}", option="tokenizer")
     files = source_files(paths)
-    tok = like or _make_tokenizer(files, tokenizer, vocab_size, gpt2)
+    if like is not None and (vocab_size or gpt2):
+        raise DataError("a given tokenizer (like) takes no vocab_size or gpt2 files")
+    tok = like if like is not None else _make_tokenizer(files, tokenizer, vocab_size, gpt2)
     with atomic_folder(out) as tmp:
         meta = _write(files, tok, tmp, val_fraction, progress)
     return meta
@@ -128,7 +130,11 @@ def _write(files, tok, folder: Path, val_fraction: float, progress: bool) -> dic
                                                               desc="tokenizing") as bar:
         for i, f in enumerate(files):
             for piece in _pieces(f):
-                np.asarray(tok.encode(piece), dtype).tofile(all_ids)
+                try:
+                    ids = tok.encode(piece)
+                except DataError as e:  # a character a given tokenizer (--tokenizer-from) lacks
+                    raise DataError(f"{f}: {e}") from None
+                np.asarray(ids, dtype).tofile(all_ids)
                 bar.update(len(piece.encode("utf-8", "surrogatepass")))
             if i + 1 < len(files):
                 np.asarray(sep, dtype).tofile(all_ids)  # <|endoftext|> between documents (BPE)

@@ -369,7 +369,8 @@ class LMTask(DrawnOnDevice):
         if len(ids) == 0:
             raise UsageError(f"the prompt {prompt!r} encodes to no tokens")
         if len(ids) > self.cfg.model.block_size:
-            raise UsageError(f"is {len(ids):,} tokens long, longer than the model's context "
+            shown = repr(prompt) if len(prompt) <= 40 else repr(prompt[:30]) + "..."
+            raise UsageError(f"{shown} is {len(ids):,} tokens long, longer than the model's context "
                              f"(model.block_size={self.cfg.model.block_size:,}); give a shorter one", option="prompt")
         if tokens > MAX_SAMPLE_TOKENS:
             raise UsageError(f"tokens={tokens:,} must be at most {MAX_SAMPLE_TOKENS:,}")
