@@ -15,10 +15,10 @@ the gradients of sum(y * g) with respect to q, k and v: median and best ms of --
 """
 import argparse
 import statistics
-import time
 
 import jax
 import jax.numpy as jnp
+from matmul_rate import call_seconds  # this folder's scripts: run as a script
 
 from scratchformer.attention import attend, attend_causal, causal_mask
 
@@ -44,17 +44,6 @@ def with_grads(f):
         y, vjp = jax.vjp(f, q, k, v)
         return y, vjp(g.astype(y.dtype))
     return jax.jit(run)
-
-
-def timed(fn, args, reps: int) -> tuple[float, float]:
-    for _ in range(3):
-        jax.block_until_ready(fn(*args))
-    ts = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        ts.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(ts), min(ts)
 
 
 def max_diff(a, b) -> float:
@@ -87,15 +76,15 @@ def main(argv=None) -> None:
     for form, f in fns.items():
         fn = with_grads(f)
         try:
-            med, best = timed(fn, (*qkv, g32), args.reps)
+            ts = call_seconds(fn, (*qkv, g32), args.reps)
         except Exception as e:  # JAX's forms may have no kernel on this device: say so, time the others
             if form not in ("xla", "cudnn"):
                 raise
             print(f"{form:>12}: not available here ({str(e).strip().splitlines()[0][:160]})")
             continue
         diff = max_diff(fn(*qkv, g32), reference)
-        print(f"{form:>12}: median {med:.3f} ms, best {best:.3f} ms; largest difference from ours "
-              f"in float32 {diff:.2e}", flush=True)
+        print(f"{form:>12}: median {statistics.median(ts) * 1e3:.3f} ms, best {ts[0] * 1e3:.3f} ms; "
+              f"largest difference from ours in float32 {diff:.2e}", flush=True)
 
 
 if __name__ == "__main__":

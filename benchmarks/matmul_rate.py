@@ -16,8 +16,8 @@ import jax
 import jax.numpy as jnp
 
 
-def rate(f, args, flop: float, reps: int = 10) -> tuple[float, float]:
-    """(median, best) TFLOP/s of f(*args) doing `flop` floating-point operations a call."""
+def call_seconds(f, args, reps: int) -> list[float]:
+    """The seconds of `reps` calls f(*args) after 3 warm-up calls, shortest first."""
     for _ in range(3):
         jax.block_until_ready(f(*args))
     ts = []
@@ -25,7 +25,12 @@ def rate(f, args, flop: float, reps: int = 10) -> tuple[float, float]:
         t = time.perf_counter()
         jax.block_until_ready(f(*args))
         ts.append(time.perf_counter() - t)
-    ts.sort()
+    return sorted(ts)
+
+
+def rate(f, args, flop: float, reps: int = 10) -> tuple[float, float]:
+    """(median, best) TFLOP/s of f(*args) doing `flop` floating-point operations a call."""
+    ts = call_seconds(f, args, reps)
     return flop / ts[len(ts) // 2] / 1e12, flop / ts[0] / 1e12
 
 
