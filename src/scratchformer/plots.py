@@ -360,11 +360,19 @@ def _note_other_tokenizers(runs: list[dict]) -> None:
     vocabulary: their losses are per token of different sizes, so the curves do not compare
     (bits per byte do). Character runs with other character sets are all per character."""
     texts = {(r["dir"] / "tokenizer.json").read_text() for r in runs if (r["dir"] / "tokenizer.json").is_file()}
-    if len(texts) > 1 and not all(json.loads(t).get("kind") == "char" for t in texts):
+    if len(texts) > 1 and not all(map(_is_characters, texts)):
         sizes = ", ".join(f"{r['name']} {r['cfg'].model.vocab_size:,} symbols" for r in runs)
         print(f"scratchformer: note: the runs have different tokenizers ({sizes}): their losses are per token of "
               "different sizes and do not compare; `eval RUN --json` gives each one's bits per byte, which do",
               file=sys.stderr)
+
+
+def _is_characters(tokenizer_json: str) -> bool:
+    """A character tokenizer's JSON (CharTokenizer.to_json); False for anything else."""
+    try:
+        return json.loads(tokenizer_json).get("kind") == "char"
+    except (ValueError, AttributeError):  # not JSON, or not an object: not ours
+        return False
 
 
 def table(rows: list[dict]) -> str:

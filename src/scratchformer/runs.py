@@ -129,12 +129,17 @@ def load(run_dir, *, which: str = "best", with_data: bool = False):
     return task, params, meta
 
 
+def not_a_folder(path) -> str | None:
+    """Why `path` cannot be a run folder to resume ("does not exist", "is a file..."), or None."""
+    path = Path(path)
+    return None if path.is_dir() else "is a file, not a run folder" if path.exists() else "does not exist"
+
+
 def saved_config(run_dir, task: str):
     """The config of the run in `run_dir` (its config.json), to continue exactly that run."""
     path = Path(run_dir) / "config.json"
-    if not Path(run_dir).is_dir():
-        raise CheckpointError(f"cannot resume: {run_dir} " + ("is a file, not a run folder" if Path(run_dir).exists()
-                                                              else "does not exist"))
+    if not_a_folder(run_dir):
+        raise CheckpointError(f"cannot resume: {run_dir} {not_a_folder(run_dir)}")
     if not path.is_file():
         raise CheckpointError(f"{run_dir} has no checkpoint to resume from (no config.json)")
     cfg = from_file(path)

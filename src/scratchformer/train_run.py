@@ -16,7 +16,7 @@ from .errors import CheckpointError, DataError, ResumeMismatch
 from .kernels import product_dtype
 from .memory import format_bytes
 from .parallel import host_value
-from .runs import RunFolder, config_of
+from .runs import RunFolder, config_of, not_a_folder
 
 
 class TrainingDiverged(RuntimeError):
@@ -46,8 +46,7 @@ def start_state(run: RunFolder, task, shardings, *, resume: bool, main: bool):
     cfg = task.cfg
     if resume and ckpt.latest(run.path) is None and not (run.path / "config.json").is_file():
         # before run.prepare, which would make the folder it names
-        what = ("has no checkpoint to resume from" if run.path.is_dir() else
-                "is a file, not a run folder" if run.path.exists() else "does not exist")
+        what = not_a_folder(run.path) or "has no checkpoint to resume from"
         raise CheckpointError(f"cannot resume: {run.path} {what}")
     if main:
         run.prepare(resume=resume)
