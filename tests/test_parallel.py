@@ -4,6 +4,7 @@ checkpoints move between device counts."""
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -158,3 +159,52 @@ def test_waiting_for_the_coordinator_ends_in_one_line():
         wait_for_coordinator("127.0.0.1", port, timeout=0.6)
     with pytest.raises(UsageError, match="cannot resolve 'no.such.host.invalid'"):
         wait_for_coordinator("no.such.host.invalid", 1234)
+
+
+def test_a_coordinator_port_in_use_is_one_line(corpus):
+    """JAX's coordinator on a port something else listens on crashed process 0 (a failed
+    bind, then a segmentation fault); it is refused first with a line naming the port."""
+    with socket.socket() as srv:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen()
+        port = srv.getsockname()[1]
+        r = run_cli("train", "lm", "--data", corpus, *ARGS, "--coordinator", f"127.0.0.1:{port}",
+                    "--num-processes", "2", "--process-id", "0")
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        f"scratchformer: error: --coordinator 127.0.0.1:{port}: port {port} is in use on this machine; give "
+        "process 0 and the others another port"], r.stderr
+
+
+START = """import os, signal, sys, time
+from scratchformer.errors import ScratchformerError
+from scratchformer.parallel import initialize_distributed
+try:
+    initialize_distributed(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))
+except ScratchformerError as e:
+    print(e)
+    sys.exit(2)
+if sys.argv[4] == "term":
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(5)
+print("running")
+"""
+
+
+def test_sigterm_stops_a_distributed_process_and_process_counts_must_agree():
+    """jax.distributed.initialize installs a SIGTERM handler that only logs the signal, so a
+    multi-process run trained on; the process's own handler is put back. And a process
+    told another --num-processes than the coordinator's is refused, naming both."""
+    def start(port, n, pid, then):
+        return subprocess.Popen([sys.executable, "-c", START, f"127.0.0.1:{port}", str(n), str(pid), then],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = start(_free_port(), 1, 0, "term")
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == -signal.SIGTERM and "running" not in out, (out, err)
+    port = _free_port()
+    first, second = start(port, 2, 0, "stay"), start(port, 3, 1, "stay")
+    out, err = second.communicate(timeout=120)
+    first.kill()
+    first.communicate()
+    assert second.returncode == 2 and out.strip() == (
+        f"--num-processes=3, but the coordinator 127.0.0.1:{port} started 2 processes: give every process "
+        "the same --num-processes"), (out, err)

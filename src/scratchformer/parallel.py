@@ -8,6 +8,7 @@ XLA inserts every collective; there is no hand-written communication here.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import time
 
@@ -138,6 +139,20 @@ def wait_for_coordinator(host: str, port: int, timeout: float = COORDINATOR_TIME
             time.sleep(0.5)
 
 
+def port_is_free(port: int) -> bool:
+    """Whether a server could listen on `port` on every interface, as process 0's
+    coordinator does ([::]:port). SO_REUSEADDR, as the coordinator's server sets it: a
+    connection of an earlier run still closing does not count as in use."""
+    family, address = (socket.AF_INET6, "::") if socket.has_ipv6 else (socket.AF_INET, "0.0.0.0")
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((address, port))
+        except OSError:
+            return False
+    return True
+
+
 def initialize_distributed(coordinator: str | None, num_processes: int | None, process_id: int | None) -> bool:
     """Start jax.distributed from flags, else from the environment that JAX's
     launchers set (JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID).
@@ -160,11 +175,21 @@ def initialize_distributed(coordinator: str | None, num_processes: int | None, p
         raise UsageError(f"--coordinator {coordinator!r} is not HOST:PORT (a host name or address, a port 1-65535)")
     if process_id != 0:
         wait_for_coordinator(host, int(port))
+    elif not port_is_free(int(port)):  # JAX's coordinator would fail to bind it and crash the process
+        raise UsageError(f"--coordinator {coordinator}: port {port} is in use on this machine; give process 0 "
+                         "and the others another port")
     # Collectives between CPU devices of different processes go through gloo; the
     # setting is ignored on GPU, where NCCL is used.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    term = signal.getsignal(signal.SIGTERM)
     jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
                                process_id=process_id)
+    # initialize installs a SIGTERM handler of its own (its preemption notifier, which only
+    # logs the signal): put back the process's own, so that SIGTERM stops the run
+    signal.signal(signal.SIGTERM, term)
+    if jax.process_count() != num_processes:
+        raise UsageError(f"--num-processes={num_processes}, but the coordinator {coordinator} started "
+                         f"{jax.process_count()} processes: give every process the same --num-processes")
     return num_processes > 1
 
 
