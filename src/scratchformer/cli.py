@@ -193,7 +193,7 @@ def cmd_train(a) -> int:
     initialize_distributed(a.coordinator, a.num_processes, a.process_id)
 
     from . import finetune, runs
-    from .config import cpu_note, make_config, overrides_from_file, parse_set_args, task_class
+    from .config import apply_overrides, cpu_note, make_config, overrides_from_file, parse_set_args, task_class
     from .errors import UsageError
     from .train import dry_run, fit
 
@@ -204,10 +204,12 @@ def cmd_train(a) -> int:
     out = a.out or f"runs/{a.task}-{preset}-{time.strftime('%Y%m%d-%H%M%S')}"
     if a.resume and not a.out:
         raise UsageError("--resume needs --out DIR, the run to continue")
-    resumed = a.resume and not (a.preset or overrides or a.init_from)  # continue exactly the run that was started
+    resumed = a.resume and not (a.preset or a.init_from)  # continue the run that was started
     init = finetune.source(a.init_from, a.task) if a.init_from else None
-    if resumed:
-        cfg = runs.saved_config(out, a.task)
+    if resumed and (not overrides or (Path(out) / "config.json").is_file()):
+        # its own config, with what was given on top: a resumed run keeps its config, so
+        # whatever given differs is what the error names (not a preset's other values)
+        cfg = apply_overrides(runs.saved_config(out, a.task), overrides)
     elif init is not None:
         cfg = finetune.config(a.task, preset, overrides, init, a.init_from)
     else:

@@ -66,11 +66,11 @@ def start_state(run: RunFolder, task, shardings, *, resume: bool, main: bool):
                                    ema=None if state.ema is None else put_global(start, shardings.ema))
         return state, math.inf
     tensors, meta = ckpt.read(path)
+    _check_same_data(meta.get("data") or {}, task.source or {})  # first: other data changes the vocabulary too
     saved = config_of(meta, path)
     if saved != cfg:
         raise ResumeMismatch(f"cannot resume: {path} was saved with a different config "
                              f"({_config_difference(saved.to_dict(), cfg.to_dict())}); a resumed run keeps its config")
-    _check_same_data(meta.get("data") or {}, task.source or {})
     state = restore_state(tensors, cfg, shardings, str(path))
     if main:
         run.truncate_metrics(int(meta.get("step", host_value(state.step))))
