@@ -160,7 +160,7 @@ def plot_attention(run_dir, task, params) -> Path:
     out_labels = [str(t - OFFSET) for t in out[0][:n_out - 1]] + ["EOS"]
     return _attention_grid(Path(run_dir) / "attention.png", [np.asarray(p[0, :, :n_out, :n_src]) for p in probs],
                            out_labels, src_labels, ylabel="output symbol", xlabel="source symbol",
-                           title="decoder cross-attention on a held-out example (reversal: expect the anti-diagonal)")
+                           title="decoder cross-attention on a held-out example\n(reversal: expect the anti-diagonal)")
 
 
 def _char_label(c: str) -> str:

@@ -29,7 +29,7 @@ class RunFolder:
         except OSError as e:
             raise DataError(f"{self.path} cannot be written ({e.strerror})", option="out") from None
         if not resume and (ckpt.latest(self.path) or self.metrics.exists()):
-            raise CheckpointError(f"{self.path} already holds a run; resume it or choose another run folder",
+            raise CheckpointError(f"{self.path} already holds a run; resume it (--resume) or choose another run folder",
                                   option="out")
         # Temp files of saves that a kill interrupted (the renamed files are complete).
         for d in (self.path, self.path / ckpt.CKPT_DIR):

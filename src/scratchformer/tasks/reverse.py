@@ -150,7 +150,7 @@ class ReverseTask(DrawnOnDevice):
         """The reversal of `input` ('7 3 9 1'), and a note when the output is not a plain answer."""
         from ..decode import seq2seq_decode
         if input is None:
-            raise UsageError("a reverse run reverses input symbols, e.g. '7 3 9 1'; none were given")
+            raise UsageError("a reverse run reverses the symbols of --input, e.g. --input '7 3 9 1'; none were given")
         if not 1 <= beam <= MAX_BEAM:
             raise UsageError(f"beam={beam} must be in [1, {MAX_BEAM}]")
         d = self.cfg.data
