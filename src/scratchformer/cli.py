@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from . import __version__
+from .errors import flag
 
 EXAMPLES = """examples:
   scratchformer train reverse --out runs/rev       # encoder-decoder learns to reverse sequences (~35 s)
@@ -177,15 +178,11 @@ def _options(a, task, names: list[str], kind: str) -> dict:
     foreign = [k for k in given if k not in own]
     if foreign:
         owner = next(n for n, t in TASKS.items() if foreign[0] in getattr(t, kind))
-        flags = ", ".join(_flag(k) for k in foreign)
-        takes = ", ".join(map(_flag, own)) if own else "no options"
+        flags = ", ".join(flag(k) for k in foreign)
+        takes = ", ".join(map(flag, own)) if own else "no options"
         raise UsageError(f"{flags} {'is' if len(foreign) == 1 else 'are'} for {owner} runs; {task.name} runs take "
                          f"{takes}")
     return {k: own[k] if getattr(a, k, None) is None else getattr(a, k) for k in own}
-
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
 
 
 def cmd_train(a) -> int:
@@ -326,7 +323,7 @@ def _error_line(e) -> str:
     from .errors import ResumeMismatch
     msg = str(e).splitlines()[0] if str(e) else type(e).__name__
     if e.option:
-        msg = f"{_flag(e.option)} {msg}"
+        msg = f"{flag(e.option)} {msg}"
     if isinstance(e, ResumeMismatch):
         msg += ": leave out --preset, --config, --set, --steps and --seed, or start a new run"
     return f"scratchformer: error: {msg}"

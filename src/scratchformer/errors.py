@@ -19,6 +19,11 @@ class ScratchformerError(Exception):
         self.option = option
 
 
+def flag(option: str) -> str:
+    """The command-line flag of an `option` name: "init_from" -> "--init-from"."""
+    return "--" + option.replace("_", "-")
+
+
 class ConfigError(ScratchformerError):
     """A configuration value is not acceptable."""
 

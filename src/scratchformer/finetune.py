@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import fields
 
 from .config import ModelConfig, apply_overrides, make_config, task_class
-from .errors import CheckpointError, ConfigError, ScratchformerError
+from .errors import CheckpointError, ConfigError, ScratchformerError, flag
 
 # Model keys a fine-tune may set for itself: they change no weight's shape (a shorter
 # block_size keeps the first rows of a learned position table, as nanoGPT's crop_block_size).
@@ -33,7 +33,7 @@ def source(path, task: str, *, option: str = "init_from"):
     except ScratchformerError as e:
         raise type(e)(str(e), option=option) from None
     if init.name != task:
-        raise CheckpointError(f"{path} is a {init.name} run; --{option.replace('_', '-')} takes {task} runs only",
+        raise CheckpointError(f"{path} is a {init.name} run; {flag(option)} takes {task} runs only",
                               option=option)
     return init
 

@@ -260,7 +260,8 @@ def read_run(run_dir) -> dict:
     cfg = from_file(path)
     if not (d / "metrics.jsonl").is_file():
         from .checkpoint import best, read_meta
-        imported = best(d) is not None and read_meta(best(d)).get("imported_from")
+        weights = best(d)
+        imported = weights is not None and read_meta(weights).get("imported_from")
         raise CheckpointError(f"{d} has no metrics.jsonl: " + ("weights only (an imported model), no training to "
                               "compare" if imported else "no training steps logged yet"))
     train, evals, _ = read_metrics(d)

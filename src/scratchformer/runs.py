@@ -138,8 +138,9 @@ def not_a_folder(path) -> str | None:
 def saved_config(run_dir, task: str):
     """The config of the run in `run_dir` (its config.json), to continue exactly that run."""
     path = Path(run_dir) / "config.json"
-    if not_a_folder(run_dir):
-        raise CheckpointError(f"cannot resume: {run_dir} {not_a_folder(run_dir)}")
+    why = not_a_folder(run_dir)
+    if why:
+        raise CheckpointError(f"cannot resume: {run_dir} {why}")
     if not path.is_file():
         raise CheckpointError(f"{run_dir} has no checkpoint to resume from (no config.json)")
     cfg = from_file(path)
