@@ -32,7 +32,7 @@ demo: $(VENV)/.installed
 
 # Two processes, a test file each at a time: much of the suite is compiling, which uses one
 # core, so two workers keep both busy (measured in BENCHMARKS.md,
-# "The AMD EPYC without AVX-512").
+# "Decisions: the test suite").
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -n 2 --dist loadfile
 

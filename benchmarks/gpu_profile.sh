@@ -18,8 +18,8 @@
 #      one layer's attention as the model computes it against jax.nn.dot_product_attention
 #      (XLA's, cuDNN's fused kernel), forward and backward;
 #   4. Muon for 1,000 steps, and for 1,500 with dropout 0.1 (part 2's other recipes);
-#   5. bf16 matmul rates in other forms (why JAX's 528 TFLOP/s on 2026-11-27 was below the
-#      ~790 PyTorch reaches on this kind of GPU), the memory check's GPU branch (a model too
+#   5. bf16 matmul rates in other forms (why JAX's bf16 rate is below PyTorch's on this kind
+#      of GPU: BENCHMARKS.md, "NVIDIA H200"), the memory check's GPU branch (a model too
 #      big for the GPU must stop with one line, exit 2, and no run folder), the tests on the GPU.
 # Needs Tiny Shakespeare at $DATA (default .gpudata/tinyshakespeare.txt; git ignores .gpudata).
 # DRY=1 runs every part but the tests with a tiny model and few steps (the memory check at its
@@ -69,7 +69,7 @@ ablate() {  # time limit, recipe names...
     --json "$KEEP/ablation-$1.json" 2>&1 | grep -v Warning
 }
 # One call per recipe, so a recipe that fails or hits its limit costs only itself. The
-# limits allow for slow compiles: on 2026-11-27 the preset took 51.8 s in all.
+# limits allow for slow compiles (BENCHMARKS.md, "NVIDIA H200" has the preset's time).
 ablate 120 preset
 ablate 110 muon1500
 ablate 110 muon1500-bf16ns

@@ -23,7 +23,7 @@ from matmul_rate import rate  # this folder's scripts: run as a script
 from step_variants import step_times as variant_step_times
 
 from scratchformer import machine
-from scratchformer.config import make_config
+from scratchformer.runconfig import make_config
 
 SETTINGS = ("float32", "bfloat16")
 

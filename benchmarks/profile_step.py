@@ -37,7 +37,7 @@ from pathlib import Path
 import jax
 
 from scratchformer.bench import random_token_training
-from scratchformer.config import make_config, parse_set_args
+from scratchformer.runconfig import make_config, parse_set_args
 
 CONTAINERS = {"while", "call", "conditional"}  # their time is their body's, counted there
 

@@ -19,9 +19,9 @@ from dataclasses import replace
 import jax
 import numpy as np
 
-from scratchformer.config import make_config
 from scratchformer.decode import generate
 from scratchformer.models import init_lm
+from scratchformer.runconfig import make_config
 
 
 def main() -> None:

@@ -20,7 +20,7 @@ import time
 import jax
 
 from scratchformer.bench import random_token_training
-from scratchformer.config import make_config, parse_set_args
+from scratchformer.runconfig import make_config, parse_set_args
 
 
 def compiled(cfg) -> dict:

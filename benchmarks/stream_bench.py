@@ -32,7 +32,7 @@ TEXT = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
 
 
 def cli(*args) -> list[str]:
-    return [sys.executable, "-m", "scratchformer.cli", *map(str, args)]
+    return [sys.executable, "-m", "scratchformer", *map(str, args)]
 
 
 def run(cmd) -> tuple[float, int]:

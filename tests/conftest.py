@@ -40,6 +40,15 @@ def tiny_text():
     return base + "ROMEO: O, she doth teach the torches to burn bright!\n" * 20
 
 
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory):
+    """A small text file for command-line runs, one for the whole session (the tests only
+    read it): one sentence of 29 characters, which the CLI tests' messages count, 80 times."""
+    p = tmp_path_factory.mktemp("data") / "tiny.txt"
+    p.write_text("the quick brown fox jumps over the lazy dog.\n" * 80)
+    return p
+
+
 @pytest.fixture
 def shakespeare_path():
     if not SHAKESPEARE.is_file():
@@ -59,9 +68,9 @@ def float64():
 
 
 def run_cli(*args, env=None, timeout=600, cwd=None):
-    """Run `python -m scratchformer.cli ARGS` in a fresh process; returns CompletedProcess."""
+    """Run `python -m scratchformer ARGS` in a fresh process; returns CompletedProcess."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "scratchformer.cli", *map(str, args)], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "scratchformer", *map(str, args)], capture_output=True,
                           text=True, env=full_env, timeout=timeout, cwd=cwd)
 
 

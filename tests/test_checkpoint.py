@@ -7,8 +7,9 @@ import jax
 import numpy as np
 import pytest
 
-from scratchformer import checkpoint as ckpt
-from scratchformer.config import ConfigError, from_dict, make_config
+from scratchformer import checkpoint as ckpt, files
+from scratchformer.config import ConfigError
+from scratchformer.runconfig import from_dict, make_config
 from scratchformer.tasks import ReverseTask
 from scratchformer.train import init_state, state_template
 
@@ -124,9 +125,9 @@ def test_written_files_and_folders_have_ordinary_permissions(tmp_path, umask):
     not the temporary file's private 0600 (an exported folder others cannot read)."""
     old = os.umask(umask)
     try:
-        ckpt.atomic_write_bytes(tmp_path / "a.json", b"{}")
-        with ckpt.atomic_folder(tmp_path / "out") as tmp:
-            ckpt.atomic_write_bytes(tmp / "b.bin", b"x")
+        files.atomic_write_bytes(tmp_path / "a.json", b"{}")
+        with files.atomic_folder(tmp_path / "out") as tmp:
+            files.atomic_write_bytes(tmp / "b.bin", b"x")
         (tmp_path / "plain").write_bytes(b"")
         (tmp_path / "plain_dir").mkdir()
     finally:

@@ -7,16 +7,29 @@ import os
 import re
 import shutil
 import stat
-from pathlib import Path
+import subprocess
+from types import SimpleNamespace
 
 import jax
 import numpy as np
 import pytest
 
-from scratchformer import checkpoint as ckpt
+import scratchformer
+from scratchformer import checkpoint as ckpt, cli as cli_module, memory, runs
 from scratchformer.cli import main
 from scratchformer.config import ModelConfig
-from scratchformer.train_run import precision
+from scratchformer.data import text as text_module
+from scratchformer.data.bpe import BpeTokenizer
+from scratchformer.data.tokens import TokenFiles, prepare
+from scratchformer.loop import fit
+from scratchformer.models import lm_forward
+from scratchformer.plots import _matplotlib, _plot_optimizer, lm_snippet, plot_comparison, plot_loss
+from scratchformer.records import precision
+from scratchformer.runconfig import cpu_note as _cpu_note, make_config, overrides_from_file
+from scratchformer.runs import metrics_rows, read_metrics, read_run
+from scratchformer.tasks import LMTask
+from scratchformer.tasks.lm import eval_chunk
+from scratchformer.train import state_template
 
 from conftest import run_cli
 
@@ -36,13 +49,6 @@ def cli(capsys, *args):
     code = main([str(a) for a in args])
     out, err = capsys.readouterr()
     return code, out, err
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    p = tmp_path_factory.mktemp("data") / "tiny.txt"
-    p.write_text("the quick brown fox jumps over the lazy dog.\n" * 80)
-    return p
 
 
 @pytest.fixture(scope="module")
@@ -73,10 +79,8 @@ def test_python_dash_m_and_version():
     """`python -m scratchformer` is the same program as the script, and --version prints
     the version the installed distribution reports (one source: the package)."""
     import importlib.metadata
-    import subprocess
     import sys
 
-    import scratchformer
     r = subprocess.run([sys.executable, "-m", "scratchformer", "--version"], capture_output=True, text=True)
     assert r.returncode == 0 and r.stdout.strip() == f"scratchformer {scratchformer.__version__}"
     assert importlib.metadata.version("scratchformer") == scratchformer.__version__
@@ -103,10 +107,6 @@ def test_lm_run_folder(lm_run, capsys):
 def test_train_says_when_sample_and_eval_load_an_earlier_step(tmp_path):
     """A run whose best periodic evaluation came before its last step: train's last lines
     say which step `sample` and `eval` open, since its summary's loss is the last step's."""
-    import numpy as np
-
-    from scratchformer import checkpoint as ckpt
-    from scratchformer import runs
     assert runs.best_checkpoint_note(tmp_path, {"steps": 40}) is None  # no best checkpoint
     (tmp_path / ckpt.CKPT_DIR).mkdir()
     ckpt.save(tmp_path / ckpt.CKPT_DIR / ckpt.BEST, {"w": np.zeros(2, np.float32)},
@@ -120,11 +120,6 @@ def test_train_says_when_sample_and_eval_load_an_earlier_step(tmp_path):
 def test_dry_run_sizes_a_model_and_writes_nothing(tmp_path, corpus, capsys):
     """--dry-run prints the start-up line (parameters counted independently here) and
     stops; a model too big for memory is the same one-line error as without it."""
-    import jax
-
-    from scratchformer.config import make_config
-    from scratchformer.tasks import LMTask
-    from scratchformer.train import state_template
     args = ["train", "lm", "--data", corpus, "--out", tmp_path / "run", *LM_TINY, "--set", "model.n_layer=3"]
     code, out, err = cli(capsys, *args, "--dry-run")
     cfg = LMTask.from_file(make_config("lm", "cpu-quick", {"model.n_layer": 3, "model.d_model": 32, "model.n_head": 2,
@@ -161,7 +156,6 @@ def test_progress_in_a_log_file_is_plain_lines(tmp_path, capsys, corpus):
     code, _, err = cli(capsys, "train", "lm", "--data", corpus, "--steps", 100, "--out", tmp_path / "run", *LM_TINY,
                        "--set", "train.steps_per_call=10")
     assert code == 0 and "\r" not in err
-    from scratchformer import runs
     _, params, _ = runs.load(tmp_path / "run")
     n = sum(x.size for x in jax.tree.leaves(params))
     assert re.fullmatch(rf"lm: {n:,} parameters \(1 layers x 32, 2 heads, context 16, {re.escape(AUTO)}\); 100 steps of "
@@ -205,8 +199,6 @@ def test_reverse_cli(rev_run, capsys):
 
 
 def test_gpu_settings_on_a_cpu_get_a_note(tmp_path, corpus, capsys):
-    from scratchformer.config import cpu_note as _cpu_note
-    from scratchformer.config import make_config
     gpu, f32, bf16 = (make_config("lm", "gpu"), make_config("lm", "cpu"),
                       make_config("lm", "cpu", {"model.dtype": "bfloat16"}))
     assert "sized for a GPU" in _cpu_note(gpu, "gpu", "cpu")
@@ -232,17 +224,12 @@ def test_eval_on_a_text_of_ones_choice(tmp_path, lm_run, corpus, capsys):
     """`eval DIR --data F` scores every character of F: on the run's own validation part
     it gives `eval`'s validation loss, and on a text of one window its loss is the mean
     cross-entropy of one forward pass, computed here from the logits."""
-    import jax
     import jax.numpy as jnp
 
-    from scratchformer import runs
-    from scratchformer.data import text
-    from scratchformer.models import lm_forward
-    from scratchformer.tasks.lm import eval_chunk
 
     whole = corpus.read_text()
     val = tmp_path / "val.txt"
-    val.write_text(whole[len(text.split(np.arange(len(whole)), 0.1)[0]):])
+    val.write_text(whole[len(text_module.split(np.arange(len(whole)), 0.1)[0]):])
     code, out, _ = cli(capsys, "eval", lm_run, "--json")
     own = json.loads(out)
     code, out, err = cli(capsys, "eval", lm_run, "--data", val, "--json")
@@ -268,16 +255,15 @@ def test_eval_on_a_text_of_ones_choice(tmp_path, lm_run, corpus, capsys):
         seen = []
         _, scored, _ = task.loss_on(params, ids, on_scored=seen.append)
         assert sum(seen) == scored == n - 1
-        windows = len(text.eval_windows(ids, block)["inputs"])
+        windows = len(text_module.eval_windows(ids, block)["inputs"])
         assert len(seen) == -(-windows // eval_chunk(block, task.cfg.model.n_head))
 
 
-def test_plot_of_a_run_before_its_first_rows(tmp_path, lm_run, capsys):
+def test_plot_of_a_run_before_its_first_rows(tmp_path):
     """A run folder whose metrics.jsonl is still empty plots without warnings: the loss
     panel says so instead of drawing an empty legend."""
     import warnings
 
-    from scratchformer.plots import plot_loss
     fresh = tmp_path / "fresh"
     fresh.mkdir()
     (fresh / "metrics.jsonl").write_text("")
@@ -288,7 +274,6 @@ def test_plot_of_a_run_before_its_first_rows(tmp_path, lm_run, capsys):
 
 
 def test_loss_plot_shows_gradient_norm_and_learning_rate(lm_run):
-    from scratchformer.plots import _matplotlib, _plot_optimizer, read_metrics
     plt = _matplotlib()
     fig, ax = plt.subplots()
     train = read_metrics(lm_run).train
@@ -302,9 +287,6 @@ def test_loss_plot_shows_gradient_norm_and_learning_rate(lm_run):
 def test_plot_leaves_out_lines_that_are_not_rows(tmp_path, lm_run, capsys):
     """A damaged metrics.jsonl plots what it can and names the lines it left out; a last
     line without its newline (a row being written) is left out without a note."""
-    import shutil
-
-    from scratchformer.runs import metrics_rows
     run = tmp_path / "damaged"
     shutil.copytree(lm_run, run)
     lines = (run / "metrics.jsonl").read_text().splitlines()
@@ -329,8 +311,6 @@ def test_a_run_gone_non_finite_writes_strict_json(tmp_path, lm_run, corpus, caps
     skipped and the validation loss is NaN: metrics.jsonl, summary.json, the checkpoint's
     header and eval --json say null there (Python would write NaN, which is not JSON),
     the comparison table still counts every step, and plot marks the steps."""
-    from scratchformer import checkpoint as ckpt
-
     def strict(text):
         def refuse(name):
             raise AssertionError(f"{name} is not JSON")
@@ -352,7 +332,6 @@ def test_a_run_gone_non_finite_writes_strict_json(tmp_path, lm_run, corpus, caps
     assert code == 0 and strict(text)["val_loss"] is None
     code, text, _ = cli(capsys, "plot", out, lm_run, "--out", tmp_path / "c.png")
     assert code == 0 and text.splitlines()[1].split()[1:4] == ["20", "-", "-"]
-    from scratchformer.plots import read_metrics
     m = read_metrics(out)
     assert [r["step"] for r in m.train] == [1] and m.evals == [] and m.not_finite == list(range(2, 21))
     code, text, _ = cli(capsys, "plot", out)  # the steps not finite are marked on the loss panel
@@ -363,7 +342,6 @@ def test_compare_runs(tmp_path, lm_run, corpus, capsys):
     """`plot A B --out F` draws each run's validation losses as logged, labels each run by
     the config values that differ, puts steps of different sizes on a tokens-seen axis,
     and prints a table whose figures are the runs' own."""
-    from scratchformer.plots import _matplotlib, plot_comparison, read_run
     other = tmp_path / "other"
     assert cli(capsys, "train", "lm", "--data", corpus, "--steps", 40, "--out", other, "--no-progress", *LM_TINY,
                "--set", "train.batch_size=4", "--set", "optim.lr=1e-3")[0] == 0
@@ -389,7 +367,6 @@ def test_compare_runs(tmp_path, lm_run, corpus, capsys):
     plt.close(fig)
     # The same run as if its text had been tokenized otherwise: other characters are still
     # one character a token (no note); BPE tokens are not.
-    from scratchformer.data.bpe import BpeTokenizer
     retokenized = tmp_path / "retokenized"
     shutil.copytree(other, retokenized)
     (retokenized / "tokenizer.json").write_text('{"kind": "char", "chars": "ab"}')
@@ -421,8 +398,6 @@ def test_compare_a_run_still_training(tmp_path, lm_run, capsys):
 def test_lm_attention_plot_reads_held_out_text(lm_run):
     """The LM's attention picture is drawn on the validation split's first non-empty line
     (one block long here), or on the model's own sample when the text is not at hand."""
-    from scratchformer import runs
-    from scratchformer.plots import lm_snippet
 
     task, params, meta = runs.load(lm_run)
     ids, what = lm_snippet(task, params, meta, lm_run)
@@ -431,7 +406,11 @@ def test_lm_attention_plot_reads_held_out_text(lm_run):
     assert what.startswith("the model's own sample") and len(ids) == 16 and ids[0] == 0
 
 
-def _bad_inputs(tmp: Path, lm_run: Path, rev_run: Path, corpus: Path):
+@pytest.fixture(scope="module")
+def bad_input_files(tmp_path_factory, lm_run, rev_run, corpus):
+    """The files and folders the bad inputs name, made once for all of them (the cases only
+    read them, and each checks that it wrote nothing)."""
+    tmp = tmp_path_factory.mktemp("bad-inputs")
     (tmp / "empty.txt").write_bytes(b"")
     (tmp / "binary.txt").write_bytes(b"\x89PNG\x00\x00\x01")
     (tmp / "latin1.txt").write_bytes("café au lait ".encode("latin-1") * 50)
@@ -457,7 +436,6 @@ def _bad_inputs(tmp: Path, lm_run: Path, rev_run: Path, corpus: Path):
                        ("section.json", '{"modle": {}}'), ("cut.json", '{"model": {"n_layer": 2'),
                        ("other_task.json", '{"task": "lm", "data": {"max_len": 7, "min_len": 1}}')]:
         (tmp / name).write_text(text)
-    from scratchformer.data.tokens import prepare
     prepare([corpus], tmp / "tok")
     broken = {}
     for name, change in [("cut", lambda d: (d / "train.bin").write_bytes((d / "train.bin").read_bytes()[:-2])),
@@ -468,187 +446,278 @@ def _bad_inputs(tmp: Path, lm_run: Path, rev_run: Path, corpus: Path):
         shutil.copytree(tmp / "tok", broken[name])
         change(broken[name])
     (tmp / "tok-empty").mkdir()
-    locked = tmp / "locked"
-    locked.mkdir()
-    os.chmod(locked, stat.S_IRUSR | stat.S_IXUSR)
-    lm = ["train", "lm", "--data", corpus, "--no-progress", *LM_TINY]
-    return [
-        ("missing data", ["train", "lm", "--data", tmp / "nope.txt"], "no such file"),
-        ("empty data", ["train", "lm", "--data", tmp / "empty.txt"], "empty"),
-        ("binary data", ["train", "lm", "--data", tmp / "binary.txt"], "binary"),
-        ("non-utf8 data", ["train", "lm", "--data", tmp / "latin1.txt"], "not UTF-8"),
-        ("text shorter than a block", ["train", "lm", "--data", tmp / "short.txt"], "block"),
-        ("token folder without its files", ["train", "lm", "--data", tmp / "tok-empty"],
-         f"--data {tmp / 'tok-empty'} lacks train.bin, val.bin, tokenizer.json, meta.json"),
-        ("truncated token file", ["train", "lm", "--data", broken["cut"]],
-         f"--data {broken['cut']}: train.bin has "),
-        ("tokenizer file that does not load", ["train", "lm", "--data", broken["badtok"]],
-         f"{broken['badtok'] / 'tokenizer.json'} is not a tokenizer this version reads"),
-        ("vocabulary too large for its dtype", ["train", "lm", "--data", broken["wide"]],
-         "a vocabulary of 70000 symbols does not fit uint16"),
-        ("resume on other data", [*lm, "--steps", "40", "--resume", "--out", lm_run, "--data", tmp / "tok"],
-         f"--data {tmp / 'tok'}: cannot resume on it, the run was trained on {corpus.resolve()}"),
-        ("prepare into an existing folder", ["prepare", corpus, "--out", tmp / "tok"], "already exists"),
-        ("prepare a missing text", ["prepare", tmp / "nope.txt", "--out", tmp / "tok3"],
-         f"scratchformer: error: {tmp / 'nope.txt'}: no such file"),
-        ("prepare bpe without a size", ["prepare", corpus, "--out", tmp / "tok2", "--tokenizer", "bpe"],
-         "--tokenizer bpe needs --vocab-size N"),
-        ("prepare holding out one token", ["prepare", tmp / "short.txt", "--out", tmp / "tok2", "--val-fraction",
-                                           "0.05"], "--val-fraction 0.05 leaves the validation split 1 of the text's "
-                                                    "12 tokens; it needs 2 or more"),
-        ("prepare holding out everything", ["prepare", corpus, "--out", tmp / "tok2", "--val-fraction", "1"],
-         "argument --val-fraction: '1' must be < 1"),
-        ("prepare bpe with a tiny vocabulary", ["prepare", corpus, "--out", tmp / "tok2", "--tokenizer", "bpe",
-                                                "--vocab-size", "5"], "argument --vocab-size: '5' must be >= 257"),
-        ("prepare with a run's tokenizer and a size", ["prepare", corpus, "--out", tmp / "tok2", "--tokenizer-from",
-                                                       lm_run, "--vocab-size", "300"],
-         "--tokenizer-from takes the run's tokenizer; leave out --tokenizer, --vocab-size and --gpt2"),
-        ("prepare with a missing run's tokenizer", ["prepare", corpus, "--out", tmp / "tok2", "--tokenizer-from",
-                                                    tmp / "missing"], f"--tokenizer-from run folder {tmp / 'missing'}"),
-        ("prepare with a reverse run's tokenizer", ["prepare", corpus, "--out", tmp / "tok2", "--tokenizer-from",
-                                                    rev_run], "is a reverse run; --tokenizer-from takes lm runs only"),
-        ("prepare a text the run's characters do not cover", ["prepare", tmp / "foreign.txt", "--out", tmp / "tok2",
-                                                              "--tokenizer-from", lm_run],
-         f"{tmp / 'foreign.txt'}: 3 characters ('S', 'Z', 'ß') are not in the model's vocabulary"),
-        ("not a number", ["prepare", corpus, "--out", tmp / "tok2", "--val-fraction", "nan"],
-         "argument --val-fraction: 'nan' is not a finite number"),
-        ("prompt char out of vocab", ["sample", lm_run, "--prompt", "hello Z"], "'Z'"),
-        ("escaped newline in prompt", ["sample", lm_run, "--prompt", "the\\n"],
-         "--prompt \"the\\n\" holds a backslash, which is not in the model's vocabulary; for a newline, pass a "
-         "real one (bash: --prompt $'ROMEO:\\n')"),
-        ("unknown symbol", ["sample", rev_run, "--input", "1 2 99"], "'99'"),
-        ("negative symbol", ["sample", rev_run, "--input", "1 -2"], "'-2'"),
-        ("input too long", ["sample", rev_run, "--input", "1 2 3 4 5 6 7"], "at most 6"),
-        ("eval without checkpoint", ["eval", tmp / "nockpt"], "no checkpoint"),
-        ("sample without checkpoint", ["sample", tmp / "nockpt"], "no checkpoint"),
-        ("eval of a missing folder", ["eval", tmp / "missing"], "does not exist"),
-        ("eval of a missing checkpoint file", ["eval", tmp / "nockpt" / "step_00000010.safetensors"],
-         f"checkpoint file {tmp / 'nockpt' / 'step_00000010.safetensors'} does not exist"),
-        ("eval of a file that is no checkpoint", ["eval", lm_run / "config.json"],
-         f"{lm_run / 'config.json'} is a file, not a run folder or a .safetensors checkpoint"),
-        ("resume without checkpoint", [*lm, "--resume", "--out", tmp / "nockpt"], "no checkpoint to resume"),
-        ("resume, saved config", ["train", "lm", "--resume", "--out", tmp / "nockpt"], "no checkpoint to resume"),
-        ("resume into a new folder", [*lm, "--resume", "--out", tmp / "new"], f"cannot resume: {tmp / 'new'} does not exist"),
-        ("resume, saved config, new folder", ["train", "lm", "--resume", "--out", tmp / "new"],
-         f"cannot resume: {tmp / 'new'} does not exist"),
-        ("resume into a file", [*lm, "--resume", "--out", corpus], f"cannot resume: {corpus} is a file, not a run folder"),
-        ("resume with another config", [*lm, "--resume", "--out", lm_run, "--set", "model.n_layer=2"],
-         "different config (model.n_layer: 1 -> 2); a resumed run keeps its config: "
-         "leave out --preset, --config, --set, --steps and --seed"),
-        ("truncated checkpoint", ["eval", trunc], "truncated or corrupted"),
-        ("resume from a garbled header", ["train", "lm", "--resume", "--out", garbled], "truncated or corrupted"),
-        ("d_model not divisible", [*lm, "--set", "model.d_model=30", "--set", "model.n_head=4"], "not divisible"),
-        ("rope with an odd head width", [*lm, "--set", "model.positions=rope", "--set", "model.d_model=30"],
-         "the head width model.d_model / model.n_head = 30 / 2 must be even"),
-        ("unknown positions", [*lm, "--set", "model.positions=alibi"],
-         "model.positions='alibi' is not one of learned, sinusoidal, rope"),
-        ("zero lr", [*lm, "--set", "optim.lr=0"], "optim.lr=0.0"),
-        ("negative lr", [*lm, "--set", "optim.lr=-1e-3"], "optim.lr"),
-        ("warmup longer than training", [*lm, "--steps", "10", "--set", "optim.warmup_steps=50"],
-         "optim.warmup_steps=50 must be smaller than train.steps=10 (for a short run, also pass --set"),
-        ("dropout 1", [*lm, "--set", "model.dropout=1.0"], "model.dropout"),
-        ("negative dropout", [*lm, "--set", "model.dropout=-0.1"], "model.dropout"),
-        ("ema decay 1", [*lm, "--set", "train.ema=1"], "train.ema=1.0 must be in [0, 1) (0 turns it off)"),
-        ("block size 0", [*lm, "--set", "model.block_size=0"], "model.block_size"),
-        ("batch size 0", [*lm, "--set", "train.batch_size=0"], "train.batch_size"),
-        ("unknown preset", ["train", "lm", "--preset", "huge"], "unknown preset 'huge'"),
-        ("unknown --set key", [*lm, "--set", "model.width=3"], "unknown config key 'model.width'"),
-        ("wrong --set type", [*lm, "--set", "model.n_layer=two"], "'two' is not a valid int"),
-        ("malformed --set", [*lm, "--set", "model.n_layer"], "section.key=value"),
-        ("derived key", [*lm, "--set", "model.vocab_size=3"], "derived"),
-        ("unwritable out", [*lm, "--out", locked / "run"], "cannot be written"),
-        ("missing --config", [*lm, "--config", tmp / "nope.json"], f"--config {tmp / 'nope.json'}: no such file"),
-        ("--config of a folder without a config", [*lm, "--config", tmp / "nockpt"],
-         f"--config {tmp / 'nockpt'} is a folder without a config.json"),
-        ("--config of another task", ["train", "reverse", "--config", lm_run / "config.json"],
-         f"--config {lm_run / 'config.json'} is a config for task 'lm', not 'reverse'"),
-        ("--config with a string for an int", [*lm, "--config", tmp / "str_int.json"],
-         "str_int.json: model.n_layer='2' has type str, expected int"),
-        ("--config of a reverse task", ["train", "reverse", "--config", tmp / "lm_task.json"],
-         "lm_task.json is a config for task 'lm', not 'reverse'"),
-        ("--config holding a list", [*lm, "--config", tmp / "list.json"],
-         "list.json must hold a JSON object, not list"),
-        ("--config with an unknown key", [*lm, "--config", tmp / "typo.json"],
-         "typo.json: unknown config key 'model.n_layers'; did you mean model.n_layer? known keys: model.n_layer,"),
-        ("--config with an unknown section", [*lm, "--config", tmp / "section.json"],
-         "section.json: unknown config section(s) ['modle']"),
-        ("--config cut short", [*lm, "--config", tmp / "cut.json"], "cut.json is not a valid config: Expecting"),
-        ("--config setting the other task's key", [*lm, "--config", tmp / "other_task.json"],
-         "other_task.json: data.max_len is a setting of the reverse task; the lm task does not use it"),
-        ("--set of the other task's key", [*lm, "--set", "data.max_len=7"],
-         "data.max_len is a setting of the reverse task; the lm task does not use it"),
-        ("--set of the other task's key (reverse)", ["train", "reverse", "--set", "data.eval_windows=3"],
-         "data.eval_windows is a setting of the lm task; the reverse task does not use it"),
-        # ~16e9 parameters (under config's limit): ~260 GB of weights, gradients and AdamW moments
-        ("model too big for memory", [*lm, "--set", "model.n_layer=5", "--set", "model.d_model=16384",
-                                      "--set", "model.d_ff=65536", "--out", tmp / "big"],
-         "training this model (model.n_layer=5, model.d_model=16384, model.d_ff=65536, model.block_size=16: "
-         "16,107,"),
-        ("coordinator not HOST:PORT", [*lm, "--coordinator", "host:99999", "--num-processes", "2", "--process-id", "0"],
-         "--coordinator 'host:99999' is not HOST:PORT (a host name or address, a port 1-65535)"),
-        ("eval text with unknown characters", ["eval", lm_run, "--data", tmp / "latin1.txt"], "not UTF-8"),
-        ("eval text outside the vocabulary", ["eval", lm_run, "--data", tmp / "foreign.txt"],
-         "foreign.txt holds 3 character(s) the model has no token for ('S', 'Z', 'ß'); it knows the 29 characters"),
-        ("eval text shorter than a window", ["eval", lm_run, "--data", tmp / "short.txt"],
-         "short.txt has 12 tokens; the model reads windows of model.block_size=16, so it needs at least 17"),
-        ("eval text on a reverse run", ["eval", rev_run, "--data", tmp / "short.txt"], "--data is for lm runs"),
-        ("beam too wide", ["eval", rev_run, "--beam", "100000"], "argument --beam: '100000' must be at most 64"),
-        ("sample longer than int32 positions", ["sample", lm_run, "--tokens", "3000000000"],
-         "argument --tokens: '3000000000' must be at most 1,000,000,000"),
-        ("existing run without --resume", [*lm, "--out", lm_run], "already holds a run"),
-        ("unknown task", ["train", "translate"], "invalid choice"),
-        ("bad temperature", ["sample", lm_run, "--temperature", "-1"], "--temperature"),
-        ("lm options on a reverse run", ["sample", rev_run, "--input", "1 2", "--temperature", "0", "--no-cache"],
-         "--temperature, --no-cache are for lm runs; reverse runs take --input, --beam"),
-        ("a seed on a reverse run", ["sample", rev_run, "--input", "1 2", "--seed", "0"],
-         "--seed is for lm runs; reverse runs take --input, --beam"),
-        ("--beam on an lm run", ["sample", lm_run, "--beam", "2"],
-         "--beam is for reverse runs; lm runs take --prompt, --tokens"),
-        ("eval --beam on an lm run", ["eval", lm_run, "--beam", "2"],
-         "--beam is for reverse runs; lm runs take --data"),
-        ("eval --data --beam on an lm run", ["eval", lm_run, "--data", corpus, "--beam", "1"],
-         "--beam is for reverse runs; lm runs take --data"),
-        ("bad top-p", ["sample", lm_run, "--top-p", "0"], "--top-p"),
-        ("compare runs of two tasks", ["plot", lm_run, rev_run, "--out", tmp / "c.png"],
-         "the runs are of different tasks (lm, reverse); compare runs of one task"),
-        ("compare with a missing run", ["plot", lm_run, tmp / "missing", "--out", tmp / "c.png"],
-         f"run folder {tmp / 'missing'} does not exist"),
-        ("compare with a run just started", ["plot", lm_run, tmp / "started", "--out", tmp / "c.png"],
-         f"{tmp / 'started'} has no metrics.jsonl: no training steps logged yet"),
-        ("compare into a missing folder", ["plot", lm_run, lm_run, "--out", tmp / "no" / "c.png"],
-         f"folder {tmp / 'no'} for {tmp / 'no' / 'c.png'} does not exist"),
-        ("compare into a non-png", ["plot", lm_run, lm_run, "--out", tmp / "c.jpg"], "must end in .png"),
-        ("--out with one run", ["plot", lm_run, "--out", tmp / "c.png"], "--out"),
-        ("compare a run whose summary is cut short", ["plot", lm_run, nosummary, "--out", tmp / "c.png"],
-         f"{nosummary / 'summary.json'} is not JSON (Expecting "),
-        ("unknown optimizer", [*lm, "--set", "optim.name=sgd"], "optim.name='sgd' is not one of adamw, muon"),
-        ("zero muon lr", [*lm, "--set", "optim.name=muon", "--set", "optim.muon_lr=0"],
-         "optim.muon_lr=0.0 must be > 0"),
-        ("decay fraction over 1", [*lm, "--set", "optim.schedule=wsd", "--set", "optim.decay_fraction=1.5"],
-         "optim.decay_fraction=1.5 must be in (0, 1]"),
-    ]
+    if os.geteuid() == 0:  # root ignores directory permissions, but not a path below a regular file
+        unwritable = tmp / "a-file"
+        unwritable.write_text("x")
+    else:
+        unwritable = tmp / "locked"
+        unwritable.mkdir()
+        os.chmod(unwritable, stat.S_IRUSR | stat.S_IXUSR)
+    return SimpleNamespace(
+        tmp=tmp, lm_run=lm_run, rev_run=rev_run, corpus=corpus, broken=broken, trunc=trunc, garbled=garbled,
+        nosummary=nosummary, unwritable=unwritable, lm=["train", "lm", "--data", corpus, "--no-progress", *LM_TINY],
+        # paths a refused command must not create
+        not_made=[tmp / "nockpt" / "config.json", tmp / "nockpt" / "checkpoints", tmp / "new", tmp / "tok2",
+                  tmp / "big", tmp / "c.png", tmp / "c.jpg"])
 
 
-def test_bad_inputs_give_one_clear_line(tmp_path, lm_run, rev_run, corpus, capsys):
-    if os.geteuid() == 0:
-        pass  # root ignores directory permissions; the unwritable case is checked below by a file
-    failures = []
-    before = sorted(p.name for p in lm_run.rglob("*"))
-    for name, args, match in _bad_inputs(tmp_path, lm_run, rev_run, corpus):
-        if name == "unwritable out" and os.geteuid() == 0:
-            blocker = tmp_path / "a-file"
-            blocker.write_text("x")
-            args = [*args[:-1], blocker / "run"]  # a path below a regular file cannot be created, even by root
-        code, out, err = cli(capsys, *args)
-        lines = err.strip().splitlines()
-        if code != 2 or len(lines) != 1 or match not in lines[0] or "Traceback" in err:
-            failures.append(f"{name}: exit {code}, stderr {err!r}")
-    assert not failures, "\n".join(failures)
-    assert sorted(p.name for p in lm_run.rglob("*")) == before  # nothing written into the existing run
-    assert not (tmp_path / "nockpt" / "config.json").exists() and not (tmp_path / "nockpt" / "checkpoints").exists()
-    assert not (tmp_path / "new").exists() and not (tmp_path / "tok2").exists()
-    assert not (tmp_path / "big").exists()  # refused before the run folder is made
-    assert not (tmp_path / "c.png").exists() and not (tmp_path / "c.jpg").exists()
+def _case(case_id, make):
+    """One bad input: make(f), f being `bad_input_files`, gives the command's arguments and
+    a text its one line of error must hold."""
+    return pytest.param(make, id=case_id)
+
+
+BAD_INPUTS = [
+    _case("missing-data", lambda f: (["train", "lm", "--data", f.tmp / "nope.txt"], "no such file")),
+    _case("empty-data", lambda f: (["train", "lm", "--data", f.tmp / "empty.txt"], "empty")),
+    _case("binary-data", lambda f: (["train", "lm", "--data", f.tmp / "binary.txt"], "binary")),
+    _case("non-utf8-data", lambda f: (["train", "lm", "--data", f.tmp / "latin1.txt"], "not UTF-8")),
+    _case("text-shorter-than-a-block", lambda f: (["train", "lm", "--data", f.tmp / "short.txt"], "block")),
+    _case("token-folder-without-its-files",
+          lambda f: (["train", "lm", "--data", f.tmp / "tok-empty"],
+                     f"--data {f.tmp / 'tok-empty'} lacks train.bin, val.bin, tokenizer.json, meta.json")),
+    _case("truncated-token-file",
+          lambda f: (["train", "lm", "--data", f.broken["cut"]],
+                     f"--data {f.broken['cut']}: train.bin has ")),
+    _case("tokenizer-file-that-does-not-load",
+          lambda f: (["train", "lm", "--data", f.broken["badtok"]],
+                     f"{f.broken['badtok'] / 'tokenizer.json'} is not a tokenizer this version reads")),
+    _case("vocabulary-too-large-for-its-dtype",
+          lambda f: (["train", "lm", "--data", f.broken["wide"]],
+                     "a vocabulary of 70000 symbols does not fit uint16")),
+    _case("resume-on-other-data",
+          lambda f: ([*f.lm, "--steps", "40", "--resume", "--out", f.lm_run, "--data", f.tmp / "tok"],
+                     f"--data {f.tmp / 'tok'}: cannot resume on it, the run was trained on {f.corpus.resolve()}")),
+    _case("prepare-into-an-existing-folder",
+          lambda f: (["prepare", f.corpus, "--out", f.tmp / "tok"],
+                     "already exists")),
+    _case("prepare-a-missing-text",
+          lambda f: (["prepare", f.tmp / "nope.txt", "--out", f.tmp / "tok3"],
+                     f"scratchformer: error: {f.tmp / 'nope.txt'}: no such file")),
+    _case("prepare-bpe-without-a-size",
+          lambda f: (["prepare", f.corpus, "--out", f.tmp / "tok2", "--tokenizer", "bpe"],
+                     "--tokenizer bpe needs --vocab-size N")),
+    _case("prepare-holding-out-one-token",
+          lambda f: (["prepare", f.tmp / "short.txt", "--out", f.tmp / "tok2", "--val-fraction", "0.05"],
+                     "--val-fraction 0.05 leaves the validation split 1 of the text's 12 tokens; it needs 2 or more")),
+    _case("prepare-holding-out-everything",
+          lambda f: (["prepare", f.corpus, "--out", f.tmp / "tok2", "--val-fraction", "1"],
+                     "argument --val-fraction: '1' must be < 1")),
+    _case("prepare-bpe-with-a-tiny-vocabulary",
+          lambda f: (["prepare", f.corpus, "--out", f.tmp / "tok2", "--tokenizer", "bpe", "--vocab-size", "5"],
+                     "argument --vocab-size: '5' must be >= 257")),
+    _case("prepare-with-a-runs-tokenizer-and-a-size",
+          lambda f: (["prepare", f.corpus, "--out", f.tmp / "tok2", "--tokenizer-from", f.lm_run, "--vocab-size",
+                      "300"],
+                     "--tokenizer-from takes the run's tokenizer; leave out --tokenizer, --vocab-size and --gpt2")),
+    _case("prepare-with-a-missing-runs-tokenizer",
+          lambda f: (["prepare", f.corpus, "--out", f.tmp / "tok2", "--tokenizer-from", f.tmp / "missing"],
+                     f"--tokenizer-from run folder {f.tmp / 'missing'}")),
+    _case("prepare-with-a-reverse-runs-tokenizer",
+          lambda f: (["prepare", f.corpus, "--out", f.tmp / "tok2", "--tokenizer-from", f.rev_run],
+                     "is a reverse run; --tokenizer-from takes lm runs only")),
+    _case("prepare-a-text-the-runs-characters-do-not-cover",
+          lambda f: (["prepare", f.tmp / "foreign.txt", "--out", f.tmp / "tok2", "--tokenizer-from", f.lm_run],
+                     f"{f.tmp / 'foreign.txt'}: 3 characters ('S', 'Z', 'ß') are not in the model's vocabulary")),
+    _case("not-a-number",
+          lambda f: (["prepare", f.corpus, "--out", f.tmp / "tok2", "--val-fraction", "nan"],
+                     "argument --val-fraction: 'nan' is not a finite number")),
+    _case("prompt-char-out-of-vocab", lambda f: (["sample", f.lm_run, "--prompt", "hello Z"], "'Z'")),
+    _case("escaped-newline-in-prompt",
+          lambda f: (["sample", f.lm_run, "--prompt", "the\\n"],
+                     "--prompt \"the\\n\" holds a backslash, which is not in the model's vocabulary; for a "
+                     "newline, pass a real one (bash: --prompt $'ROMEO:\\n')")),
+    _case("unknown-symbol", lambda f: (["sample", f.rev_run, "--input", "1 2 99"], "'99'")),
+    _case("negative-symbol", lambda f: (["sample", f.rev_run, "--input", "1 -2"], "'-2'")),
+    _case("input-too-long", lambda f: (["sample", f.rev_run, "--input", "1 2 3 4 5 6 7"], "at most 6")),
+    _case("eval-without-checkpoint", lambda f: (["eval", f.tmp / "nockpt"], "no checkpoint")),
+    _case("sample-without-checkpoint", lambda f: (["sample", f.tmp / "nockpt"], "no checkpoint")),
+    _case("eval-of-a-missing-folder", lambda f: (["eval", f.tmp / "missing"], "does not exist")),
+    _case("eval-of-a-missing-checkpoint-file",
+          lambda f: (["eval", f.tmp / "nockpt" / "step_00000010.safetensors"],
+                     f"checkpoint file {f.tmp / 'nockpt' / 'step_00000010.safetensors'} does not exist")),
+    _case("eval-of-a-file-that-is-no-checkpoint",
+          lambda f: (["eval", f.lm_run / "config.json"],
+                     f"{f.lm_run / 'config.json'} is a file, not a run folder or a .safetensors checkpoint")),
+    _case("resume-without-checkpoint",
+          lambda f: ([*f.lm, "--resume", "--out", f.tmp / "nockpt"],
+                     "no checkpoint to resume")),
+    _case("resume-saved-config",
+          lambda f: (["train", "lm", "--resume", "--out", f.tmp / "nockpt"],
+                     "no checkpoint to resume")),
+    _case("resume-into-a-new-folder",
+          lambda f: ([*f.lm, "--resume", "--out", f.tmp / "new"],
+                     f"cannot resume: {f.tmp / 'new'} does not exist")),
+    _case("resume-saved-config-new-folder",
+          lambda f: (["train", "lm", "--resume", "--out", f.tmp / "new"],
+                     f"cannot resume: {f.tmp / 'new'} does not exist")),
+    _case("resume-into-a-file",
+          lambda f: ([*f.lm, "--resume", "--out", f.corpus],
+                     f"cannot resume: {f.corpus} is a file, not a run folder")),
+    _case("resume-with-another-config",
+          lambda f: ([*f.lm, "--resume", "--out", f.lm_run, "--set", "model.n_layer=2"],
+                     "different config (model.n_layer: 1 -> 2); a resumed run keeps its config: leave out "
+                     "--preset, --config, --set, --steps and --seed")),
+    _case("truncated-checkpoint", lambda f: (["eval", f.trunc], "truncated or corrupted")),
+    _case("resume-from-a-garbled-header",
+          lambda f: (["train", "lm", "--resume", "--out", f.garbled],
+                     "truncated or corrupted")),
+    _case("d-model-not-divisible",
+          lambda f: ([*f.lm, "--set", "model.d_model=30", "--set", "model.n_head=4"],
+                     "not divisible")),
+    _case("rope-with-an-odd-head-width",
+          lambda f: ([*f.lm, "--set", "model.positions=rope", "--set", "model.d_model=30"],
+                     "the head width model.d_model / model.n_head = 30 / 2 must be even")),
+    _case("unknown-positions",
+          lambda f: ([*f.lm, "--set", "model.positions=alibi"],
+                     "model.positions='alibi' is not one of learned, sinusoidal, rope")),
+    _case("zero-lr", lambda f: ([*f.lm, "--set", "optim.lr=0"], "optim.lr=0.0")),
+    _case("negative-lr", lambda f: ([*f.lm, "--set", "optim.lr=-1e-3"], "optim.lr")),
+    _case("warmup-longer-than-training",
+          lambda f: ([*f.lm, "--steps", "10", "--set", "optim.warmup_steps=50"],
+                     "optim.warmup_steps=50 must be smaller than train.steps=10 (for a short run, also pass --set")),
+    _case("dropout-1", lambda f: ([*f.lm, "--set", "model.dropout=1.0"], "model.dropout")),
+    _case("negative-dropout", lambda f: ([*f.lm, "--set", "model.dropout=-0.1"], "model.dropout")),
+    _case("ema-decay-1",
+          lambda f: ([*f.lm, "--set", "train.ema=1"],
+                     "train.ema=1.0 must be in [0, 1) (0 turns it off)")),
+    _case("block-size-0", lambda f: ([*f.lm, "--set", "model.block_size=0"], "model.block_size")),
+    _case("batch-size-0", lambda f: ([*f.lm, "--set", "train.batch_size=0"], "train.batch_size")),
+    _case("unknown-preset", lambda f: (["train", "lm", "--preset", "huge"], "unknown preset 'huge'")),
+    _case("unknown-set-key", lambda f: ([*f.lm, "--set", "model.width=3"], "unknown config key 'model.width'")),
+    _case("wrong-set-type", lambda f: ([*f.lm, "--set", "model.n_layer=two"], "'two' is not a valid int")),
+    _case("malformed-set", lambda f: ([*f.lm, "--set", "model.n_layer"], "section.key=value")),
+    _case("derived-key", lambda f: ([*f.lm, "--set", "model.vocab_size=3"], "derived")),
+    _case("unwritable-out", lambda f: ([*f.lm, "--out", f.unwritable / "run"], "cannot be written")),
+    _case("missing-config",
+          lambda f: ([*f.lm, "--config", f.tmp / "nope.json"],
+                     f"--config {f.tmp / 'nope.json'}: no such file")),
+    _case("config-of-a-folder-without-a-config",
+          lambda f: ([*f.lm, "--config", f.tmp / "nockpt"],
+                     f"--config {f.tmp / 'nockpt'} is a folder without a config.json")),
+    _case("config-of-another-task",
+          lambda f: (["train", "reverse", "--config", f.lm_run / "config.json"],
+                     f"--config {f.lm_run / 'config.json'} is a config for task 'lm', not 'reverse'")),
+    _case("config-with-a-string-for-an-int",
+          lambda f: ([*f.lm, "--config", f.tmp / "str_int.json"],
+                     "str_int.json: model.n_layer='2' has type str, expected int")),
+    _case("config-of-a-reverse-task",
+          lambda f: (["train", "reverse", "--config", f.tmp / "lm_task.json"],
+                     "lm_task.json is a config for task 'lm', not 'reverse'")),
+    _case("config-holding-a-list",
+          lambda f: ([*f.lm, "--config", f.tmp / "list.json"],
+                     "list.json must hold a JSON object, not list")),
+    _case("config-with-an-unknown-key",
+          lambda f: ([*f.lm, "--config", f.tmp / "typo.json"],
+                     "typo.json: unknown config key 'model.n_layers'; did you mean model.n_layer? known keys: "
+                     "model.n_layer,")),
+    _case("config-with-an-unknown-section",
+          lambda f: ([*f.lm, "--config", f.tmp / "section.json"],
+                     "section.json: unknown config section(s) ['modle']")),
+    _case("config-cut-short",
+          lambda f: ([*f.lm, "--config", f.tmp / "cut.json"],
+                     "cut.json is not a valid config: Expecting")),
+    _case("config-setting-the-other-tasks-key",
+          lambda f: ([*f.lm, "--config", f.tmp / "other_task.json"],
+                     "other_task.json: data.max_len is a setting of the reverse task; the lm task does not use it")),
+    _case("set-of-the-other-tasks-key",
+          lambda f: ([*f.lm, "--set", "data.max_len=7"],
+                     "data.max_len is a setting of the reverse task; the lm task does not use it")),
+    _case("set-of-the-other-tasks-key-reverse",
+          lambda f: (["train", "reverse", "--set", "data.eval_windows=3"],
+                     "data.eval_windows is a setting of the lm task; the reverse task does not use it")),
+    # ~16e9 parameters (under config's limit): ~260 GB of weights, gradients and AdamW moments
+    _case("model-too-big-for-memory",
+          lambda f: ([*f.lm, "--set", "model.n_layer=5", "--set", "model.d_model=16384", "--set", "model.d_ff=65536",
+                      "--out", f.tmp / "big"],
+                     "training this model (model.n_layer=5, model.d_model=16384, model.d_ff=65536, "
+                     "model.block_size=16: 16,107,")),
+    _case("coordinator-not-host-port",
+          lambda f: ([*f.lm, "--coordinator", "host:99999", "--num-processes", "2", "--process-id", "0"],
+                     "--coordinator 'host:99999' is not HOST:PORT (a host name or address, a port 1-65535)")),
+    _case("eval-text-with-unknown-characters",
+          lambda f: (["eval", f.lm_run, "--data", f.tmp / "latin1.txt"],
+                     "not UTF-8")),
+    _case("eval-text-outside-the-vocabulary",
+          lambda f: (["eval", f.lm_run, "--data", f.tmp / "foreign.txt"],
+                     "foreign.txt holds 3 character(s) the model has no token for ('S', 'Z', 'ß'); it knows the 29 "
+                     "characters")),
+    _case("eval-text-shorter-than-a-window",
+          lambda f: (["eval", f.lm_run, "--data", f.tmp / "short.txt"],
+                     "short.txt has 12 tokens; the model reads windows of model.block_size=16, so it needs at "
+                     "least 17")),
+    _case("eval-text-on-a-reverse-run",
+          lambda f: (["eval", f.rev_run, "--data", f.tmp / "short.txt"],
+                     "--data is for lm runs")),
+    _case("beam-too-wide",
+          lambda f: (["eval", f.rev_run, "--beam", "100000"],
+                     "argument --beam: '100000' must be at most 64")),
+    _case("sample-longer-than-int32-positions",
+          lambda f: (["sample", f.lm_run, "--tokens", "3000000000"],
+                     "argument --tokens: '3000000000' must be at most 1,000,000,000")),
+    _case("existing-run-without-resume", lambda f: ([*f.lm, "--out", f.lm_run], "already holds a run")),
+    _case("unknown-task", lambda f: (["train", "translate"], "invalid choice")),
+    _case("bad-temperature", lambda f: (["sample", f.lm_run, "--temperature", "-1"], "--temperature")),
+    _case("lm-options-on-a-reverse-run",
+          lambda f: (["sample", f.rev_run, "--input", "1 2", "--temperature", "0", "--no-cache"],
+                     "--temperature, --no-cache are for lm runs; reverse runs take --input, --beam")),
+    _case("a-seed-on-a-reverse-run",
+          lambda f: (["sample", f.rev_run, "--input", "1 2", "--seed", "0"],
+                     "--seed is for lm runs; reverse runs take --input, --beam")),
+    _case("beam-on-an-lm-run",
+          lambda f: (["sample", f.lm_run, "--beam", "2"],
+                     "--beam is for reverse runs; lm runs take --prompt, --tokens")),
+    _case("eval-beam-on-an-lm-run",
+          lambda f: (["eval", f.lm_run, "--beam", "2"],
+                     "--beam is for reverse runs; lm runs take --data")),
+    _case("eval-data-beam-on-an-lm-run",
+          lambda f: (["eval", f.lm_run, "--data", f.corpus, "--beam", "1"],
+                     "--beam is for reverse runs; lm runs take --data")),
+    _case("bad-top-p", lambda f: (["sample", f.lm_run, "--top-p", "0"], "--top-p")),
+    _case("compare-runs-of-two-tasks",
+          lambda f: (["plot", f.lm_run, f.rev_run, "--out", f.tmp / "c.png"],
+                     "the runs are of different tasks (lm, reverse); compare runs of one task")),
+    _case("compare-with-a-missing-run",
+          lambda f: (["plot", f.lm_run, f.tmp / "missing", "--out", f.tmp / "c.png"],
+                     f"run folder {f.tmp / 'missing'} does not exist")),
+    _case("compare-with-a-run-just-started",
+          lambda f: (["plot", f.lm_run, f.tmp / "started", "--out", f.tmp / "c.png"],
+                     f"{f.tmp / 'started'} has no metrics.jsonl: no training steps logged yet")),
+    _case("compare-into-a-missing-folder",
+          lambda f: (["plot", f.lm_run, f.lm_run, "--out", f.tmp / "no" / "c.png"],
+                     f"folder {f.tmp / 'no'} for {f.tmp / 'no' / 'c.png'} does not exist")),
+    _case("compare-into-a-non-png",
+          lambda f: (["plot", f.lm_run, f.lm_run, "--out", f.tmp / "c.jpg"],
+                     "must end in .png")),
+    _case("out-with-one-run", lambda f: (["plot", f.lm_run, "--out", f.tmp / "c.png"], "--out")),
+    _case("compare-a-run-whose-summary-is-cut-short",
+          lambda f: (["plot", f.lm_run, f.nosummary, "--out", f.tmp / "c.png"],
+                     f"{f.nosummary / 'summary.json'} is not JSON (Expecting ")),
+    _case("unknown-optimizer",
+          lambda f: ([*f.lm, "--set", "optim.name=sgd"],
+                     "optim.name='sgd' is not one of adamw, muon")),
+    _case("zero-muon-lr",
+          lambda f: ([*f.lm, "--set", "optim.name=muon", "--set", "optim.muon_lr=0"],
+                     "optim.muon_lr=0.0 must be > 0")),
+    _case("decay-fraction-over-1",
+          lambda f: ([*f.lm, "--set", "optim.schedule=wsd", "--set", "optim.decay_fraction=1.5"],
+                     "optim.decay_fraction=1.5 must be in (0, 1]")),
+]
+
+
+@pytest.mark.parametrize("make", BAD_INPUTS)
+def test_bad_input_gives_one_clear_line(make, bad_input_files, capsys):
+    """Exit code 2, one line on stderr holding the expected text, no traceback, and nothing
+    written: not into the existing run, and none of the paths a command would have made."""
+    args, match = make(bad_input_files)
+    run_files = sorted(p.name for p in bad_input_files.lm_run.rglob("*"))
+    code, _, err = cli(capsys, *args)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and match in lines[0] and "Traceback" not in err, \
+        f"exit {code}, stderr {err!r}"
+    assert sorted(p.name for p in bad_input_files.lm_run.rglob("*")) == run_files
+    # "big" (model too big for memory) is refused before its run folder is made
+    assert [p for p in bad_input_files.not_made if p.exists()] == []
 
 
 def test_prepare_with_a_runs_tokenizer_makes_data_to_fine_tune_it_on(tmp_path, lm_run, corpus, capsys):
@@ -656,8 +725,6 @@ def test_prepare_with_a_runs_tokenizer_makes_data_to_fine_tune_it_on(tmp_path, l
     differ): prepare --tokenizer-from writes token files with the run's own, which
     --init-from then accepts (its 16 positions are fewer than gpt2-finetune's 256: taken as
     they are)."""
-    from scratchformer import runs
-    from scratchformer.data.tokens import TokenFiles, prepare
     text = tmp_path / "other.txt"
     text.write_text("a lazy dog.\n" * 100)  # fewer characters than the run's
     code, _, err = cli(capsys, "prepare", text, "--out", tmp_path / "tok", "--tokenizer-from", lm_run)
@@ -675,7 +742,6 @@ def test_prepare_with_a_runs_tokenizer_makes_data_to_fine_tune_it_on(tmp_path, l
 def test_sample_too_long_for_memory_is_one_line(monkeypatch, lm_run, capsys):
     """A sample holds its ids, 4 bytes a token, three times (the input, the loop's buffer,
     the output): a billion tokens need ~12 GB, refused where less is free (here 2 GB)."""
-    from scratchformer import memory
     monkeypatch.setattr(memory, "host_available_bytes", lambda: 2_000_000_000)
     code, _, err = cli(capsys, "sample", lm_run, "--tokens", "1000000000")
     assert code == 2 and err.count("\n") == 1, err
@@ -685,13 +751,10 @@ def test_sample_too_long_for_memory_is_one_line(monkeypatch, lm_run, capsys):
 def test_xla_out_of_memory_is_one_line(monkeypatch, capsys):
     """What memory.check_fits cannot foresee: XLA's own RESOURCE_EXHAUSTED, raised
     inside any command, is one line and exit 2; other runtime errors keep their traceback."""
-    import jax
-
-    from scratchformer import cli as cli_module
 
     def oom(a):
         raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 6388100005000 bytes.\nmore")
-    monkeypatch.setattr(cli_module, "cmd_bench", oom)
+    monkeypatch.setitem(cli_module.RUN, "bench", oom)
     assert cli(capsys, "bench")[1:] == ("", "scratchformer: error: out of memory (RESOURCE_EXHAUSTED: Out of memory "
                                             "allocating 6388100005000 bytes.); choose a smaller model, batch or "
                                             "sample\n")
@@ -719,9 +782,6 @@ def test_batch_not_divisible_by_devices(tmp_path, corpus):
 def test_eval_finds_and_checks_the_runs_text(tmp_path, corpus, capsys):
     """`eval` re-reads the text a run trained on (its validation split): a moved file, a
     changed file and a run trained from a Python string each give one line saying so."""
-    from scratchformer.config import make_config
-    from scratchformer.tasks import LMTask
-    from scratchformer.train import fit
 
     text = tmp_path / "mine.txt"
     shutil.copy(corpus, text)
@@ -749,7 +809,6 @@ def test_eval_finds_and_checks_the_runs_text(tmp_path, corpus, capsys):
 def test_train_config_file_repeats_a_run_and_layers_under_set(tmp_path, rev_run, capsys):
     """`--config` with a run's config.json trains that run again (same config, same
     metrics, line for line); a partial file is applied after the preset, --set after it."""
-    from scratchformer.config import make_config, overrides_from_file
     again = tmp_path / "again"
     assert cli(capsys, "train", "reverse", "--config", rev_run / "config.json", "--out", again, "--no-progress")[0] == 0
     assert (again / "config.json").read_text() == (rev_run / "config.json").read_text()

@@ -7,8 +7,9 @@ import json
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from scratchformer.config import ModelConfig, make_config, overrides_from_file
+from scratchformer.config import ModelConfig
 from scratchformer.errors import ConfigError
+from scratchformer.runconfig import make_config, overrides_from_file
 from scratchformer.tasks import TASKS
 
 PRESETS = {name: task.presets for name, task in TASKS.items()}

@@ -7,10 +7,11 @@ import pytest
 
 from scratchformer import checkpoint as ckpt
 from scratchformer.checkpoint import flatten
-from scratchformer.config import make_config
+from scratchformer.loop import fit
+from scratchformer.runconfig import make_config
 from scratchformer.runs import load
 from scratchformer.tasks import LMTask
-from scratchformer.train import fit, init_state, make_train_step
+from scratchformer.train import init_state, make_train_step
 
 from conftest import TINY_MODEL
 

@@ -8,9 +8,9 @@ import json
 import pytest
 from safetensors.numpy import save as st_save
 
-from scratchformer import checkpoint as ckpt
-from scratchformer import errors
+from scratchformer import checkpoint as ckpt, errors
 from scratchformer.cli import main
+from scratchformer.files import strict_json
 
 from test_cli import REV_TINY, cli
 
@@ -31,14 +31,14 @@ def test_a_bug_keeps_its_traceback(monkeypatch, capsys, bug):
 
     def broken(a):
         raise bug
-    monkeypatch.setattr(cli_module, "cmd_plot", broken)
+    monkeypatch.setitem(cli_module.RUN, "plot", broken)
     with pytest.raises(type(bug)):
         main(["plot", "runs/any"])
     assert "scratchformer: error" not in capsys.readouterr().err
 
 
 def test_library_errors_name_the_value_and_the_command_line_adds_the_flag(tmp_path, capsys):
-    from scratchformer.config import make_config
+    from scratchformer.runconfig import make_config
     from scratchformer.tasks import LMTask
     missing = tmp_path / "nope.txt"
     with pytest.raises(errors.DataError) as e:
@@ -68,7 +68,7 @@ def test_a_run_folder_of_config_format_1_still_opens(tmp_path, capsys):
     for path in (run / ckpt.CKPT_DIR).glob("*.safetensors"):
         tensors, meta = ckpt.read(path)
         meta["config"] = _to_format_1(meta["config"])
-        path.write_bytes(st_save(tensors, metadata={"scratchformer": ckpt.strict_json(meta)}))
+        path.write_bytes(st_save(tensors, metadata={"scratchformer": strict_json(meta)}))
 
     assert json.loads(cli(capsys, "eval", run, "--json")[1]) == before
     assert cli(capsys, "plot", run)[0] == 0

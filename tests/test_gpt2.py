@@ -15,14 +15,14 @@ import transformers
 
 from scratchformer import runs
 from scratchformer.cli import main
-from scratchformer.config import make_config
-from scratchformer.gpt2 import save_weights_run
+from scratchformer.data.bpe import BpeTokenizer
 from scratchformer.data.text import CharTokenizer
+from scratchformer.decode import generate
+from scratchformer.gpt2 import save_weights_run
+from scratchformer.models import lm_forward
+from scratchformer.runconfig import make_config
 from scratchformer.tasks.lm import LMTask
 from scratchformer.tasks.reverse import ReverseTask
-from scratchformer.data.bpe import BpeTokenizer
-from scratchformer.decode import generate
-from scratchformer.models import lm_forward
 
 SHAPES = {  # n_positions, n_embd, n_layer, n_head, and the options that differ from GPT-2's defaults
     "gpt2-like": dict(n_positions=64, n_embd=32, n_layer=2, n_head=4),  # dropout 0.1, gelu_new, tied

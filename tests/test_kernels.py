@@ -16,7 +16,7 @@ from scratchformer.config import ModelConfig
 from scratchformer.data import reverse
 from scratchformer.loss import lm_loss, seq2seq_loss
 from scratchformer.models import init_cache, init_encdec, init_lm, lm_forward
-from scratchformer.optim import global_norm
+from scratchformer.optim.adamw import global_norm
 
 from conftest import float64
 

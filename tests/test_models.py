@@ -8,16 +8,26 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from scratchformer import config
 from scratchformer.checkpoint import flatten
-from scratchformer.config import ModelConfig, make_config
+from scratchformer.config import ModelConfig
 from scratchformer.data import reverse
 from scratchformer.loss import lm_loss, seq2seq_loss
-from scratchformer.models import (ACTIVATIONS, NORMS, PAD_ID, encdec_forward, encode, init_cache, init_encdec,
-                                  init_lm, lm_attention, lm_forward)
+from scratchformer.models import (
+    ACTIVATION_FUNCTIONS,
+    NORM_LAYERS,
+    PAD_ID,
+    encdec_forward,
+    encode,
+    init_cache,
+    init_encdec,
+    init_lm,
+    lm_attention,
+    lm_forward,
+)
+from scratchformer.runconfig import make_config
 from scratchformer.train import init_state, make_train_step
 
 from conftest import float64
@@ -140,7 +150,7 @@ def test_block_options_gradients_match_finite_differences_and_stay_causal():
 
 def test_block_option_values_are_the_configs():
     """config.py validates the names that models.py looks up; the two lists agree."""
-    assert tuple(NORMS) == config.NORMS and tuple(ACTIVATIONS) == config.ACTIVATIONS
+    assert tuple(NORM_LAYERS) == config.NORMS and tuple(ACTIVATION_FUNCTIONS) == config.ACTIVATIONS
 
 
 @pytest.mark.parametrize("init,cfg,n_zeroed", [(init_lm, LM_CFG, 2 * 2), (init_encdec, ED_CFG, 2 * 2 + 2 * 3)])

@@ -11,9 +11,16 @@ import pytest
 
 from scratchformer.config import ModelConfig
 from scratchformer.models import init_encdec, init_lm
-from scratchformer.muon import (hybrid_init, hybrid_update, muon_init, muon_mask, muon_update, newton_schulz,
-                                shape_factor)
-from scratchformer.optim import adamw_init, adamw_update
+from scratchformer.optim.adamw import adamw_init, adamw_update
+from scratchformer.optim.muon import (
+    hybrid_init,
+    hybrid_update,
+    muon_init,
+    muon_mask,
+    muon_update,
+    newton_schulz,
+    shape_factor,
+)
 
 from conftest import float64
 

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from scratchformer.optim import adamw_init, adamw_update, clip_by_global_norm, decay_mask, global_norm
+from scratchformer.optim.adamw import adamw_init, adamw_update, clip_by_global_norm, decay_mask, global_norm
 
 from conftest import float64
 

@@ -1,5 +1,5 @@
-"""The optimizers a config names: AdamW is optim.adamw_update as before; Muon is the
-hybrid of muon.py with its own peak rate, momentum and weight decay, its rate
+"""The optimizers a config names: AdamW is optim.adamw.adamw_update; Muon is the
+hybrid of optim/muon.py with its own peak rate, momentum and weight decay, its rate
 following optim.lr's schedule."""
 
 import jax
@@ -7,11 +7,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from scratchformer.config import ConfigError, make_config
+from scratchformer import config, optim
+from scratchformer.config import ConfigError
 from scratchformer.models import init_lm
-from scratchformer.muon import HybridState, hybrid_init, hybrid_update, muon_mask
-from scratchformer.optim import AdamWState, adamw_init, adamw_update, decay_mask
-from scratchformer.optimizers import optimizer
+from scratchformer.optim import optimizer
+from scratchformer.optim.adamw import AdamWState, adamw_init, adamw_update, decay_mask
+from scratchformer.optim.muon import HybridState, hybrid_init, hybrid_update, muon_mask
+from scratchformer.runconfig import make_config
 
 from conftest import TINY_MODEL
 
@@ -84,3 +86,9 @@ def test_bad_settings_are_one_line_errors(key, value, match):
     with pytest.raises(ConfigError) as e:
         make_config("lm", "cpu-quick", {key: value})
     assert str(e.value) == match
+
+
+def test_every_name_config_accepts_is_built():
+    """config.py's tuples of names and optim's builders agree, both ways."""
+    assert set(optim._BUILD_OPTIMIZER) == set(config.OPTIMIZERS)
+    assert set(optim._BUILD_SCHEDULE) == set(config.SCHEDULES)

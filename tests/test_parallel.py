@@ -118,7 +118,7 @@ def test_two_processes_on_localhost_equal_one(corpus, single, tmp_path, streamed
         data, extra = str(tmp_path / "tok"), ["--set", "data.stream=on"]
     procs = []
     for pid in range(2):
-        cmd = [sys.executable, "-m", "scratchformer.cli", "train", "lm", "--data", data, "--out", str(out),
+        cmd = [sys.executable, "-m", "scratchformer", "train", "lm", "--data", data, "--out", str(out),
                *ARGS, *extra, "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(pid)]
         procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                       env={**os.environ, **devices(2)}))

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 from scratchformer import kernels, layers
-from scratchformer.config import ConfigError, ModelConfig, make_config
+from scratchformer.config import ConfigError, ModelConfig
 from scratchformer.models import init_lm, lm_forward
+from scratchformer.runconfig import make_config
 
 BF16 = jnp.dtype(jnp.bfloat16)
 

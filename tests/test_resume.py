@@ -18,6 +18,11 @@ import numpy as np
 import pytest
 
 from scratchformer import checkpoint as ckpt
+from scratchformer.data.tokens import prepare
+from scratchformer.runconfig import make_config
+from scratchformer.stop import StopRequest
+from scratchformer.tasks import LMTask
+from scratchformer.train import init_state, make_train_step
 
 from conftest import run_cli
 
@@ -29,13 +34,6 @@ ARGS = ["--steps", "200", "--no-progress", "--set", "model.n_layer=1", "--set", 
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    p = tmp_path_factory.mktemp("data") / "tiny.txt"
-    p.write_text("It is a far, far better thing that I do, than I have ever done.\n" * 60)
-    return p
-
-
-@pytest.fixture(scope="module")
 def reference(corpus, tmp_path_factory):
     """The uninterrupted run that the interrupted ones must reproduce."""
     ref = tmp_path_factory.mktemp("ref") / "run"
@@ -44,10 +42,10 @@ def reference(corpus, tmp_path_factory):
     return ref
 
 
-# `python -m scratchformer.cli`, with Ctrl-C armed as in an interactive shell even where
+# `python -m scratchformer`, with Ctrl-C armed as in an interactive shell even where
 # the shell that started the tests ignores SIGINT (children inherit that).
 _CLI = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
-        "sys.argv[0] = 'scratchformer'; runpy.run_module('scratchformer.cli', run_name='__main__')")
+        "sys.argv[0] = 'scratchformer'; runpy.run_module('scratchformer', run_name='__main__')")
 
 
 def _start(corpus, out, resume, data=True, args=ARGS, extra=()):
@@ -111,7 +109,6 @@ def test_kill9_and_resume_of_a_streamed_run_is_exact(corpus, tmp_path, reference
     """The same text as token files, its batches streamed from disk: killed twice and
     resumed, the run ends as the uninterrupted text-file run (the same batches, drawn from
     the same keys), byte for byte."""
-    from scratchformer.data.tokens import prepare
     prepare([corpus], tmp_path / "tok")
     out, resume = tmp_path / "streamed", False
     for attempt in range(3):
@@ -209,17 +206,19 @@ def test_resume_checks_the_text_it_continues_on(corpus, tmp_path):
 
 
 def test_nan_stops_with_message_and_keeps_last_good_checkpoint(corpus, tmp_path):
+    """A learning rate of 1e30 overflows the weights after the first step, so the second is
+    not finite: training stops with exit 1 and one line naming the last good checkpoint,
+    which (with a checkpoint every step, one step a call) is step 1's, loadable and finite."""
     out = tmp_path / "nan"
-    # A learning rate of 1e30 overflows the weights to inf within a few steps.
     args = [a if a != "optim.warmup_steps=5" else "optim.warmup_steps=0" for a in ARGS]
     r = run_cli("train", "lm", "--data", corpus, "--out", out, *args, "--set", "optim.lr=1e30",
-                "--set", "optim.min_lr=0")
+                "--set", "optim.min_lr=0", "--set", "train.checkpoint_every=1", "--set", "train.steps_per_call=1")
     assert r.returncode == 1, r.stderr
-    assert "not finite at step" in r.stderr and "Traceback" not in r.stderr
+    assert "not finite at step 2 " in r.stderr and "Traceback" not in r.stderr, r.stderr
     last = ckpt.latest(out)
-    if last is not None:  # every checkpoint left is loadable and finite
-        tensors, _ = ckpt.read(last)
-        assert all(np.all(np.isfinite(v)) for v in tensors.values() if v.dtype.kind == "f")
+    assert last == ckpt.step_path(out, 1) and f"Last good checkpoint: {last} " in r.stderr, r.stderr
+    tensors, _ = ckpt.read(last)
+    assert all(np.all(np.isfinite(v)) for v in tensors.values() if v.dtype.kind == "f")
 
 
 def test_skip_nonfinite_option_keeps_going(corpus, tmp_path):
@@ -227,9 +226,6 @@ def test_skip_nonfinite_option_keeps_going(corpus, tmp_path):
     import jax
     import jax.numpy as jnp
 
-    from scratchformer.config import make_config
-    from scratchformer.tasks import LMTask
-    from scratchformer.train import init_state, make_train_step
     cfg = make_config("lm", "cpu-quick-classic", {"model.n_layer": 1, "model.d_model": 16, "model.n_head": 2,
                                                   "model.d_ff": 32, "model.block_size": 8, "train.skip_nonfinite": True})
     task = LMTask.from_text(cfg, corpus.read_text())
@@ -244,7 +240,6 @@ def test_skip_nonfinite_option_keeps_going(corpus, tmp_path):
 
 
 def test_stop_request_keeps_ignored_signals_and_rearms_after_the_first():
-    from scratchformer.stop import StopRequest
     before = signal.getsignal(signal.SIGINT)
     try:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # e.g. a background job of a script

@@ -7,11 +7,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from scratchformer.config import make_config
 from scratchformer.data import reverse
 from scratchformer.decode import beam_search, greedy, seq2seq_accuracy
+from scratchformer.loop import fit
+from scratchformer.runconfig import make_config
 from scratchformer.tasks import ReverseTask
-from scratchformer.train import fit
 
 SMALL = {"data.max_len": 8, "model.block_size": 10, "data.eval_size": 1000, "train.steps": 600,
          "train.eval_every": 300, "train.checkpoint_every": 600, "train.batch_size": 64,

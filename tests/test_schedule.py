@@ -6,7 +6,7 @@ import numpy as np
 import optax
 import pytest
 
-from scratchformer.schedule import warmup_cosine, warmup_stable_decay
+from scratchformer.optim.schedules import warmup_cosine, warmup_stable_decay
 
 
 @pytest.mark.parametrize("warmup,total", [(10, 100), (0, 50), (1, 7), (99, 100)])
@@ -49,8 +49,8 @@ def test_warmup_stable_decay_matches_optax_joined_schedules(warmup, total, decay
 
 def test_the_config_names_the_schedule():
     """optim.schedule picks the shape; the wsd decay takes optim.decay_fraction of train.steps."""
-    from scratchformer.config import make_config
-    from scratchformer.optimizers import schedule
+    from scratchformer.optim import schedule
+    from scratchformer.runconfig import make_config
 
     def rates(**over):
         cfg = make_config("lm", "cpu-quick", {"train.steps": 200, "optim.warmup_steps": 10, **over})

@@ -10,9 +10,8 @@ import shutil
 import numpy as np
 import pytest
 
-from scratchformer.data import bpe
+from scratchformer.data import bpe, tokens
 from scratchformer.data.bpe import END_OF_TEXT, BpeTokenizer
-from scratchformer.data import tokens
 from scratchformer.data.tokens import TokenFiles, dtype_for, prepare
 from scratchformer.errors import DataError, ScratchformerError
 
@@ -107,7 +106,7 @@ def test_encoding_in_pieces_gives_the_ids_of_the_whole(monkeypatch):
 def test_prepare_with_a_given_tokenizer_keeps_it(tmp_path):
     """prepare(like=tok) (the command line's --tokenizer-from RUN) writes the splits in that
     tokenizer, a learned BPE here, which a run with it accepts, and decodes them to the text."""
-    from scratchformer.config import make_config
+    from scratchformer.runconfig import make_config
     from scratchformer.tasks.lm import LMTask
     tok = BpeTokenizer.train([TEXT], 300)
     (tmp_path / "t.txt").write_text(TEXT[:2000])

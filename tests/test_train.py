@@ -10,9 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from scratchformer.checkpoint import flatten
-from scratchformer.config import make_config
-from scratchformer.tasks import LMTask, ReverseTask
 from scratchformer.parallel import make_mesh, replicated
+from scratchformer.runconfig import make_config
+from scratchformer.tasks import LMTask, ReverseTask
 from scratchformer.train import init_sharded_state, init_state, make_train_call, make_train_step, steps_per_call
 
 from conftest import TINY_MODEL, assert_params_close

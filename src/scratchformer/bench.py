@@ -21,10 +21,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import hugepages, machine
-from .config import make_config
+from .data.text import sample_batch
 from .decode import generate
 from .models import init_lm
 from .parallel import make_mesh, replicated
+from .runconfig import make_config
 from .tasks.base import DrawnOnDevice
 from .train import init_sharded_state, make_train_call
 
@@ -38,8 +39,8 @@ SHAPES = {
 VOCAB = 65  # Tiny Shakespeare's characters
 # The step timed: AdamW with clipping on GPT-2's block, products in the model's dtype, as
 # nanoGPT trains and as benchmarks/torch_nanogpt.py times it, so the two compare. Not the
-# `cpu` preset, whose Muon spends a quarter of cpu-quick's step in Newton-Schulz on a CPU
-# without AMX (BENCHMARKS.md, "The AMD EPYC without AVX-512").
+# `cpu` preset, whose Muon spends a large share of a CPU step in Newton-Schulz's small
+# products (BENCHMARKS.md, "What `bench` times").
 BENCH_PRESET = "cpu-classic"
 
 
@@ -77,7 +78,6 @@ class _RandomTokens(DrawnOnDevice):
         return {"train": jax.random.randint(jax.random.PRNGKey(0), (200_000,), 0, VOCAB)}
 
     def sample_batch(self, data, key, batch):
-        from .data.text import sample_batch
         return sample_batch(key, data["train"], batch=batch, block=self.cfg.model.block_size)
 
 

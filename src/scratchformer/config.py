@@ -1,32 +1,31 @@
-"""Run configuration: frozen dataclasses, `--set` overrides, strict JSON.
+"""Run configuration: frozen dataclasses that check their own values, and the tuples of
+the names each setting accepts.
 
-Every default lives here, or in the data section of the task that owns it (each
-task brings its own: `tasks.TASKS`), and nowhere else. A run is described by one
-`RunConfig` (task + model, optim, train and the task's data section); a preset,
-`--set section.key=value`, a `--config` file and a checkpoint's config all go
-through `apply_overrides`, so they are validated by the same code.
+Every default lives here, or in the data section of the task that owns it (tasks/),
+and nowhere else. A run is described by one `RunConfig`: the task's name, the model,
+optim and train sections, and the task's own data section. This module imports none
+of its users; runconfig.py composes a config from a preset, --config and --set.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import json
 import math
-from dataclasses import dataclass, field, fields, replace
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ConfigError
 
 # config.json's layout: 1 had one data section holding both tasks' keys and
-# train.eval_windows; 2 gives each task its own data section (see _upgrade).
+# train.eval_windows; 2 gives each task its own data section (runconfig.upgrade).
 FORMAT = 2
 DTYPES = ("float32", "bfloat16", "float64")  # float64: for numerical checks (needs jax_enable_x64)
 POSITIONS = ("learned", "sinusoidal", "rope")
 NORMS = ("layernorm", "rmsnorm")
 ACTIVATIONS = ("gelu_tanh", "gelu", "relu2")
 PRODUCTS = ("auto", "float32", "bfloat16")
+OPTIMIZERS = ("adamw", "muon")  # built by optim.optimizer
+SCHEDULES = ("cosine", "wsd")   # built by optim.schedule
 
 # Upper bounds that keep a tampered or mistyped config from allocating absurd
 # arrays: they are far above anything a CPU or one GPU trains here.
@@ -128,7 +127,6 @@ class OptimConfig:
     muon_weight_decay: float = 0.0
 
     def __post_init__(self):
-        from .optimizers import OPTIMIZERS, SCHEDULES  # they build on this module
         check(self.name in OPTIMIZERS, f"optim.name={self.name!r} is not one of {', '.join(OPTIMIZERS)}")
         check(self.schedule in SCHEDULES, f"optim.schedule={self.schedule!r} is not one of {', '.join(SCHEDULES)}")
         check(math.isfinite(self.lr) and self.lr > 0, f"optim.lr={self.lr!r} must be > 0")
@@ -158,7 +156,7 @@ class TrainConfig:
     seed: int = 0
     label_smoothing: float = 0.0
     ema: float = 0.0              # decay of a moving average of the weights, evaluated, sampled and exported
-                                  # in their place (e.g. 0.999; optim.py, ema_decay); 0 = off
+                                  # in their place (e.g. 0.999; optim/ema.py); 0 = off
     skip_nonfinite: bool = False  # skip a step whose loss/gradient is NaN/inf instead of stopping
     init_from: str = ""           # a run (folder or checkpoint) whose weights this run starts from (finetune.py)
 
@@ -173,32 +171,25 @@ class TrainConfig:
         check(0 <= self.seed < 2**32, f"train.seed={self.seed} must be in [0, 2**32)")
 
 
-def task_class(name):
-    """The task registered under `name` (tasks.TASKS); the one place a name is looked up."""
-    from .tasks import TASKS  # tasks builds on this module
-    if name not in TASKS:
-        raise ConfigError(f"task={name!r} is not one of {', '.join(TASKS)}")
-    return TASKS[name]
-
-
 @dataclass(frozen=True)
 class RunConfig:
+    """A whole run. `data` is the task's own section (tasks/: TextData, ReverseData),
+    which knows what its task needs of the other sections (`check_run`) and how large
+    its vocabulary can be (`max_vocab`)."""
     task: str = "lm"
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    data: Any = None  # the task's own data section (its class's `Data`); None: its defaults
+    data: Any = None  # the task's data section, given by whoever composes the config (runconfig.py)
 
     def __post_init__(self):
-        spec = task_class(self.task)
-        if self.data is None:
-            object.__setattr__(self, "data", spec.Data())
-        check(type(self.data) is spec.Data, f"the data section of a {self.task} run must be a {spec.Data.__name__}")
+        check(getattr(self.data, "task", None) == self.task,
+              f"the data section of a {self.task} run must be its task's, not {type(self.data).__name__}")
         check(self.optim.warmup_steps < self.train.steps,
               f"optim.warmup_steps={self.optim.warmup_steps} must be smaller than train.steps={self.train.steps} "
               f"(for a short run, also pass --set optim.warmup_steps=N with N < {self.train.steps})")
-        spec.check_config(self)
-        n = approx_params(self.model, spec.stacks, spec.max_vocab(self))
+        self.data.check_run(self)
+        n = approx_params(self.model, self.data.stacks, self.data.max_vocab(self))
         check(n <= MAX_PARAMS, f"the model would have ~{n:.3g} parameters, over the limit {MAX_PARAMS:.3g}")
 
     def to_dict(self) -> dict:
@@ -209,205 +200,3 @@ class RunConfig:
 def approx_params(m: ModelConfig, stacks: int, vocab: int) -> int:
     per_block = 4 * m.d_model * m.d_model + 2 * m.d_model * m.d_ff
     return stacks * m.n_layer * per_block + vocab * m.d_model + m.block_size * m.d_model
-
-
-# ---------------------------------------------------------------- keys and values
-def _section_class(cfg_or_task, section: str):
-    if section == "data":
-        spec = task_class(cfg_or_task if isinstance(cfg_or_task, str) else cfg_or_task.task)
-        return spec.Data
-    return {"model": ModelConfig, "optim": OptimConfig, "train": TrainConfig}[section]
-
-
-def _field_types(cls) -> dict[str, type]:
-    return {f.name: {"int": int, "float": float, "bool": bool, "str": str}[f.type] for f in fields(cls)}
-
-
-def _key_type(task: str, key: str) -> type:
-    """The type of `section.key` for a run of `task`; a ConfigError naming the known keys
-    (or the task that does use it) if there is none."""
-    from .tasks import TASKS
-    section, _, name = key.partition(".")
-    types = _field_types(_section_class(task, section)) if section in SECTIONS else {}
-    if name in types:
-        return types[name]
-    if section == "data":
-        owners = [t for t, spec in TASKS.items() if name in _field_types(spec.Data)]
-        if owners:
-            raise ConfigError(f"{key} is a setting of the {owners[0]} task; the {task} task does not use it")
-    known = [f"{s}.{k}" for s in SECTIONS for k in _field_types(_section_class(task, s))]
-    close = difflib.get_close_matches(key, known, n=1, cutoff=0.75)
-    hint = f"did you mean {close[0]}? " if close else ""
-    raise ConfigError(f"unknown config key {key!r}; {hint}known keys: {', '.join(known)}")
-
-
-def _parse_value(key: str, raw: Any, typ: type) -> Any:
-    """Turn a --set string into the field's type, strictly; a JSON value must have it."""
-    if isinstance(raw, str) and typ is not str:
-        s = raw.strip()
-        try:
-            if typ is bool:
-                if s.lower() in ("true", "1", "yes", "on"):
-                    return True
-                if s.lower() in ("false", "0", "no", "off"):
-                    return False
-                raise ValueError
-            v = typ(s)
-            if typ is float and not math.isfinite(v):
-                raise ValueError
-            return v
-        except ValueError:
-            accepted = " (true/false, 1/0, yes/no, on/off)" if typ is bool else ""
-            raise ConfigError(f"{key}={raw!r} is not a valid {typ.__name__}{accepted}") from None
-    if typ is float and isinstance(raw, int) and not isinstance(raw, bool):  # an int is a valid float
-        return float(raw)
-    if type(raw) is not typ:
-        raise ConfigError(f"{key}={raw!r} has type {type(raw).__name__}, expected {typ.__name__}")
-    return raw
-
-
-def describe_keys() -> list[str]:
-    """'section.key  type  default' for every key a person may set (for --help)."""
-    from .tasks import TASKS
-    rows = [(f"{s}.{f.name}", f, "") for s, cls in (("model", ModelConfig), ("optim", OptimConfig),
-                                                    ("train", TrainConfig)) for f in fields(cls)]
-    rows += [(f"data.{f.name}", f, f" ({t} only)") for t, spec in TASKS.items() for f in fields(spec.Data)]
-    return [f"{key:<26} {f.type:<6} {f.default!r}{only}" for key, f, only in rows if key not in DERIVED]
-
-
-def apply_overrides(cfg: RunConfig, overrides: dict[str, Any], *, allow_derived=False) -> RunConfig:
-    """Return cfg with `section.key -> value` overrides applied and validated."""
-    changes: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
-    for key, raw in overrides.items():
-        typ = _key_type(cfg.task, key)
-        check(allow_derived or key not in DERIVED, f"{key} is derived from the data and cannot be set")
-        section, _, name = key.partition(".")
-        changes[section][name] = _parse_value(key, raw, typ)
-    return replace(cfg, **{s: replace(getattr(cfg, s), **c) for s, c in changes.items() if c})
-
-
-def parse_set_args(items: list[str]) -> dict[str, str]:
-    out = {}
-    for item in items:
-        key, eq, value = item.partition("=")
-        check(bool(eq and key), f"--set {item!r} is not of the form section.key=value")
-        out[key.strip()] = value
-    return out
-
-
-def make_config(task: str, preset: str | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
-    """Defaults, then the task's preset, then the overrides, validated once as a whole (so
-    a preset's train.steps and an override's optim.warmup_steps are checked together)."""
-    spec = task_class(task)
-    preset = preset or spec.default_preset
-    check(preset in spec.presets,
-          f"unknown preset {preset!r} for task {task!r}; choose from {', '.join(spec.presets)}")
-    return apply_overrides(RunConfig(task=task), {**spec.presets[preset], **(overrides or {})})
-
-
-# ---------------------------------------------------------------- JSON
-def read_json(path) -> dict:
-    """A JSON object from a file; a ConfigError naming the file for anything else."""
-    try:
-        d = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such file") from None
-    except (ValueError, OSError) as e:  # not JSON, not UTF-8, a folder
-        raise ConfigError(f"{path} is not a valid config: {str(e).splitlines()[0]}") from None
-    check(isinstance(d, dict), f"{path} must hold a JSON object, not {type(d).__name__}")
-    return d
-
-
-def _overrides(d: dict, task: str) -> dict[str, Any]:
-    """A config's JSON object (all sections or some, either format) as `section.key ->
-    value` for a run of `task`, with JSON's types checked (strings only for str keys)."""
-    extra = set(d) - {"format", "task", *SECTIONS}
-    check(not extra, f"unknown config section(s) {sorted(extra)}; known: task, {', '.join(SECTIONS)}")
-    fmt = d.get("format", 1)
-    check(fmt in (1, FORMAT), f"config format {fmt!r} is not one this version reads (1 or {FORMAT}); "
-          "a newer scratchformer wrote it")
-    out = {}
-    for section in SECTIONS:
-        sub = d.get(section, {})
-        check(isinstance(sub, dict), f"config section {section!r} must be an object")
-        out.update({f"{section}.{k}": v for k, v in sub.items()})
-    if fmt == 1:
-        out = _upgrade(out, task)
-    for key, v in out.items():
-        typ = _key_type(task, key)
-        check(typ is str or not isinstance(v, str), f"{key}={v!r} has type str, expected {typ.__name__}")
-    return out
-
-
-def _upgrade(old: dict[str, Any], task: str) -> dict[str, Any]:
-    """Format 1 -> 2: train.eval_windows becomes the LM's data.eval_windows, and the keys
-    of the other task's data, which format 1 listed at their defaults, go."""
-    from .tasks import TASKS
-    own = _field_types(task_class(task).Data)
-    defaults = {f"data.{f.name}": f.default for spec in TASKS.values() for f in fields(spec.Data)}
-    out = {}
-    for key, v in old.items():
-        if key == "train.eval_windows":
-            key = "data.eval_windows"
-        if key.startswith("data.") and key.partition(".")[2] not in own and v == defaults.get(key, v):
-            continue
-        out[key] = v
-    return out
-
-
-def from_dict(d: Any) -> RunConfig:
-    """Strictly rebuild a RunConfig from a config's JSON (either format): no unknown keys,
-    exact types, bounds."""
-    check(isinstance(d, dict), f"config must be a JSON object, got {type(d).__name__}")
-    task = task_class(d.get("task")).name
-    return apply_overrides(RunConfig(task=task), _overrides(d, task), allow_derived=True)
-
-
-def from_file(path) -> RunConfig:
-    """from_dict on a config.json, its errors naming the file."""
-    d = read_json(path)
-    try:
-        return from_dict(d)
-    except ConfigError as e:
-        raise ConfigError(f"{path} is not a valid config: {e}") from None
-
-
-def overrides_from_file(path, task: str) -> dict[str, Any]:
-    """`train --config FILE`: the settings in a JSON file (a run's config.json or its
-    folder, or any part of one: {"model": {"n_layer": 2}}) as overrides, applied after
-    the preset and before --set. A "task" in the file must be `task`; model.vocab_size
-    is left out (the task derives it from the data). Types are checked as in from_dict;
-    bounds and cross-field rules when make_config validates the whole. Errors name the
-    file first (option "config")."""
-    try:
-        if Path(path).is_dir():  # a run folder stands for its config.json
-            check((Path(path) / "config.json").is_file(), f"{path} is a folder without a config.json")
-            path = Path(path) / "config.json"
-        d = read_json(path)
-        check(d.get("task", task) == task, f"{path} is a config for task {d.get('task')!r}, not {task!r}")
-        try:
-            overrides = _overrides(d, task)
-        except ConfigError as e:
-            raise ConfigError(f"{path}: {e}") from None
-    except ConfigError as e:
-        raise ConfigError(str(e), option="config") from None
-    return {k: v for k, v in overrides.items() if k not in DERIVED}
-
-
-def cpu_note(cfg: RunConfig, preset: str, backend: str | None = None) -> str | None:
-    """A line for settings that are meant for a GPU but about to run on a CPU."""
-    if backend is None:
-        import jax
-        backend = jax.default_backend()
-    if backend != "cpu":
-        return None
-    if preset == "gpu":  # the figures are the preset's own, whatever --set changed
-        g = make_config(cfg.task, "gpu")
-        m, t = g.model, g.train
-        return (f"the gpu preset ({m.n_layer}x{m.d_model}, batch {t.batch_size} x {m.block_size}, {m.dtype}) is "
-                f"sized for a GPU; on a 2-core CPU a step of it takes ~6 s, its {t.steps:,} steps "
-                f"~{6 * t.steps / 3600:.0f} hours (the cpu preset is sized for a CPU)")
-    if cfg.model.dtype == "bfloat16":
-        return ("model.dtype=bfloat16 is slower than float32 on a CPU; it is meant for GPUs (model.products="
-                "bfloat16 rounds only the matrix products' inputs: faster on a CPU with AMX)")
-    return None

@@ -24,6 +24,16 @@ def flag(option: str) -> str:
     return "--" + option.replace("_", "-")
 
 
+def one_line(e: ScratchformerError) -> str:
+    """What the command line prints for `e`: the option it came through, then the message."""
+    msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+    if e.option:
+        msg = f"{flag(e.option)} {msg}"
+    if isinstance(e, ResumeMismatch):
+        msg += ": leave out --preset, --config, --set, --steps and --seed, or start a new run"
+    return f"scratchformer: error: {msg}"
+
+
 class ConfigError(ScratchformerError):
     """A configuration value is not acceptable."""
 

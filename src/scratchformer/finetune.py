@@ -11,8 +11,12 @@ from __future__ import annotations
 
 from dataclasses import fields
 
-from .config import ModelConfig, apply_overrides, make_config, task_class
+from . import checkpoint as ckpt
+from .config import ModelConfig
 from .errors import CheckpointError, ConfigError, ScratchformerError, flag
+from .runconfig import apply_overrides, make_config
+from .runs import checkpoint_path, config_of, load
+from .tasks import task_class
 
 # Model keys a fine-tune may set for itself: they change no weight's shape (a shorter
 # block_size keeps the first rows of a learned position table, as nanoGPT's crop_block_size).
@@ -23,8 +27,6 @@ def source(path, task: str, *, option: str = "init_from"):
     """The task (config and tokenizer) of the run that `--init-from path` names, from its
     checkpoint's header; one-line errors (for `option`) for a missing run or one of
     another task."""
-    from . import checkpoint as ckpt
-    from .runs import checkpoint_path, config_of
     try:
         file = checkpoint_path(path)
         meta = ckpt.read_meta(file)
@@ -69,7 +71,6 @@ def initial_params(cfg, params):
 
 def start_params(cfg):
     """The weights a fresh run of `cfg` starts from when train.init_from names a run."""
-    from .runs import load
     source(cfg.train.init_from, cfg.task)
     _, params, _ = load(cfg.train.init_from)
     return initial_params(cfg, params)

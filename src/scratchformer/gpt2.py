@@ -15,11 +15,20 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import jax
 import ml_dtypes  # jax's own dependency: numpy's bfloat16
 import numpy as np
+from safetensors import SafetensorError
+from safetensors.numpy import load_file, save_file
 
 from . import checkpoint as ckpt
+from .data.bpe import BpeTokenizer
 from .errors import ConfigError, DataError, UsageError
+from .files import atomic_folder
+from .models import init_lm
+from .runconfig import apply_overrides, make_config
+from .runs import RunFolder, load
+from .tasks.lm import FINETUNE_PRESET, LMTask
 
 FILES = ("config.json", "model.safetensors", "vocab.json", "merges.txt")
 WEIGHTS_INDEX = "model.safetensors.index.json"  # a checkpoint saved in shards
@@ -133,8 +142,6 @@ def _hf_names(m) -> dict[str, tuple]:
 def read_weights(folder: Path) -> dict[str, np.ndarray]:
     """The tensors of model.safetensors (or of the shards its index names), float32,
     under names without the `transformer.` prefix that GPT2LMHeadModel adds."""
-    from safetensors import SafetensorError
-    from safetensors.numpy import load_file
     index = folder / WEIGHTS_INDEX
     if (folder / "model.safetensors").is_file() or not index.is_file():
         files = [folder / "model.safetensors"]
@@ -155,9 +162,6 @@ def read_weights(folder: Path) -> dict[str, np.ndarray]:
 def params_from_hf(tensors: dict[str, np.ndarray], m, source="model.safetensors") -> dict:
     """Our params tree for model config `m` from GPT-2's tensors, every name and shape
     checked against what `m` needs (via the template of init_lm)."""
-    import jax
-
-    from .models import init_lm
     template = jax.eval_shape(lambda: init_lm(jax.random.PRNGKey(0), m))
     names = _hf_names(m)
     buffers = {k for k in tensors if k.endswith((".attn.bias", ".attn.masked_bias"))}
@@ -213,9 +217,6 @@ def _set(tree, path, value):
 def import_gpt2(folder, out) -> dict:
     """Write run folder `out` (config.json, tokenizer.json, checkpoints/best.safetensors
     holding the weights) from a Hugging Face GPT-2 folder. Returns the run's config."""
-    from .config import apply_overrides, make_config
-    from .data.bpe import BpeTokenizer
-    from .tasks.lm import FINETUNE_PRESET, LMTask
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"{folder} is not a folder (expected a Hugging Face GPT-2 download: {', '.join(FILES)})")
@@ -246,8 +247,7 @@ def import_gpt2(folder, out) -> dict:
 def save_weights_run(out, task, params, meta: dict) -> None:
     """A run folder that holds weights only (no optimizer state, no metrics): what
     sample, eval, plot and `train --init-from` open."""
-    from .runs import RunFolder
-    with ckpt.atomic_folder(Path(out)) as tmp:
+    with atomic_folder(Path(out)) as tmp:
         run = RunFolder(tmp)
         run.write_json("config.json", task.cfg.to_dict())
         for name, text in task.run_files().items():
@@ -262,9 +262,6 @@ def export_gpt2(run_dir, out) -> Path:
     model.safetensors, and for a byte-level BPE run its vocab.json, merges.txt and
     tokenizer.json. A character run has no tokenizer transformers reads: ours is written as
     char_tokenizer.json, not under the name transformers would load and fail on."""
-    from safetensors.numpy import save_file
-
-    from .runs import load
     task, params, _ = load(run_dir)
     if task.name != "lm":
         raise UsageError(f"{run_dir} is a {task.name} run; export writes decoder-only language models (lm runs)")
@@ -272,7 +269,7 @@ def export_gpt2(run_dir, out) -> Path:
     tok = task.tokenizer
     eos = tok.id_of("<|endoftext|>") if tok.kind == "bpe" else None
     config = hf_config(m, eos)
-    with ckpt.atomic_folder(Path(out)) as tmp:
+    with atomic_folder(Path(out)) as tmp:
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         save_file(hf_from_params(params, m), str(tmp / "model.safetensors"), metadata={"format": "pt"})
         (tmp / ("tokenizer.json" if tok.kind == "bpe" else "char_tokenizer.json")).write_text(tok.to_json())

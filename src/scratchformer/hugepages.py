@@ -2,7 +2,7 @@
 
 XLA's CPU runtime allocates each call's temporary buffer afresh (hundreds of MB
 for a mid-sized model) and frees it at the end, so every call first-touches it
-again, one page fault per 4 KiB page (BENCHMARKS.md has the cost). Linux kernels
+again, one page fault per 4 KiB page (BENCHMARKS.md, "Huge pages"). Linux kernels
 set to transparent huge pages "madvise" (the common default) give 2 MiB pages
 only to memory that asks for them, and glibc >= 2.35 asks for them when started
 with GLIBC_TUNABLES=glibc.malloc.hugetlb=1: 512 times fewer faults.

@@ -9,7 +9,7 @@ written in a form that XLA's CPU backend runs faster: backward passes written by
 hand, and sums written as products with a constant vector, which that backend runs
 as matrix-vector products instead of slower reduce calls.
 
-The model code (models.py, attention.py, decode.py, optim.py) calls `linear`,
+The model code (models.py, attention.py, decode.py, optim/adamw.py) calls `linear`,
 `layer_norm`, `add_positions`, `decoding_layout` and `sum_of_squares` from the end of
 this module, where FAST, and nothing else, decides which of the two versions runs.
 
@@ -42,8 +42,8 @@ def has_amx() -> bool:
 
 def product_dtype(setting: str, backend: str | None = None):
     """The dtype model.products names (None: the activations' own). "auto" is bfloat16
-    on a CPU with AMX, where the presets' steps ran faster so (BENCHMARKS.md, "Products
-    in bfloat16 on the Intel Xeon"), and None elsewhere."""
+    on a CPU with AMX, where the presets' steps are faster so (BENCHMARKS.md, "bfloat16
+    products (`model.products`)"), and None elsewhere."""
     if setting == "auto":
         backend = backend or jax.default_backend()
         return jnp.dtype(jnp.bfloat16) if backend == "cpu" and has_amx() else None
@@ -87,7 +87,7 @@ def _matmul_fwd(x, w, dtype):
 def _matmul_bwd(dtype, res, g):
     # XLA's CPU backend runs a bfloat16 product in AMX only when neither operand is
     # transposed; these two are computed in float32 there, still from the rounded
-    # inputs (BENCHMARKS.md, "Products in bfloat16 on the Intel Xeon").
+    # inputs (BENCHMARKS.md, "bfloat16 products (`model.products`)").
     x, w = res
     out, g_in = g.dtype, rounded(g, dtype)
     dw = jnp.einsum("nd,ne->de", x.reshape(-1, x.shape[-1]), g_in.reshape(-1, g.shape[-1]),

@@ -1,9 +1,9 @@
 """Which machine this is, for filing a measured figure under its machine kind: the CPU's
 model name, its cores and the vector extensions that change which kernels XLA runs.
 
-The same model trains at very different speeds on CPUs that Linux names alike: on two
-2-core machines both called "AMD EPYC", one with AVX-512 and one with AVX2 only, the
-`cpu-quick-classic` preset trained in 26.8 s and in ~72 s (BENCHMARKS.md, "Machines").
+The same model trains at very different speeds on CPUs that Linux names alike: two 2-core
+machines both called "AMD EPYC", one with AVX-512 and one with AVX2 only, differ by about
+2.7x (BENCHMARKS.md, "Machines").
 Read from Linux's /proc/cpuinfo; elsewhere the model is what `platform` says and the
 flags are empty.
 """

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import jax
+
 from .errors import OutOfMemory
 
 
@@ -67,7 +69,6 @@ def format_bytes(n: int) -> str:
 
 def tree_bytes(tree) -> int:
     """Bytes of the arrays in a pytree (what one copy of it takes)."""
-    import jax
     return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
 
 

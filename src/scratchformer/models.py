@@ -3,7 +3,7 @@ encoder-decoder. Pre-LN residual blocks (Xiong et al. 2020) throughout. Linear
 layers, LayerNorms and the position add are called through kernels.py, whose FAST
 chooses layers.py's textbook versions or CPU fast paths with the same numbers.
 The "modern block" options of ModelConfig (norm, qk_norm, activation, zero_init,
-logit_softcap) are looked up here, in NORMS and ACTIVATIONS, and passed down;
+logit_softcap) are looked up here, in NORM_LAYERS and ACTIVATION_FUNCTIONS, and passed down;
 model.products is entered around every function that runs linear layers (`_in_products`).
 
 Shape legend: B batch, T target/time positions, S source positions, D model width,
@@ -39,8 +39,8 @@ PAD_ID = 0  # encoder-decoder token id reserved for padding
 
 # config.NORMS and config.ACTIVATIONS name these. RMSNorm has no fast path: it always
 # runs layers.py's version.
-NORMS = {"layernorm": (init_layer_norm, layer_norm), "rmsnorm": (init_rms_norm, rms_norm)}
-ACTIVATIONS = {"gelu_tanh": gelu, "gelu": gelu_exact, "relu2": relu2}
+NORM_LAYERS = {"layernorm": (init_layer_norm, layer_norm), "rmsnorm": (init_rms_norm, rms_norm)}
+ACTIVATION_FUNCTIONS = {"gelu_tanh": gelu, "gelu": gelu_exact, "relu2": relu2}
 
 
 def compute_dtype(cfg: ModelConfig):
@@ -65,12 +65,12 @@ def _keys(key, n):
 
 # ---------------------------------------------------------------- shared pieces
 def init_norm(cfg: ModelConfig) -> dict:
-    return NORMS[cfg.norm][0](cfg.d_model)
+    return NORM_LAYERS[cfg.norm][0](cfg.d_model)
 
 
 def norm(p: dict, x_BxTxD, cfg: ModelConfig):
     """The model's norm (cfg.norm) with its epsilon."""
-    return NORMS[cfg.norm][1](p, x_BxTxD, cfg.ln_eps)
+    return NORM_LAYERS[cfg.norm][1](p, x_BxTxD, cfg.ln_eps)
 
 
 def _qk_eps(cfg: ModelConfig):
@@ -122,7 +122,7 @@ def _block(p, x_BxTxD, *, cfg: ModelConfig, mask, key=None, train=False, cache=N
         h, cross_probs = cross_attention(p["cross"], norm(p["ln_cross"], x_BxTxD, cfg), kv, n_head=cfg.n_head,
                                          mask=cross_mask, rate=rate, key=k_cross, train=train, qk_eps=_qk_eps(cfg))
         x_BxTxD = x_BxTxD + dropout(k_res2, h, rate, train=train)
-    h = feed_forward(p["mlp"], norm(p["ln2"], x_BxTxD, cfg), ACTIVATIONS[cfg.activation])
+    h = feed_forward(p["mlp"], norm(p["ln2"], x_BxTxD, cfg), ACTIVATION_FUNCTIONS[cfg.activation])
     return x_BxTxD + dropout(k_res3, h, rate, train=train), cache, {"self": self_probs, "cross": cross_probs}
 
 

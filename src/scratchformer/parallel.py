@@ -13,6 +13,7 @@ import socket
 import time
 
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -77,7 +78,6 @@ def host_value(x) -> np.ndarray:
     if isinstance(x, jax.Array) and not x.is_fully_addressable:
         if x.sharding.is_fully_replicated:
             return np.asarray(x.addressable_data(0))
-        from jax.experimental import multihost_utils
         return np.asarray(multihost_utils.process_allgather(x, tiled=True))
     return np.asarray(x)
 

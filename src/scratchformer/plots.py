@@ -5,51 +5,31 @@ runs of one task compared on one figure (their losses, labelled by what differs)
 
 from __future__ import annotations
 
+import io
 import json
 import sys
 from pathlib import Path
-from typing import NamedTuple
 
+import jax.numpy as jnp
 import numpy as np
 
-from .config import task_class
-from .errors import CheckpointError, DataError, UsageError
+from .checkpoint import flatten
+from .data.reverse import BOS, OFFSET, output_symbols
+from .decode import generate, greedy
+from .errors import DataError, UsageError
+from .files import atomic_write_bytes
+from .models import PAD_ID, decode, encode, lm_attention, memory_kv
+from .runs import load, read_metrics, read_run
+from .tasks import task_class
 
 
 def _matplotlib():
+    # Imported here, by the figures alone: pyplot takes longer to import than most commands
+    # take to run (BENCHMARKS.md, "Start-up").
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     return plt
-
-
-class Metrics(NamedTuple):
-    train: list[dict]    # training rows with a finite loss
-    evals: list[dict]    # evaluation rows with a finite validation loss
-    not_finite: list[int]  # steps whose loss or gradient norm was not finite (skipped, or where a run stopped)
-
-
-def read_metrics(run_dir) -> Metrics:
-    """The rows of a run's metrics.jsonl; lines that are not rows are left out with a
-    note on stderr naming them."""
-    from .runs import metrics_rows
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
-        raise CheckpointError(f"{path} does not exist; is {run_dir} a run folder?")
-    rows, bad = metrics_rows(path)
-    if bad:
-        shown = ", ".join(map(str, bad[:5])) + (", ..." if len(bad) > 5 else "")
-        print(f"scratchformer: note: {path}: left out {len(bad)} line(s) that are not metric rows (line {shown})",
-              file=sys.stderr)
-    m = Metrics([], [], [])
-    for row in rows:  # null: not finite
-        if "loss" in row and row["loss"] is not None and row.get("grad_norm") is not None:
-            m.train.append(row)
-        elif "loss" in row:
-            m.not_finite.append(row["step"])
-        elif row.get("val_loss") is not None:
-            m.evals.append(row)
-    return m
 
 
 def _smooth(y: np.ndarray, window: int) -> np.ndarray:
@@ -100,7 +80,7 @@ def plot_loss(run_dir, tokens_per_step: int, unit: str) -> Path:
 
 def _plain_log_labels():
     """Matplotlib's choice of which log-axis ticks to label, written as plain numbers."""
-    from matplotlib.ticker import LogFormatter
+    from matplotlib.ticker import LogFormatter  # matplotlib loads with the figures alone (_matplotlib)
 
     class Plain(LogFormatter):
         def __call__(self, x, pos=None):
@@ -137,15 +117,9 @@ def _plot_optimizer(ax, train: list[dict]) -> None:
     ax.legend(lines, [line.get_label() for line in lines], loc="upper right", fontsize=8)
 
 
-def plot_attention(run_dir, task, params) -> Path:
+def plot_cross_attention(run_dir, task, params, meta: dict) -> Path:
     """Decoder cross-attention (every layer and head) for the first held-out example,
     with the model's own output as the decoder input."""
-    import jax.numpy as jnp
-
-    from .data.reverse import BOS, OFFSET, output_symbols
-    from .decode import greedy
-    from .models import PAD_ID, decode, encode, memory_kv
-
     cfg = task.cfg.model
     ev = task.eval_set()
     i = int(np.argmax((ev["src"] != PAD_ID).sum(1) >= min(12, task.cfg.data.max_len)))  # a longish example
@@ -176,8 +150,6 @@ def lm_snippet(task, params, meta: dict, run_dir, length: int = 40) -> tuple[np.
     """Token ids to look at the LM's attention on, and what they are: held-out text from
     the validation split's first line that is not empty, when the run's text file is at
     hand, else the model's own sample (seed 0, temperature 0.8)."""
-    from .decode import generate
-
     length = min(length, task.cfg.model.block_size)
     try:
         val = task.with_training_data(meta, run_dir).val_ids
@@ -193,10 +165,6 @@ def lm_snippet(task, params, meta: dict, run_dir, length: int = 40) -> tuple[np.
 def plot_lm_attention(run_dir, task, params, meta: dict) -> Path:
     """Causal self-attention of every layer and head over `lm_snippet`'s tokens (characters
     for a character-level run), each labelled by its own text."""
-    import jax.numpy as jnp
-
-    from .models import lm_attention
-
     ids, what = lm_snippet(task, params, meta, run_dir)
     probs = lm_attention(params, jnp.asarray(ids)[None], cfg=task.cfg.model)
     labels = token_labels(task.tokenizer, ids)
@@ -236,50 +204,23 @@ def _attention_grid(path: Path, probs_per_layer, row_labels, col_labels, *, ylab
     return path
 
 
+ATTENTION = {"reverse": plot_cross_attention, "lm": plot_lm_attention}  # attention.png, by task
+
+
 def plot_run(run_dir) -> list[Path]:
-    from . import runs
+    """loss.png and attention.png in the run folder (an imported model: attention.png only)."""
     if Path(run_dir).is_file():
         raise UsageError(f"{run_dir} is a file; plot takes the run folder (it reads metrics.jsonl beside the "
                          "checkpoints)")
-    task, params, meta = runs.load(run_dir)
-    attention = task.plot_attention(run_dir, params, meta)
+    task, params, meta = load(run_dir)
+    attention = ATTENTION[task.name](run_dir, task, params, meta)
     if meta.get("imported_from") and not (Path(run_dir) / "metrics.jsonl").exists():
         return [attention]  # imported weights: no training of ours to plot
     return [plot_loss(run_dir, task.tokens_per_step(task.cfg), task.unit), attention]
 
 
-def read_run(run_dir) -> dict:
-    """What a comparison needs of a run folder: name, config, metrics, summary if done."""
-    from .config import from_file
-    d = Path(run_dir)
-    path = d / "config.json"
-    if not d.is_dir():
-        raise CheckpointError(f"run folder {d} does not exist")
-    if not path.is_file():
-        raise CheckpointError(f"{path} does not exist; is {run_dir} a run folder?")
-    cfg = from_file(path)
-    if not (d / "metrics.jsonl").is_file():
-        from .checkpoint import best, read_meta
-        weights = best(d)
-        imported = weights is not None and read_meta(weights).get("imported_from")
-        raise CheckpointError(f"{d} has no metrics.jsonl: " + ("weights only (an imported model), no training to "
-                              "compare" if imported else "no training steps logged yet"))
-    train, evals, _ = read_metrics(d)
-    summary = {}
-    if (d / "summary.json").is_file():
-        try:
-            summary = json.loads((d / "summary.json").read_text())
-        except ValueError as e:
-            raise CheckpointError(f"{d / 'summary.json'} is not JSON ({e}); delete it to compare the run without it") \
-                from None
-        if not isinstance(summary, dict):
-            raise CheckpointError(f"{d / 'summary.json'} holds {type(summary).__name__}, not a JSON object")
-    return {"dir": d, "name": d.resolve().name, "cfg": cfg, "train": train, "evals": evals, "summary": summary}
-
-
 def run_labels(runs: list[dict], most: int = 3) -> list[str]:
     """Each run's folder name and its values of the config keys on which the runs differ."""
-    from .checkpoint import flatten
     flat = [flatten(r["cfg"].to_dict()) for r in runs]
     keys = sorted(k for k in set().union(*flat) if len({repr(f.get(k)) for f in flat}) > 1)
     labels = []
@@ -322,9 +263,6 @@ def compare_runs(run_dirs, out) -> tuple[Path, list[dict]]:
     whole or not at all, and each run's figures for a table: steps, the best periodic
     validation loss and its step, the final one (summary.json; none while a run is
     unfinished) and the training time."""
-    import io
-
-    from .checkpoint import atomic_write_bytes
     runs = [read_run(d) for d in run_dirs]
     tasks = sorted({r["cfg"].task for r in runs})
     if len(tasks) > 1:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import sys
 
+from tqdm.auto import tqdm
+
 
 def _interactive() -> bool:
     return sys.stderr.isatty() or "ipykernel" in sys.modules
@@ -16,7 +18,6 @@ class TrainingBar:
     `update(n)` as steps are dispatched, `write(line)` for lines that stay (evaluations)."""
 
     def __init__(self, total: int, initial: int, *, enabled: bool):
-        from tqdm.auto import tqdm
         self._bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, disable=not enabled,
                          file=sys.stderr, mininterval=0.5, smoothing=0.1)
 
@@ -66,6 +67,5 @@ def training_bar(total: int, initial: int, *, enabled: bool, per_call: int):
 def counter(total: int, *, shown: bool, unit: str, desc: str):
     """A bar for work that takes several seconds or more (`shown`: evaluation, tokenizing), on a terminal
     or in a notebook only; erased when done (the result line is the command's output)."""
-    from tqdm.auto import tqdm
     return tqdm(total=total, unit=unit, unit_scale=True, leave=False, dynamic_ncols=True, file=sys.stderr,
                 mininterval=0.5, desc=desc, disable=not (shown and _interactive()))

@@ -1,16 +1,21 @@
 """Run folders: the files of one run (config.json, metrics.jsonl, summary.json,
-checkpoints/), and opening a saved run again: its config, its checkpoint and its task,
-checked before anything is used."""
+checkpoints/), and reading a saved run again: its config, its checkpoint and its task,
+its metrics and summary, each checked before anything is used."""
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
+from typing import NamedTuple
 
 from . import checkpoint as ckpt
-from .config import from_dict, from_file, task_class
 from .errors import CheckpointError, ConfigError, DataError
+from .files import atomic_write_bytes, strict_json
+from .runconfig import from_dict, from_file
+from .tasks import task_class
+from .train import state_template
 
 
 class RunFolder:
@@ -37,10 +42,10 @@ class RunFolder:
                 stale.unlink(missing_ok=True)
 
     def write_json(self, name: str, obj) -> None:
-        self.write_text(name, ckpt.strict_json(obj, indent=2) + "\n")
+        self.write_text(name, strict_json(obj, indent=2) + "\n")
 
     def write_text(self, name: str, text: str) -> None:
-        ckpt.atomic_write_bytes(self.path / name, text.encode())
+        atomic_write_bytes(self.path / name, text.encode())
 
     def truncate_metrics(self, step: int) -> None:
         """Keep only rows up to `step` (those covered by the checkpoint being resumed);
@@ -48,12 +53,12 @@ class RunFolder:
         if not self.metrics.exists():
             return
         rows, _ = metrics_rows(self.metrics)
-        kept = "".join(ckpt.strict_json(r) + "\n" for r in rows if r["step"] <= step)
-        ckpt.atomic_write_bytes(self.metrics, kept.encode())
+        kept = "".join(strict_json(r) + "\n" for r in rows if r["step"] <= step)
+        atomic_write_bytes(self.metrics, kept.encode())
 
     def append(self, rows: list[dict]) -> None:
         with open(self.metrics, "a") as f:
-            f.write("".join(ckpt.strict_json(r) + "\n" for r in rows))
+            f.write("".join(strict_json(r) + "\n" for r in rows))
             f.flush()
             os.fsync(f.fileno())
 
@@ -114,7 +119,6 @@ def load(run_dir, *, which: str = "best", with_data: bool = False):
     without one), or one checkpoint file: a training state's, or weights alone (an
     imported model's). with_data also reloads the data the run trained on (an LM's text)
     for evaluation."""
-    from .train import state_template
     path = checkpoint_path(run_dir, which)
     tensors, meta = ckpt.read(path)
     cfg = config_of(meta, path)
@@ -170,6 +174,13 @@ def best_checkpoint_note(run_dir, summary: dict) -> str | None:
             f"{meta['best_val_loss']:.4f}), not the last step's weights")
 
 
+def report(run_dir, summary: dict) -> str:
+    """What `train` prints at the end: the run folder, the summary, and where sample and
+    eval will load an earlier step's weights."""
+    best = best_checkpoint_note(run_dir, summary)
+    return f"run folder: {run_dir}\n{describe(summary)}" + (f"\n{best}" if best else "")
+
+
 def describe(summary: dict) -> str:
     """One line for a finished run's summary (or an evaluation's result)."""
     line = task_class(summary["task"]).describe(summary)
@@ -179,3 +190,58 @@ def describe(summary: dict) -> str:
         line += (f"; trained {steps} in {summary['train_time_s']:.1f} s" if r != n
                  else f"; the run had already trained its {r} steps")
     return line
+
+
+class MetricsHistory(NamedTuple):
+    train: list[dict]    # training rows with a finite loss
+    evals: list[dict]    # evaluation rows with a finite validation loss
+    not_finite: list[int]  # steps whose loss or gradient norm was not finite (skipped, or where a run stopped)
+
+
+def read_metrics(run_dir) -> MetricsHistory:
+    """The rows of a run's metrics.jsonl; lines that are not rows are left out with a
+    note on stderr naming them."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        raise CheckpointError(f"{path} does not exist; is {run_dir} a run folder?")
+    rows, bad = metrics_rows(path)
+    if bad:
+        shown = ", ".join(map(str, bad[:5])) + (", ..." if len(bad) > 5 else "")
+        print(f"scratchformer: note: {path}: left out {len(bad)} line(s) that are not metric rows (line {shown})",
+              file=sys.stderr)
+    m = MetricsHistory([], [], [])
+    for row in rows:  # null: not finite
+        if "loss" in row and row["loss"] is not None and row.get("grad_norm") is not None:
+            m.train.append(row)
+        elif "loss" in row:
+            m.not_finite.append(row["step"])
+        elif row.get("val_loss") is not None:
+            m.evals.append(row)
+    return m
+
+
+def read_run(run_dir) -> dict:
+    """What a comparison needs of a run folder: name, config, metrics, summary if done."""
+    d = Path(run_dir)
+    path = d / "config.json"
+    if not d.is_dir():
+        raise CheckpointError(f"run folder {d} does not exist")
+    if not path.is_file():
+        raise CheckpointError(f"{path} does not exist; is {run_dir} a run folder?")
+    cfg = from_file(path)
+    if not (d / "metrics.jsonl").is_file():
+        weights = ckpt.best(d)
+        imported = weights is not None and ckpt.read_meta(weights).get("imported_from")
+        raise CheckpointError(f"{d} has no metrics.jsonl: " + ("weights only (an imported model), no training to "
+                              "compare" if imported else "no training steps logged yet"))
+    train, evals, _ = read_metrics(d)
+    summary = {}
+    if (d / "summary.json").is_file():
+        try:
+            summary = json.loads((d / "summary.json").read_text())
+        except ValueError as e:
+            raise CheckpointError(f"{d / 'summary.json'} is not JSON ({e}); delete it to compare the run without it") \
+                from None
+        if not isinstance(summary, dict):
+            raise CheckpointError(f"{d / 'summary.json'} holds {type(summary).__name__}, not a JSON object")
+    return {"dir": d, "name": d.resolve().name, "cfg": cfg, "train": train, "evals": evals, "summary": summary}

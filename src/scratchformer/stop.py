@@ -1,7 +1,7 @@
 """Stopping a training run cleanly on Ctrl-C (SIGINT) or SIGTERM.
 
 The first signal only sets a flag: the training loop finishes the jitted call in
-flight, saves a checkpoint at that step and stops (train.TrainingInterrupted), so
+flight, saves a checkpoint at that step and stops (TrainingInterrupted), so
 `--resume` continues exactly where it left off. A second signal acts as usual
 (KeyboardInterrupt for SIGINT, termination for SIGTERM). Only single-process runs
 install the handlers: a checkpoint of a multi-process run needs every process, and a
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import signal
 import threading
+from pathlib import Path
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -41,3 +42,12 @@ class StopRequest:
         for s, handler in self._previous.items():
             signal.signal(s, handler)
         self._previous = {}
+
+
+class TrainingInterrupted(RuntimeError):
+    """SIGINT or SIGTERM: the run stopped after saving a checkpoint."""
+
+    def __init__(self, signum: int, step: int, checkpoint: Path, run: Path):
+        super().__init__(f"{signal.Signals(signum).name}: stopped at step {step}, saved {checkpoint}; "
+                         f"to continue, run the same command with --out {run} --resume")
+        self.signum, self.step, self.checkpoint = signum, step, checkpoint

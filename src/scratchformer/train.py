@@ -1,4 +1,5 @@
-"""Training: the TrainState pytree, the jitted step, and the loop around it.
+"""Training's state and step: the TrainState pytree and the jitted step (the loop
+around them is loop.py).
 
 `train_step(state, batch) -> (state, metrics)` is the one training path. The loop
 calls it through `make_train_call`, which draws each batch on device from the step
@@ -13,8 +14,6 @@ therefore draws exactly what an uninterrupted one would.
 from __future__ import annotations
 
 import math
-import sys
-import time
 from functools import partial
 from typing import Any, NamedTuple
 
@@ -22,25 +21,20 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from .config import RunConfig, task_class
+from . import checkpoint as ckpt
+from .config import RunConfig
 from .kernels import product_dtype
-from .memory import check_fits, program_bytes, tree_bytes
-from .optim import clip_by_global_norm, ema_decay, ema_update
-from .optimizers import optimizer, schedule
-from .parallel import (batch_sharding, bytes_per_device, check_batch, host_value, is_main, make_mesh, put_global,
-                       replicated, state_shardings)
-from .progress import training_bar
-from .runs import RunFolder
-from .stop import StopRequest
-from .train_run import Checkpoints, Metrics, TrainingDiverged, TrainingInterrupted, footprint, header, start_state
-
-__all__ = ["TrainState", "TrainingDiverged", "TrainingInterrupted", "fit", "dry_run", "weights"]
+from .optim import optimizer, schedule
+from .optim.adamw import clip_by_global_norm
+from .optim.ema import ema_decay, ema_update
+from .parallel import batch_sharding, check_batch, make_mesh, put_global, replicated, state_shardings
+from .tasks import task_class
 
 
 class TrainState(NamedTuple):
     step: jax.Array        # int32 scalar: optimizer steps taken
     params: Any
-    opt_state: Any         # the state of optim.name's optimizer (optim.AdamWState, muon.HybridState)
+    opt_state: Any         # the state of optim.name's optimizer (optim.adamw.AdamWState, optim.muon.HybridState)
     rng: jax.Array         # uint32[2] PRNG key of the run
     ema: Any = None        # train.ema > 0: the moving average of params (what is evaluated and saved
                            # as the model); None: off
@@ -158,114 +152,8 @@ def steps_per_call(cfg: RunConfig) -> int:
     return max(d for d in range(1, min(t.steps_per_call, g) + 1) if g % d == 0)
 
 
-class Plan(NamedTuple):
-    call: Any        # the compiled training call: (state, data) -> (state, metrics)
-    shardings: Any   # of the TrainState
-    data: dict       # the task's input_spec: its device data, or the shape of a streamed call's
-    mesh: Any
-    k: int           # steps per call
-    n_params: int
-
-
-def plan(task, *, fsdp: bool = False) -> Plan:
-    """Compile the training call and check that it fits in memory, before the state is
-    allocated or the run folder made (a run too big for the machine is an error first)."""
-    cfg = task.cfg
-    mesh = make_mesh()
-    k = steps_per_call(cfg)
-    call, shardings = make_train_call(cfg, task, k, mesh, fsdp=fsdp)
-    data = task.input_spec(mesh, k)
-    template = state_template(cfg)
-    call = call.lower(template, data).compile()
-    n = sum(x.size for x in jax.tree.leaves(template.params))
-    check_fits(call, mesh.local_devices, what=footprint(cfg, n, fsdp, mesh.size), advice=_advice(fsdp, mesh.size),
-               allocated=_allocated(data))
-    return Plan(call, shardings, data, mesh, k, n)
-
-
-def _allocated(data) -> int:
-    """Bytes per device of the call's data that exist already (device data, replicated);
-    streamed windows are made call by call."""
-    return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(data) if isinstance(x, jax.Array))
-
-
-def _advice(fsdp: bool, n_devices: int) -> str:
-    more = "; fsdp splits the parameters and optimizer state over the devices" if n_devices > 1 and not fsdp else ""
-    return ("choose a smaller model or train.batch_size (train.grad_accum keeps the tokens per step with a smaller "
-            f"batch){more}")
-
-
-def dry_run(task, out_dir, *, fsdp: bool = False) -> dict:
-    """Compile the step and check that it fits in memory; allocate no training state and
-    write nothing (the data is on the devices already: the check counts it).
-    Returns {"parameters", "bytes_per_device", "header"}."""
-    p = plan(task, fsdp=fsdp)
-    return {"parameters": p.n_params, "bytes_per_device": program_bytes(p.call),
-            "header": header(task, p.n_params, program_bytes(p.call), out_dir)}
-
-
-def fit(task, out_dir, *, resume: bool = False, fsdp: bool = False, progress: bool = True) -> dict:
-    """Train `task` under its config (`task.cfg`), writing the run to `out_dir`; returns
-    the summary (also written to summary.json). `task.source` (the data file) is saved
-    with each checkpoint and checked on resume."""
-    t, main = task.cfg.train, is_main()
-    p = plan(task, fsdp=fsdp)
-    task.mesh = p.mesh
-    run = RunFolder(out_dir)
-    state, best_val = start_state(run, task, p.shardings, resume=resume, main=main)
-    if main:  # once the run is set to start (an error above is the only line)
-        print(header(task, p.n_params, program_bytes(p.call), out_dir), file=sys.stderr)
-    start = step = int(host_value(state.step))
-    bar = training_bar(t.steps, start, enabled=progress and main, per_call=p.k)
-    metrics = Metrics(run if main else None, task, bar)
-    saves = Checkpoints(run, task, main, best_val)
-    feed = task.feed(p.data, run_key(task.cfg), start, p.k)
-    stop = StopRequest(enabled=jax.process_count() == 1).install()
-    t_start = time.perf_counter()
-    try:
-        while step < t.steps:
-            state, out = p.call(state, next(feed))
-            metrics.dispatched(step, out)  # reads the previous call's metrics, not this one's
-            step += p.k
-            bar.update(p.k)
-            at_eval = step % t.eval_every == 0 or step == t.steps  # the last state is always evaluated
-            at_ckpt = step % t.checkpoint_every == 0 or step == t.steps
-            if at_eval or at_ckpt or stop.signum is not None:
-                metrics.flush()
-            if at_eval:
-                saves.evaluated(state, step, metrics.evaluation(weights(state), step, time.perf_counter() - t_start))
-            if at_ckpt or stop.signum is not None:
-                saves.save(state, step)
-            if stop.signum is not None:
-                raise TrainingInterrupted(stop.signum, step, saves.path(step), run.path)
-    finally:
-        feed.close()
-        stop.restore()
-        bar.close()
-    return _summary(task, state, run, p, start=start if resume else None, best_val=saves.best_val,
-                    train_time=time.perf_counter() - t_start, fsdp=fsdp)
-
-
-def _summary(task, state, run, p: Plan, *, start, best_val, train_time, fsdp) -> dict:
-    """The final evaluation on the whole held-out set, and what the run took."""
-    cfg = task.cfg
-    final = task.evaluate(weights(state), full=True)
-    if state.ema is not None:  # what the average gained, measured in every run that keeps one
-        final["val_loss_without_ema"] = task.evaluate(state.params, full=True)["val_loss"]
-    summary = {"task": cfg.task, "steps": cfg.train.steps, "resumed_from": start,
-               "train_time_s": round(train_time, 2), **final,
-               "best_periodic_val_loss": best_val if math.isfinite(best_val) else None,
-               "devices": p.mesh.size, "processes": jax.process_count(), "fsdp": fsdp,
-               "state_bytes_total": tree_bytes(state),
-               "state_bytes_per_device_max": max(bytes_per_device(state).values())}
-    if is_main():
-        run.write_json("summary.json", summary)
-    return summary
-
-
 def restore_state(tensors, cfg: RunConfig, shardings, source: str):
     """A checkpoint's tensors as the TrainState, placed in its shardings (any device
     count: the file holds whole arrays)."""
-    from . import checkpoint as ckpt
     host_state = ckpt.restore(tensors, state_template(cfg), source=source)
     return put_global(host_state, shardings)

@@ -13,8 +13,10 @@ import json
 import re
 
 import numpy as np
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from ..errors import DataError
+from .text import CharTokenizer
 
 END_OF_TEXT = "<|endoftext|>"  # GPT-2's document separator, the last id of its vocabulary
 MIN_VOCAB = 257                # the 256 byte symbols and <|endoftext|>
@@ -24,7 +26,6 @@ _PIECE_END = re.compile(r"\n(?=\S)")
 
 
 def _byte_level(model):
-    from tokenizers import Tokenizer, decoders, pre_tokenizers
     tok = Tokenizer(model)
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -42,7 +43,6 @@ class BpeTokenizer:
     @classmethod
     def train(cls, texts, vocab_size: int) -> "BpeTokenizer":
         """Learn `vocab_size` symbols (>= 257) from an iterable of strings."""
-        from tokenizers import models, pre_tokenizers, trainers
         if not MIN_VOCAB <= vocab_size <= MAX_VOCAB:
             raise DataError(f"vocab_size={vocab_size} must be in [{MIN_VOCAB}, {MAX_VOCAB}] (256 bytes, "
                             f"{END_OF_TEXT} and the merges)", option="vocab_size")
@@ -55,7 +55,6 @@ class BpeTokenizer:
     @classmethod
     def from_gpt2(cls, vocab_json, merges_txt) -> "BpeTokenizer":
         """GPT-2's tokenizer from its published `vocab.json` and `merges.txt`."""
-        from tokenizers import models
         try:
             tok = _byte_level(models.BPE.from_file(str(vocab_json), str(merges_txt)))
         except Exception as e:  # the Rust side raises plain Exceptions for unreadable files
@@ -67,7 +66,6 @@ class BpeTokenizer:
 
     @classmethod
     def from_json(cls, text: str, source: str = "tokenizer.json") -> "BpeTokenizer":
-        from tokenizers import Tokenizer
         try:
             return cls(Tokenizer.from_str(text))
         except Exception as e:
@@ -115,7 +113,6 @@ class BpeTokenizer:
 
 def tokenizer_from_json(text: str, source: str = "tokenizer.json"):
     """A tokenizer saved with to_json: ours for characters, the `tokenizers` format for BPE."""
-    from .text import CharTokenizer
     try:
         d = json.loads(text)
     except ValueError as e:

@@ -6,7 +6,8 @@ A background thread builds each jitted call's windows (k steps x B rows x T+1 to
 so both paths train on identical batches. Each process reads only the rows that its own
 devices hold of the global batch, with pread rather than through the memmap's pages: a
 page fault maps the pages read ahead around it too, and those stay in the process's
-resident memory, which crept towards the whole file's size over a long run.
+resident memory, which would grow towards the whole file's size over a long run
+(BENCHMARKS.md, "Streaming from token files").
 """
 
 from __future__ import annotations

@@ -19,8 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..checkpoint import atomic_folder, missing_parents
 from ..errors import DataError
+from ..files import atomic_folder, missing_parents
+from ..progress import counter
 from .bpe import END_OF_TEXT, BpeTokenizer, tokenizer_from_json
 from .text import CharTokenizer, sha256_file
 
@@ -120,7 +121,6 @@ def prepare(paths, out, *, tokenizer: str = "char", vocab_size: int | None = Non
 
 
 def _write(files, tok, folder: Path, val_fraction: float, progress: bool) -> dict:
-    from ..progress import counter
     dtype = dtype_for(len(tok))
     eot = None if tok.kind == "char" else tok.id_of(END_OF_TEXT)
     sep = [] if eot is None else [eot]

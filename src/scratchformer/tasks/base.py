@@ -3,7 +3,6 @@ the evaluation loop both tasks share."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 import jax
@@ -16,8 +15,9 @@ from ..parallel import chunks_on_mesh, host_value, make_mesh, put_global, replic
 class Task(Protocol):
     name: ClassVar[str]              # the registry's key, config.json's "task"
     unit: ClassVar[str]              # what a step trains on: "tok" (tokens) or "seq" (sequences)
-    stacks: ClassVar[int]            # layer stacks of n_layer blocks (2: encoder and decoder)
-    Data: ClassVar[type]             # the task's data section of the config (a frozen dataclass)
+    stacks: ClassVar[int]            # layer stacks of n_layer blocks (2: encoder and decoder); Data.stacks
+    Data: ClassVar[type]             # the task's data section of the config (a frozen dataclass with
+                                     # `task`, `stacks`, check_run(cfg) and max_vocab(cfg))
     presets: ClassVar[dict[str, dict[str, Any]]]  # named overrides, applied like --set
     default_preset: ClassVar[str]
     finetune_preset: ClassVar[str]  # the default with --init-from
@@ -27,10 +27,6 @@ class Task(Protocol):
     source: dict | None              # the data file's {"path", "sha256"}, saved with each checkpoint
     mesh: Any                        # set by the training loop; None: all visible devices
 
-    @classmethod
-    def check_config(cls, cfg: RunConfig) -> None: ...
-    @classmethod
-    def max_vocab(cls, cfg: RunConfig) -> int: ...
     @classmethod
     def tokens_per_step(cls, cfg: RunConfig) -> int: ...
     @classmethod
@@ -53,7 +49,6 @@ class Task(Protocol):
     def batches(self, data: dict, rng, first_step, n_steps: int, batch: int) -> dict: ...
     def evaluate(self, params, *, full: bool, progress: bool = False, **options) -> dict: ...
     def sample(self, params, **options) -> tuple[str, str | None]: ...
-    def plot_attention(self, run_dir, params, meta: dict) -> Path: ...
 
 
 def eval_loss(loss_fn, params, arrays: dict, chunk: int, mesh=None, on_chunk=None) -> tuple[float, int]:

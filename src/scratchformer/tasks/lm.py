@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import ClassVar
 
 import jax
 import numpy as np
@@ -16,6 +17,7 @@ from ..data import text
 from ..data.bpe import tokenizer_from_json
 from ..data.stream import WindowStream
 from ..data.tokens import TokenFiles
+from ..decode import generate
 from ..errors import DataError, UsageError
 from ..loss import lm_loss
 from ..models import init_lm
@@ -47,6 +49,8 @@ def eval_chunk(block: int, n_head: int, backend: str | None = None) -> int:
 
 @dataclass(frozen=True)
 class TextData:
+    task: ClassVar[str] = "lm"
+    stacks: ClassVar[int] = 1  # one stack of model.n_layer blocks: a decoder
     val_fraction: float = 0.1  # last 10% of the text is validation (nanoGPT's split)
     eval_windows: int = 256    # windows of the periodic evaluation (0 = the whole split)
     stream: str = "auto"       # token files: read batches from disk ("on"), from the devices ("off"), or
@@ -56,6 +60,12 @@ class TextData:
         check(0 < self.val_fraction < 1, f"data.val_fraction={self.val_fraction!r} must be in (0, 1)")
         check(self.eval_windows >= 0, f"data.eval_windows={self.eval_windows} must be >= 0")
         check(self.stream in STREAM, f"data.stream={self.stream!r} is not one of {', '.join(STREAM)}")
+
+    def check_run(self, cfg: RunConfig) -> None:
+        """What this section needs of the rest of the run's config: nothing more."""
+
+    def max_vocab(self, cfg: RunConfig) -> int:
+        return cfg.model.vocab_size
 
 
 FINETUNE_PRESET = "gpt2-finetune"
@@ -69,22 +79,21 @@ CPU_QUICK_CLASSIC = {  # AdamW on GPT-2's block: the seed's recipe, tuned for a 
 CPU_CLASSIC = {  # AdamW on GPT-2's block, the seed's `cpu` preset: tuned on a 2-core CPU for 10 minutes
     "model.n_layer": 4, "model.n_head": 4, "model.d_model": 192, "model.d_ff": 768,
     "model.block_size": 128, "model.dropout": 0.0,
-    "model.attn_block": 64,  # two query blocks at T=128: a little faster per step on a CPU
+    "model.attn_block": 64,  # two query blocks at T=128: a little faster per step on a CPU ("Query-block attention")
     "model.products": "auto",  # bfloat16 products on a CPU with AMX (kernels.product_dtype)
     "optim.lr": 3e-3, "optim.min_lr": 1e-4, "optim.warmup_steps": 100,
     "train.batch_size": 32, "train.steps": 2500, "train.eval_every": 500,
     "train.checkpoint_every": 500, "train.steps_per_call": 20,
 }
 PRESETS = {
-    # A low validation loss within ~30 s on a 2-core CPU: the classic settings with Muon
-    # on the hidden matrices, the one change of benchmarks/ablation.py's block recipes that
-    # paid at width 128 (BENCHMARKS.md, "Block options and Muon"), with weight decay on
-    # Muon's matrices and the weights' moving average evaluated ("Weight decay on Muon's
-    # matrices, and the moving average"), at width 96 (3 heads of 32): its steps take ~0.63x
-    # width 128's, so 1,200 of them (1.663-1.672 over three seeds) train in ~0.77x the time
-    # of 1,000 at width 128 (1.656-1.683) (BENCHMARKS.md, "cpu-quick's shape for the 30 s goal").
-    # At that shape zero-initialised output projections lowered the loss at every seed
-    # (1.655-1.670), at no cost a step and with the GPT-2 block kept (exportable).
+    # A low validation loss within ~30 s on a 2-core CPU: the classic settings with Muon on
+    # the hidden matrices (of the block options, the change that paid), weight decay on Muon's
+    # matrices and the weights' moving average evaluated, at width 96 (3 heads of 32): its
+    # steps are so much shorter than width 128's that 1,200 of them end as low as 1,000 at
+    # width 128, in less time. Zero-initialised output projections lowered the loss at this
+    # shape at no cost a step and keep the GPT-2 block (exportable). (BENCHMARKS.md, "Muon
+    # against AdamW", "`cpu-quick`: width 96, 1,200 steps", "Block options: RMSNorm, QK-norm,
+    # ReLU^2, zero-init, untied head, softcap")
     "cpu-quick": {**CPU_QUICK_CLASSIC, "model.d_model": 96, "model.d_ff": 384, "model.n_head": 3,
                   "model.zero_init": True, "optim.name": "muon", "optim.muon_weight_decay": 0.1,
                   "train.ema": 0.99, "train.steps": 1200},
@@ -99,19 +108,20 @@ PRESETS = {
         "train.batch_size": 4, "train.steps": 200, "train.eval_every": 50, "train.checkpoint_every": 50,
         "train.steps_per_call": 1, "data.eval_windows": 16,
     },
-    # Muon on the classic settings, 1,500 steps (AdamW's 2,500 end higher in twice the
-    # time; Muon's 2,500 overfit: BENCHMARKS.md, "Muon at the cpu preset"), its matrices
-    # decayed at 0.2 and the moving average evaluated: 1.455-1.469 over seeds on the Intel
-    # Xeon in 10 minutes (BENCHMARKS.md, "Weight decay on Muon's matrices, and the moving average").
+    # Muon on the classic settings for 1,500 steps: AdamW ends higher in more steps, and
+    # Muon overfits past 1,500; its matrices decayed at 0.2, the regularisation that holds
+    # the overfitting off, and the moving average evaluated. (BENCHMARKS.md, "Muon against
+    # AdamW", "Weight decay on Muon's matrices", "The moving average of the weights")
     "cpu": {**CPU_CLASSIC, "optim.name": "muon", "optim.muon_weight_decay": 0.2, "train.ema": 0.98,
             "train.steps": 1500},
     "cpu-classic": CPU_CLASSIC,
     # nanoGPT's shakespeare_char GPU settings, but 2,500 steps (not 5,000) and bf16: the
-    # validation loss bottoms out near 2,500 steps and then overfits (BENCHMARKS.md, GPU).
+    # validation loss bottoms out before 2,500 steps and then overfits, and bf16 trains
+    # faster at a similar loss (BENCHMARKS.md, "`gpu`: 2,500 steps in bfloat16").
     "gpu": {
         "model.n_layer": 6, "model.n_head": 6, "model.d_model": 384, "model.d_ff": 1536,
         "model.block_size": 256, "model.dropout": 0.2, "model.dtype": "bfloat16",
-        "model.attn_block": 0,  # the GPU figures were measured without query blocks
+        "model.attn_block": 0,  # the preset's loss was measured without query blocks (their dropout masks differ)
         "optim.lr": 1e-3, "optim.min_lr": 1e-4, "optim.warmup_steps": 100, "optim.b2": 0.99,
         "train.batch_size": 64, "train.steps": 2500, "train.eval_every": 250,
         "train.checkpoint_every": 500, "train.steps_per_call": 25, "data.eval_windows": 0,
@@ -136,7 +146,7 @@ class LMTask(DrawnOnDevice):
 
     name = "lm"
     unit = "tok"
-    stacks = 1
+    stacks = TextData.stacks
     Data = TextData
     presets = PRESETS
     default_preset = "cpu"
@@ -167,14 +177,6 @@ class LMTask(DrawnOnDevice):
         self._token_bytes = tokenizer.token_bytes()
 
     # ------------------------------------------------------------ configuration
-    @classmethod
-    def check_config(cls, cfg: RunConfig) -> None:
-        pass
-
-    @classmethod
-    def max_vocab(cls, cfg: RunConfig) -> int:
-        return cfg.model.vocab_size
-
     @classmethod
     def tokens_per_step(cls, cfg: RunConfig) -> int:
         return cfg.train.batch_size * cfg.model.block_size
@@ -359,13 +361,18 @@ class LMTask(DrawnOnDevice):
     # ------------------------------------------------------------ use
     def sample(self, params, *, prompt, tokens, temperature, top_k, top_p, seed, no_cache) -> tuple[str, None]:
         """The prompt and `tokens` generated tokens, as text."""
-        from ..decode import generate
         vocab = self.cfg.model.vocab_size
         if not 0 <= top_k <= vocab:
             raise UsageError(f"top_k={top_k} must be in [0, {vocab}]")
         if not prompt:
             raise UsageError("the prompt is empty; give at least one character")
-        ids = self.tokenizer.encode(prompt)
+        try:
+            ids = self.tokenizer.encode(prompt)
+        except DataError:
+            if "\\" in prompt:  # a shell passed "\n" as two characters
+                raise UsageError(f"\"{prompt}\" holds a backslash, which is not in the model's vocabulary; for a "
+                                 "newline, pass a real one (bash: --prompt $'ROMEO:\\n')", option="prompt") from None
+            raise
         if len(ids) == 0:
             raise UsageError(f"the prompt {prompt!r} encodes to no tokens")
         if len(ids) > self.cfg.model.block_size:
@@ -377,7 +384,3 @@ class LMTask(DrawnOnDevice):
         out = generate(params, self.cfg.model, ids, tokens, seed=seed,
                        temperature=temperature, top_k=top_k, top_p=top_p, use_cache=not no_cache)
         return self.tokenizer.decode(out), None
-
-    def plot_attention(self, run_dir, params, meta: dict):
-        from ..plots import plot_lm_attention
-        return plot_lm_attention(run_dir, self, params, meta)

@@ -4,11 +4,13 @@ generated on the fly (a fresh batch every step, a fixed held-out set)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import ClassVar
 
 import jax
 
 from ..config import RunConfig, check, check_bounded, check_positive
 from ..data import reverse
+from ..decode import seq2seq_accuracy, seq2seq_decode
 from ..errors import UsageError
 from ..loss import seq2seq_loss
 from ..models import init_encdec
@@ -22,6 +24,8 @@ MAX_BEAM = 64
 
 @dataclass(frozen=True)
 class ReverseData:
+    task: ClassVar[str] = "reverse"
+    stacks: ClassVar[int] = 2  # an encoder and a decoder, model.n_layer blocks each
     vocab_size: int = 20  # symbols 0..vocab_size-1 (plus PAD, BOS, EOS)
     min_len: int = 1
     max_len: int = 20
@@ -33,11 +37,20 @@ class ReverseData:
         check_bounded(self, "data", "vocab_size", "max_len", "eval_size")
         check(self.min_len <= self.max_len, f"data.min_len={self.min_len} is larger than data.max_len={self.max_len}")
 
+    def check_run(self, cfg: RunConfig) -> None:
+        """What this section needs of the rest of the run's config: room for BOS/EOS."""
+        need = cfg.data.max_len + 2
+        check(cfg.model.block_size >= need, f"model.block_size={cfg.model.block_size} is too small for data.max_len="
+              f"{cfg.data.max_len} (needs >= {need}: BOS/EOS)")
+
+    def max_vocab(self, cfg: RunConfig) -> int:
+        return max(cfg.model.vocab_size, reverse.model_vocab(cfg.data.vocab_size))
+
 
 PRESETS = {
     # Learned positions leave the loss plateau that sinusoidal positions show on this task
-    # within ~100 steps (README), so the preset reaches 100% in 800 steps.
-    # --set model.positions=sinusoidal gives Vaswani et al.'s encoding (~1,500 steps).
+    # early, so the preset reaches 100% in 800 steps. --set model.positions=sinusoidal gives
+    # Vaswani et al.'s encoding (its token std: models.sinusoidal_token_std).
     "default": {
         "model.n_layer": 2, "model.n_head": 4, "model.d_model": 64, "model.d_ff": 128,
         "model.block_size": 22, "model.positions": "learned",
@@ -54,7 +67,7 @@ class ReverseTask(DrawnOnDevice):
 
     name = "reverse"
     unit = "seq"
-    stacks = 2
+    stacks = ReverseData.stacks
     Data = ReverseData
     presets = PRESETS
     default_preset = "default"
@@ -70,16 +83,6 @@ class ReverseTask(DrawnOnDevice):
         self._loss = jax.jit(lambda p, b: self.loss(p, b, cfg=self.cfg.model))
 
     # ------------------------------------------------------------ configuration
-    @classmethod
-    def check_config(cls, cfg: RunConfig) -> None:
-        need = cfg.data.max_len + 2
-        check(cfg.model.block_size >= need, f"model.block_size={cfg.model.block_size} is too small for data.max_len="
-              f"{cfg.data.max_len} (needs >= {need}: BOS/EOS)")
-
-    @classmethod
-    def max_vocab(cls, cfg: RunConfig) -> int:
-        return max(cfg.model.vocab_size, reverse.model_vocab(cfg.data.vocab_size))
-
     @classmethod
     def tokens_per_step(cls, cfg: RunConfig) -> int:
         return cfg.train.batch_size
@@ -127,7 +130,6 @@ class ReverseTask(DrawnOnDevice):
         """Teacher-forced validation loss (periodic: the first 1,000 held-out sequences;
         full: all of them, plus exact match and token accuracy of decoded outputs;
         `on_decoded(n)` after each decoding call, as in seq2seq_accuracy)."""
-        from ..decode import seq2seq_accuracy
         ev = self.eval_set()
         if not full:
             ev = {k: v[:EVAL_SEQS] for k, v in ev.items()}
@@ -148,7 +150,6 @@ class ReverseTask(DrawnOnDevice):
     # ------------------------------------------------------------ use
     def sample(self, params, *, input=None, beam: int = 1) -> tuple[str, str | None]:
         """The reversal of `input` ('7 3 9 1'), and a note when the output is not a plain answer."""
-        from ..decode import seq2seq_decode
         if input is None:
             raise UsageError("a reverse run reverses the symbols of --input, e.g. --input '7 3 9 1'; none were given")
         if not 1 <= beam <= MAX_BEAM:
@@ -157,7 +158,3 @@ class ReverseTask(DrawnOnDevice):
         src = reverse.parse_symbols(input, n_symbols=d.vocab_size, max_len=d.max_len)
         out = seq2seq_decode(params, self.cfg.model, src, beam=beam)
         return " ".join(str(x) for x in reverse.output_symbols(out[0])), reverse.output_note(out[0])
-
-    def plot_attention(self, run_dir, params, meta: dict):
-        from ..plots import plot_attention
-        return plot_attention(run_dir, self, params)

@@ -1,5 +1,4 @@
-"""Hand-written AdamW, global-norm clipping, the weight-decay mask, and the moving
-average of the weights.
+"""Hand-written AdamW, global-norm clipping and the weight-decay mask.
 
 The optimizer is a pair of pure functions over a small NamedTuple state, as in
 optax's `scale_by_adam`: `adamw_init(params)` and
@@ -13,8 +12,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from .kernels import sum_of_squares  # textbook or CPU fast path: kernels.FAST decides
-from .layers import at_least_f32
+from ..kernels import sum_of_squares  # textbook or CPU fast path: kernels.FAST decides
+from ..layers import at_least_f32
 
 
 class AdamWState(NamedTuple):
@@ -78,16 +77,3 @@ def adamw_update(grads, state: AdamWState, params, *, lr, b1: float, b2: float, 
 
     new_params = jax.tree.map(step, params, mu, nu, mask)
     return new_params, AdamWState(count, mu, nu)
-
-
-def ema_decay(decay: float, step):
-    """The moving average's decay for the update after `step` steps: `decay`, but at most
-    (1 + step) / (10 + step), so that the first weights (mostly the initialisation) fade
-    quickly (TensorFlow's ExponentialMovingAverage with num_updates)."""
-    step = jnp.asarray(step, jnp.float32)
-    return jnp.minimum(decay, (1.0 + step) / (10.0 + step))
-
-
-def ema_update(ema, params, decay):
-    """ema <- decay * ema + (1 - decay) * params, leaf by leaf, in the average's dtype."""
-    return jax.tree.map(lambda e, p: (e + (1.0 - decay) * (p.astype(e.dtype) - e)).astype(e.dtype), ema, params)

@@ -1,6 +1,11 @@
-"""The optimizers and learning-rate schedules a config names (optim.name, optim.schedule).
-OPTIMIZERS and SCHEDULES map each name to a builder; they are the one place a name is
-looked up (config checks names against them).
+"""The optimizers and learning-rate schedules, hand-written, and the registry that builds
+the ones a config names (optim.name, optim.schedule): `optimizer` and `schedule` are the
+one place a name is looked up; config.OPTIMIZERS and config.SCHEDULES list the names.
+
+  adamw.py      AdamW, global-norm clipping, the weight-decay mask
+  muon.py       Muon on the hidden matrices, and the hybrid with AdamW on the rest
+  schedules.py  warmup + cosine, warmup-stable-decay
+  ema.py        the moving average of the weights
 
 An `Optimizer` is the pair the training step uses, closed over the config and the
 masks of the parameter tree (Python bools, static under jit):
@@ -14,10 +19,10 @@ from __future__ import annotations
 from functools import partial
 from typing import Any, Callable, NamedTuple
 
-from .config import OptimConfig
+from ..config import OptimConfig
+from .adamw import adamw_init, adamw_update, decay_mask
 from .muon import hybrid_init, hybrid_update, muon_mask
-from .optim import adamw_init, adamw_update, decay_mask
-from .schedule import warmup_cosine, warmup_stable_decay
+from .schedules import warmup_cosine, warmup_stable_decay
 
 
 class Optimizer(NamedTuple):
@@ -26,7 +31,7 @@ class Optimizer(NamedTuple):
 
 
 def adamw(o: OptimConfig, params, products=None) -> Optimizer:
-    """optim.adamw_update on every leaf, decayed where optim.decay_mask says."""
+    """adamw.adamw_update on every leaf, decayed where adamw.decay_mask says."""
     decay = decay_mask(params, decay_embeddings=o.decay_embeddings)
 
     def update(grads, state, params, lr):
@@ -52,7 +57,7 @@ def muon_adamw(o: OptimConfig, params, products=None) -> Optimizer:
     return Optimizer(lambda p: hybrid_init(p, on_muon), update)
 
 
-OPTIMIZERS = {"adamw": adamw, "muon": muon_adamw}
+_BUILD_OPTIMIZER = {"adamw": adamw, "muon": muon_adamw}  # keys: config.OPTIMIZERS
 
 
 def cosine(o: OptimConfig, total_steps: int):
@@ -65,16 +70,16 @@ def wsd(o: OptimConfig, total_steps: int):
                    total_steps=total_steps, decay_steps=max(1, round(o.decay_fraction * total_steps)))
 
 
-SCHEDULES = {"cosine": cosine, "wsd": wsd}
+_BUILD_SCHEDULE = {"cosine": cosine, "wsd": wsd}  # keys: config.SCHEDULES
 
 
 def optimizer(o: OptimConfig, params, products=None) -> Optimizer:
     """The optimizer optim.name names, for a tree shaped like `params` (arrays or
     ShapeDtypeStructs); products: the model's product dtype (kernels.product_dtype),
     which Muon's Newton-Schulz iteration follows."""
-    return OPTIMIZERS[o.name](o, params, products)
+    return _BUILD_OPTIMIZER[o.name](o, params, products)
 
 
 def schedule(o: OptimConfig, total_steps: int):
     """The schedule optim.schedule names: step -> optim.lr's rate at that step (traceable)."""
-    return SCHEDULES[o.schedule](o, total_steps)
+    return _BUILD_SCHEDULE[o.schedule](o, total_steps)

@@ -1,5 +1,5 @@
 """Hand-written Muon, and a hybrid optimizer: Muon on the hidden weight matrices, the
-project's AdamW (optim.py) on every other leaf.
+project's AdamW (optim/adamw.py) on every other leaf.
 
 Muon, "MomentUm Orthogonalized by Newton-schulz" (Jordan et al. 2024), replaces each matrix's momentum by the nearest
 semi-orthogonal matrix, approximated by a quintic Newton-Schulz iteration, so that a
@@ -7,7 +7,7 @@ step moves every singular direction by about the same amount. It is meant for th
 weights of hidden layers only; embeddings, the output head, gains and biases stay on
 AdamW, as in the reference and in Liu et al. 2025.
 
-As AdamW in optim.py: pure functions over small NamedTuple states, `muon_init(params)`
+As AdamW in adamw.py: pure functions over small NamedTuple states, `muon_init(params)`
 and `muon_update(grads, state, params, ...) -> (new_params, new_state)`, and the same
 pair for the whole tree, `hybrid_init` / `hybrid_update`.
 
@@ -29,16 +29,17 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from .optim import AdamWState, adamw_init, adamw_update
+from .adamw import AdamWState, adamw_init, adamw_update
 
 NS_COEFFS = (3.4445, -4.7750, 2.0315)  # (a, b, c) of the reference's quintic iteration
 # Fused projections orthogonalised block by block: name of the linear -> number of
 # equal column blocks (self-attention's q|k|v, cross-attention's k|v).
 FUSED_BLOCKS = {"qkv": 3, "kv": 2}
-# Newton-Schulz in float32 by default: on XLA's CPU backend bfloat16 was no faster and
-# left the result much further from U V^T. With model.products=bfloat16 (the CPU presets
-# on a CPU with AMX) the iteration keeps X in float32 and rounds only the products'
-# inputs, for every matrix of a shape at once (`newton_schulz_stack`).
+# Newton-Schulz in float32 by default: on XLA's CPU backend a bfloat16 iteration is no
+# faster and leaves the result much further from U V^T. With model.products=bfloat16 (the
+# CPU presets on a CPU with AMX) the iteration keeps X in float32 and rounds only the
+# products' inputs, for every matrix of a shape at once (`newton_schulz_stack`;
+# BENCHMARKS.md, "Newton-Schulz: stacked by shape, not on the Gram matrix").
 NS_DTYPE = jnp.float32
 
 
@@ -81,10 +82,10 @@ def newton_schulz(g_MxN, steps: int = 5, dtype=NS_DTYPE, eps: float = 1e-7):
 def newton_schulz_stack(g_LxMxN, steps: int = 5, products=jnp.bfloat16, eps: float = 1e-7):
     """`newton_schulz` of each of L wide matrices (M <= N) at once, X in float32 and each
     product's inputs rounded to `products` with float32 sums (float64 inputs and
-    products: float64 throughout, for the tests). One batched product per
-    term instead of one per matrix: on XLA's CPU backend with AMX this ran the cpu-quick
-    preset's 18 matrices in ~7 ms against ~12 ms one by one in float32 (BENCHMARKS.md,
-    "Products in bfloat16 on the Intel Xeon"); batched float32 products were slower."""
+    products: float64 throughout, for the tests). One batched product per term instead
+    of one per matrix: on XLA's CPU backend with AMX that is faster than the float32
+    iteration one matrix at a time, and batched float32 products are slower
+    (BENCHMARKS.md, "Newton-Schulz: stacked by shape, not on the Gram matrix")."""
     x = g_LxMxN.astype(jnp.promote_types(g_LxMxN.dtype, jnp.float32))  # float64 stays (tests)
 
     def product(spec, a, b):

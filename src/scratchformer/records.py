@@ -1,35 +1,24 @@
-"""The parts of a training run around the step, each named for what it does: starting
-fresh or from the latest checkpoint (`start_state`), metrics rows and progress lines
-(`Metrics`), checkpoints and the best one (`Checkpoints`), and the start-up line."""
+"""What a training run records as it goes: its metrics rows and progress lines
+(`MetricsLog`, which also stops a run whose loss is not finite), its checkpoints and
+the best one (`Checkpoints`), and the line it starts with (`header`)."""
 
 from __future__ import annotations
 
 import math
-import signal
 import time
 from pathlib import Path
 
 import numpy as np
 
 from . import checkpoint as ckpt
-from .errors import CheckpointError, DataError, ResumeMismatch
 from .kernels import product_dtype
 from .memory import format_bytes
 from .parallel import host_value
-from .runs import RunFolder, config_of, not_a_folder
+from .runs import RunFolder
 
 
 class TrainingDiverged(RuntimeError):
     """Loss or gradient norm became NaN/inf."""
-
-
-class TrainingInterrupted(RuntimeError):
-    """SIGINT or SIGTERM: the run stopped after saving a checkpoint (see stop.py)."""
-
-    def __init__(self, signum: int, step: int, checkpoint: Path, run: Path):
-        super().__init__(f"{signal.Signals(signum).name}: stopped at step {step}, saved {checkpoint}; "
-                         f"to continue, run the same command with --out {run} --resume")
-        self.signum, self.step, self.checkpoint = signum, step, checkpoint
 
 
 def _json_float(x) -> float | None:
@@ -37,61 +26,7 @@ def _json_float(x) -> float | None:
     return x if math.isfinite(x) else None
 
 
-def start_state(run: RunFolder, task, shardings, *, resume: bool, main: bool):
-    """(state, best validation loss so far): the latest checkpoint's when resuming, else
-    the initial state (a function of the seed, so a resumed run that was killed before
-    its first checkpoint starting over is exact). Checks that a resumed run keeps its
-    config and data; writes config.json for a fresh run."""
-    from .train import init_sharded_state, restore_state
-    cfg = task.cfg
-    if resume and ckpt.latest(run.path) is None and not (run.path / "config.json").is_file():
-        # before run.prepare, which would make the folder it names
-        what = not_a_folder(run.path) or "has no checkpoint to resume from"
-        raise CheckpointError(f"cannot resume: {run.path} {what}")
-    if main:
-        run.prepare(resume=resume)
-    path = ckpt.latest(run.path) if resume else None
-    if path is None:
-        if main:
-            run.truncate_metrics(0)
-            run.write_json("config.json", cfg.to_dict())
-            for name, text in task.run_files().items():  # the tokenizer, for tools of one's own
-                run.write_text(name, text)
-        state = init_sharded_state(cfg, shardings)
-        if cfg.train.init_from:  # a fine-tune: the source run's weights, a fresh optimizer
-            from .finetune import start_params
-            from .parallel import put_global
-            start = start_params(cfg)
-            state = state._replace(params=put_global(start, shardings.params),
-                                   ema=None if state.ema is None else put_global(start, shardings.ema))
-        return state, math.inf
-    tensors, meta = ckpt.read(path)
-    _check_same_data(meta.get("data") or {}, task.source or {})  # first: other data changes the vocabulary too
-    saved = config_of(meta, path)
-    if saved != cfg:
-        raise ResumeMismatch(f"cannot resume: {path} was saved with a different config "
-                             f"({_config_difference(saved.to_dict(), cfg.to_dict())}); a resumed run keeps its config")
-    state = restore_state(tensors, cfg, shardings, str(path))
-    if main:
-        run.truncate_metrics(int(meta.get("step", host_value(state.step))))
-    return state, meta.get("best_val_loss") or math.inf
-
-
-def _check_same_data(saved: dict, source: dict) -> None:
-    if source and saved.get("sha256") and saved["sha256"] != source.get("sha256"):
-        raise DataError(f"{source.get('path')}: cannot resume on it, the run was trained on {saved.get('path')} "
-                        "(sha256 differs)", option="data")
-
-
-def _config_difference(saved: dict, now: dict) -> str:
-    """The first keys where two config dicts differ, as 'key: saved -> now'."""
-    a, b = ckpt.flatten(saved), ckpt.flatten(now)
-    diff = [f"{k}: {a.get(k, '(none)')} -> {b.get(k, '(none)')}" for k in sorted(a.keys() | b.keys())
-            if a.get(k) != b.get(k)]
-    return ", ".join(diff[:3]) + (f" and {len(diff) - 3} more" if len(diff) > 3 else "")
-
-
-class Metrics:
+class MetricsLog:
     """Training metrics, a jitted call's worth at a time: rows in metrics.jsonl (run is
     None on processes other than 0), the progress report, and a stop on a step whose
     loss or gradient is not finite (unless train.skip_nonfinite)."""
