@@ -1,4 +1,4 @@
-"""gumbel.py against jax.random: the same Threefry bits and the same Gumbel rows."""
+"""gumbel.py against jax.random: the same Threefry bits and the same Gumbel noise."""
 
 import jax
 import jax.numpy as jnp
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from jax.extend.random import threefry_2x32
 
-from scratchformer.gumbel import gumbel_row, multiply_wide, threefry2x32
+from scratchformer.gumbel import gumbel, threefry2x32
 
 
 def test_threefry_matches_jax_on_any_counters():
@@ -18,40 +18,19 @@ def test_threefry_matches_jax_on_any_counters():
     np.testing.assert_array_equal(got, want)
 
 
-def test_multiply_wide_against_64_bit_numpy():
-    rng = np.random.default_rng(1)
-    a, b = (rng.integers(0, 2**32, 1000, dtype=np.uint64) for _ in range(2))
-    a[:2], b[:2] = 2**32 - 1, [2**32 - 1, 0]
-    hi, lo = jax.jit(multiply_wide)(a.astype(np.uint32), b.astype(np.uint32))
-    np.testing.assert_array_equal(np.asarray(hi, np.uint64), (a * b) >> np.uint64(32))
-    np.testing.assert_array_equal(np.asarray(lo, np.uint64), (a * b) & np.uint64(2**32 - 1))
+@pytest.mark.parametrize("n", [1, 13, 64, 50_257, 50_304])
+def test_noise_is_jax_random_gumbel_bit_for_bit(n):
+    """For the keys the sampler uses (a seed's key folded with a token's index) and for
+    widths odd and even: the float32 bits, not only the values, are jax.random's."""
+    noise = jax.jit(gumbel, static_argnums=1)
+    for seed, i in [(0, 0), (3, 1), (12_345, 2**31 - 1)]:
+        key = jax.random.fold_in(jax.random.PRNGKey(seed), i)
+        want = np.asarray(jax.random.gumbel(key, (n,), jnp.float32))
+        np.testing.assert_array_equal(np.asarray(noise(key, n)).view(np.uint32), want.view(np.uint32))
 
 
-@pytest.mark.parametrize("rows,n", [(7, 13), (3, 50_257), (2, 64)])
-def test_rows_are_jax_random_gumbel_rows(rows, n):
-    key = jax.random.PRNGKey(3)
-    want = np.asarray(jax.random.gumbel(key, (rows, n), jnp.float32))
-    row = jax.jit(gumbel_row, static_argnums=2)
-    for i in range(rows):
-        np.testing.assert_array_equal(np.asarray(row(key, jnp.int32(i), n)), want[i])
-
-
-def test_padded_row_runs_on_into_the_next_row():
+def test_a_wider_draw_begins_with_the_narrower():
+    """Element j depends on the key and j alone: the sampler's noise padded to a multiple
+    of 64 holds the unpadded noise first."""
     key = jax.random.PRNGKey(5)
-    want = np.asarray(jax.random.gumbel(key, (3, 13), jnp.float32)).reshape(-1)
-    np.testing.assert_array_equal(np.asarray(gumbel_row(key, jnp.int32(1), 13, width=20)), want[13:33])
-
-
-def test_rows_past_two_to_the_32_elements():
-    """Row 90,000 of width 50,257 starts past element 2^32: the flat index's high word
-    is 1, and each value is Threefry's hash of that (high, low) pair."""
-    key, i, n = jax.random.PRNGKey(2), 90_000, 50_257
-    start = i * n
-    flat = start + np.arange(n, dtype=np.uint64)
-    hi, lo = (flat >> np.uint64(32)).astype(np.uint32), (flat & np.uint64(2**32 - 1)).astype(np.uint32)
-    assert hi[0] == 1
-    b = np.asarray(threefry_2x32(key, jnp.concatenate([jnp.asarray(hi), jnp.asarray(lo)])))
-    bits = b[:n] ^ b[n:]
-    u = np.maximum(np.finfo(np.float32).tiny, ((bits >> 9) | 0x3F800000).view(np.float32) - np.float32(1))
-    want = -np.log(-np.log(u))
-    np.testing.assert_allclose(np.asarray(gumbel_row(key, jnp.int32(i), n)), want, rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(gumbel(key, 50_304))[:50_257], np.asarray(gumbel(key, 50_257)))

@@ -1,5 +1,5 @@
 """LM sampling: the KV cache changes nothing, sliding windows past the block size,
-top-k and top-p do what they say, the noise is drawn a token at a time."""
+top-k and top-p do what they say, token i's noise comes from fold_in(key, i)."""
 
 import dataclasses
 
@@ -102,32 +102,68 @@ def test_top_k_keeps_k_largest():
     assert kept.tolist() == [False, True, False, True, False]
 
 
-@pytest.mark.parametrize("temperature,top_k", [(1.0, 0), (0.5, 0), (1.0, 3)])
-def test_sampled_frequencies_follow_the_softmax(temperature, top_k):
+def naive_filter(logits, temperature, top_k, top_p):
+    """filter_logits's rule, written out with numpy: the float32 logits / temperature, then
+    -inf outside the k largest, then outside the fewest most likely tokens (the most
+    likely first) whose probability reaches p."""
+    z = np.asarray(logits, np.float32) / np.float32(temperature)
+    if top_k:
+        z[np.argsort(z, kind="stable")[:-top_k]] = -np.inf
+    if top_p < 1.0:
+        probs = np.exp(z.astype(np.float64) - z.max())
+        probs /= probs.sum()
+        mass, keep = 0.0, np.zeros(len(z), bool)
+        for j in np.argsort(-probs, kind="stable"):
+            if mass >= top_p:
+                break
+            keep[j], mass = True, mass + probs[j]
+        z[~keep] = -np.inf
+    return z
+
+
+@pytest.mark.parametrize("temperature,top_k,top_p", [(1.0, 0, 1.0), (0.5, 0, 1.0), (1.0, 3, 1.0), (1.0, 0, 0.8)])
+def test_sampled_frequencies_follow_the_softmax(temperature, top_k, top_p):
     """Tokens 0..n-1 of one seed's stream against the distribution they should follow:
-    softmax of the filtered logits / temperature (200,000 draws; 5 standard errors)."""
+    softmax of the filtered logits (200,000 draws; 5 standard errors)."""
     logits = jnp.asarray([0.3, -1.0, 1.2, 0.0, -0.4, 2.0])
     n = 200_000
-    draw = lambda i: sample_token(jax.random.PRNGKey(7), i, logits, temperature=temperature, top_k=top_k, top_p=1.0)
+    draw = lambda i: sample_token(jax.random.PRNGKey(7), i, logits, temperature=temperature, top_k=top_k, top_p=top_p)
     draws = jax.jit(jax.vmap(draw))(jnp.arange(n))
     freq = np.bincount(np.asarray(draws), minlength=6) / n
-    z = np.asarray(logits, np.float64) / temperature
-    if top_k:
-        z[np.argsort(z)[:-top_k]] = -np.inf
+    z = naive_filter(logits, temperature, top_k, top_p).astype(np.float64)
     want = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
     np.testing.assert_allclose(freq, want, atol=5 * np.sqrt(0.25 / n))
 
 
-def test_token_i_is_the_gumbel_max_of_row_i():
-    """Token i is the argmax of logits + row i of jax.random.gumbel(key, (rows, V)), the
-    noise the whole sample would have drawn up front (V = 50,257 is GPT-2's: an odd width,
-    padded inside)."""
-    key, v = jax.random.PRNGKey(4), 50_257
+@pytest.mark.parametrize("v", [13, 50_257])  # 50,257 (GPT-2's) is an odd width, padded inside
+def test_token_i_is_the_gumbel_max_under_its_own_key(v):
+    """Token i is the argmax of logits + jax.random.gumbel(fold_in(key, i), (V,))."""
+    key = jax.random.PRNGKey(4)
     logits = jax.random.normal(jax.random.PRNGKey(5), (v,)) * 3.0
-    noise = jax.random.gumbel(key, (6, v), jnp.float32)
-    for i in range(6):
-        tok = sample_token(key, jnp.int32(i), logits, temperature=1.0, top_k=0, top_p=1.0)
-        assert int(tok) == int(jnp.argmax(logits + noise[i]))
+    draw = jax.jit(lambda i: sample_token(key, i, logits, temperature=1.0, top_k=0, top_p=1.0))
+    for i in (0, 1, 2, 5, 1000, 2**31 - 1):
+        want = np.argmax(np.asarray(logits) + np.asarray(jax.random.gumbel(jax.random.fold_in(key, i), (v,))))
+        assert int(draw(jnp.int32(i))) == int(want), i
+
+
+@pytest.mark.parametrize("temperature,top_k,top_p", [(0.8, 0, 1.0), (1.3, 5, 1.0), (1.0, 0, 0.9)])
+def test_sampling_matches_a_naive_loop(params, temperature, top_k, top_p):
+    """The whole sample against its definition, computed a token at a time in Python: a
+    plain forward over the sliding window, the filter (naive_filter), and token i the
+    argmax of that plus jax.random.gumbel(fold_in(key(seed), i), (V,)). Past the block size."""
+    prompt, n_new, seed, t, keep = [1, 2, 3], 20, 6, CFG.block_size, CFG.block_size // 2
+    key = jax.random.PRNGKey(seed)
+    seq, s = list(prompt), 0
+    for i in range(n_new):
+        logits, _ = lm_forward(params, jnp.asarray(seq[s:])[None], cfg=CFG)
+        z = naive_filter(logits[0, -1], temperature, top_k, top_p)
+        seq.append(int(np.argmax(z + np.asarray(jax.random.gumbel(jax.random.fold_in(key, i), (CFG.vocab_size,))))))
+        if len(seq) - s > t:
+            s = len(seq) - keep
+    for use_cache in (True, False):
+        out = generate(params, CFG, prompt, n_new, seed=seed, temperature=temperature, top_k=top_k, top_p=top_p,
+                       use_cache=use_cache)
+        assert out.tolist() == seq, use_cache
 
 
 @pytest.mark.parametrize("use_cache", [True, False])
