@@ -259,6 +259,34 @@ def test_eval_on_a_text_of_ones_choice(tmp_path, lm_run, corpus, capsys):
         assert len(seen) == -(-windows // eval_chunk(block, task.cfg.model.n_head))
 
 
+def test_a_validation_split_shorter_than_a_window_is_scored_in_one(tmp_path, capsys):
+    """A text whose validation split is shorter than model.block_size + 1 tokens trains:
+    the periodic and the final evaluation score the split in one shorter window, and its
+    loss is a naive loop's, each target predicted by a forward pass over the tokens before it."""
+    import jax.numpy as jnp
+
+    data = tmp_path / "small.txt"
+    data.write_text("the quick brown fox jumps over the lazy dog.\n" * 3)  # 135 characters
+    run = tmp_path / "run"
+    code, _, err = cli(capsys, "train", "lm", "--data", data, "--steps", "20", "--out", run, "--no-progress",
+                       *LM_TINY, "--set", "train.eval_every=10")
+    assert code == 0, err
+    task, params, _ = runs.load(run, with_data=True)
+    val, block = np.asarray(task.val_ids), task.cfg.model.block_size
+    assert 2 <= len(val) < block + 1 < len(task.train_ids)
+    evals = read_metrics(run).evals
+    assert [r["step"] for r in evals] == [10, 20] and all(np.isfinite(r["val_loss"]) for r in evals)
+
+    code, out, err = cli(capsys, "eval", run, "--json")
+    got = json.loads(out)
+    assert code == 0 and got["val_tokens"] == len(val) - 1, err
+    naive = [-float(jax.nn.log_softmax(lm_forward(params, jnp.asarray(val[:t])[None], cfg=task.cfg.model)[0][0, -1])
+                    [val[t]]) for t in range(1, len(val))]
+    assert got["val_loss"] == pytest.approx(np.mean(naive), rel=1e-5)
+    assert got["val_loss"] == pytest.approx(next(r["val_loss"] for r in evals if r["step"] == got["step"]), rel=1e-6)
+    assert got["bits_per_byte"] == pytest.approx(got["val_loss"] / np.log(2), rel=1e-9)  # ASCII: a byte a character
+
+
 def test_plot_of_a_run_before_its_first_rows(tmp_path):
     """A run folder whose metrics.jsonl is still empty plots without warnings: the loss
     panel says so instead of drawing an empty legend."""
@@ -415,6 +443,7 @@ def bad_input_files(tmp_path_factory, lm_run, rev_run, corpus):
     (tmp / "binary.txt").write_bytes(b"\x89PNG\x00\x00\x01")
     (tmp / "latin1.txt").write_bytes("café au lait ".encode("latin-1") * 50)
     (tmp / "short.txt").write_text("to be or not")
+    (tmp / "one.txt").write_text("t")
     (tmp / "foreign.txt").write_text("the lazy dog. Zwei Straße " * 3)
     (tmp / "nockpt").mkdir()
     (tmp / "started").mkdir()  # a run just started: its config, no metrics logged yet
@@ -642,10 +671,9 @@ BAD_INPUTS = [
           lambda f: (["eval", f.lm_run, "--data", f.tmp / "foreign.txt"],
                      "foreign.txt holds 3 character(s) the model has no token for ('S', 'Z', 'ß'); it knows the 29 "
                      "characters")),
-    _case("eval-text-shorter-than-a-window",
-          lambda f: (["eval", f.lm_run, "--data", f.tmp / "short.txt"],
-                     "short.txt has 12 tokens; the model reads windows of model.block_size=16, so it needs at "
-                     "least 17")),
+    _case("eval-text-of-one-token",
+          lambda f: (["eval", f.lm_run, "--data", f.tmp / "one.txt"],
+                     "one.txt has 1 token; scoring needs at least 2 (a token and the one that follows it)")),
     _case("eval-text-on-a-reverse-run",
           lambda f: (["eval", f.rev_run, "--data", f.tmp / "short.txt"],
                      "--data is for lm runs")),

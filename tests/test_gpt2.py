@@ -144,6 +144,36 @@ def test_loss_on_a_text_matches_transformers(imported, bpe_files):
     assert abs(loss - want) < 1e-5
 
 
+@pytest.mark.parametrize("n", [37, 2], ids=["shorter-than-the-context", "two-tokens"])
+def test_eval_of_a_text_shorter_than_the_context_matches_transformers(imported, bpe_files, tmp_path, capsys, n):
+    """A text of fewer tokens than the model's positions is scored in one shorter window,
+    as transformers scores input_ids=labels: the mean over its n - 1 targets, each
+    predicted from all the tokens before it; bits per byte over the bytes of those targets."""
+    run, model, _ = imported
+    task, _ = ours(run)
+    ids = task.tokenizer.encode((bpe_files[0] / "text.txt").read_text())[:n]
+    short = tmp_path / "short.txt"
+    short.write_text(task.tokenizer.decode(ids))
+    assert list(task.tokenizer.encode(short.read_text())) == list(ids) and n < task.cfg.model.block_size
+    with torch.no_grad():
+        input_ids = torch.tensor(ids, dtype=torch.long)[None]
+        want = model(input_ids, labels=input_ids).loss.item()
+    code, out, err = cli(capsys, "eval", run, "--data", short, "--json")
+    assert code == 0, err
+    got = json.loads(out)
+    assert got["tokens"] == n - 1 and abs(got["loss"] - want) < 1e-5
+    target_bytes = len(task.tokenizer.decode(ids[1:]).encode("utf-8"))  # an ASCII text: decodes piece by piece
+    assert got["bits_per_byte"] == pytest.approx(want * (n - 1) / np.log(2) / target_bytes, rel=1e-5)
+
+
+def test_eval_of_a_one_token_text_is_one_line(small_run, tmp_path, capsys):
+    one = tmp_path / "one.txt"
+    one.write_text("t")
+    code, out, err = cli(capsys, "eval", small_run, "--data", one)
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1, err
+    assert f"--data {one} has 1 token; scoring needs at least 2" in err
+
+
 def test_an_imported_run_samples_evaluates_and_plots(small_run, bpe_files, capsys):
     run, text = small_run, bpe_files[0] / "text.txt"
     code, out, err = cli(capsys, "eval", run, "--data", text, "--json")

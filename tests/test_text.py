@@ -156,6 +156,23 @@ def test_eval_windows_score_every_target_once(n, block):
     np.testing.assert_array_equal(w["targets"], w["inputs"] + 1)
 
 
+@settings(max_examples=50, deadline=None)
+@given(n=st.integers(0, 400), block=st.integers(1, 32))
+def test_eval_block_scores_a_short_split_in_one_window(n, block):
+    """A split shorter than a window (block + 1 tokens) is one window of all of it; any
+    other keeps the model's block; under 2 tokens there is nothing to score."""
+    if n < 2:
+        with pytest.raises(DataError, match="at least 2"):
+            text.eval_block(n, block)
+        return
+    t = text.eval_block(n, block)
+    assert t == (block if n > block else n - 1)
+    w = text.eval_windows(np.arange(n, dtype=np.int32), t)
+    assert sorted(w["targets"][w["weights"] > 0].tolist()) == list(range(1, n))
+    if n <= block:
+        assert w["inputs"].tolist() == [list(range(n - 1))]  # every target sees all the tokens before it
+
+
 def test_evaluation_chunks():
     """~2k tokens per call on a CPU; on an accelerator 65,536 tokens (the gpu preset's 256
     windows of 256), fewer where a layer's attention probabilities would pass 1 GiB."""

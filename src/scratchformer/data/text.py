@@ -194,6 +194,16 @@ def eval_windows(val_N: np.ndarray, block: int, limit: int = 0) -> dict:
     return windows_at(val_N, starts, weights, block)
 
 
+def eval_block(n_tokens: int, block: int) -> int:
+    """The length of the windows that score a split of `n_tokens` (`eval_starts`): the
+    model's `block`, or, for a split shorter than one window of it (block + 1 tokens),
+    n_tokens - 1: the whole split in one shorter window, every token after the first
+    predicted from all the tokens before it (as transformers' loss on input_ids=labels)."""
+    if n_tokens < 2:
+        raise DataError(f"{n_tokens} token(s) leave nothing to score; scoring needs at least 2")
+    return min(block, n_tokens - 1)
+
+
 def eval_starts(n_tokens: int, block: int, limit: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Where the evaluation windows of a split of `n_tokens` start, and their weights W x T.
 

@@ -172,7 +172,9 @@ class LMTask(DrawnOnDevice):
             if len(self.train_ids) <= block + 1:
                 raise DataError(f"the data gives {len(self.train_ids)} training tokens, fewer than one "
                                 f"block (model.block_size={block}) plus one; use more text or a smaller block")
-            text.eval_starts(len(self.val_ids), block)  # raises if validation is shorter than a block
+            if len(self.val_ids) < 2:  # a split shorter than a window is scored in one shorter window (loss_on)
+                raise DataError(f"the data gives {len(self.val_ids)} validation token(s), fewer than 2 (a token "
+                                "and the one that follows it); use more text or a larger data.val_fraction")
         self._loss = jax.jit(lambda p, b: self.loss(p, b, cfg=self.cfg.model))
         self._token_bytes = tokenizer.token_bytes()
 
@@ -320,10 +322,13 @@ class LMTask(DrawnOnDevice):
         """(mean loss per token, targets scored, bits per byte) over token ids (an array
         or a memmap, read a chunk of windows at a time), each target scored once (all of
         them, or `limit` evenly spaced windows). `on_scored(n)`: called after each
-        evaluation call with the number of targets it scored (else a bar, if `progress`)."""
-        block = self.cfg.model.block_size
+        evaluation call with the number of targets it scored (else a bar, if `progress`).
+        Ids shorter than a window (block_size + 1) are scored in one shorter window
+        (`text.eval_block`): one more compiled shape, called once."""
+        block = text.eval_block(len(ids), self.cfg.model.block_size)
         starts, weights = text.eval_starts(len(ids), block, limit)
-        chunk = eval_chunk(block, self.cfg.model.n_head)
+        # a shorter window is the only one: a call of one window, not eval_chunk's many of padding
+        chunk = eval_chunk(block, self.cfg.model.n_head) if block == self.cfg.model.block_size else 1
         targets = int(weights.sum())
         total = scored = text_bytes = 0.0
         with counter(targets, shown=progress and targets > PROGRESS_TARGETS, unit="tok", desc="scoring") as bar:
@@ -336,13 +341,13 @@ class LMTask(DrawnOnDevice):
         return mean, int(scored), total / math.log(2) / max(text_bytes, 1.0)
 
     def evaluate_file(self, params, path, *, progress: bool = False, windows: int = 0) -> dict:
-        """The loss on a text of the user's choosing, every token of it scored (or
-        `windows` evenly spaced windows)."""
+        """The loss on a text of the user's choosing, every token of it after the first
+        scored (or `windows` evenly spaced windows); a text shorter than a window, in one
+        shorter window."""
         ids = encode(self.tokenizer, text.read_text(path), path)
-        block = self.cfg.model.block_size
-        if len(ids) <= block:
-            raise DataError(f"{path} has {len(ids)} tokens; the model reads windows of model.block_size={block}, "
-                            f"so it needs at least {block + 1}", option="data")
+        if len(ids) < 2:
+            raise DataError(f"{path} has {len(ids)} token{'' if len(ids) == 1 else 's'}; scoring needs at least 2 "
+                            "(a token and the one that follows it)", option="data")
         loss, n, bpb = self.loss_on(params, ids, windows, progress=progress)
         return {"data": str(path), "loss": loss, "perplexity": math.exp(loss), "tokens": n, "bits_per_byte": bpb}
 
