@@ -56,8 +56,8 @@ def test_a_config_json_reads_back_as_the_same_config(tmp_path_factory, drawn, da
 @pytest.mark.parametrize("key,value,message", [
     ("model.norm", "batchnorm", "model.norm='batchnorm' is not one of layernorm, rmsnorm"),
     ("model.norm", "RMSNorm", "model.norm='RMSNorm' is not one of layernorm, rmsnorm"),
-    ("model.activation", "swiglu", "model.activation='swiglu' is not one of gelu_tanh, gelu, relu2"),
-    ("model.activation", "gelu_new", "model.activation='gelu_new' is not one of gelu_tanh, gelu, relu2"),
+    ("model.activation", "geglu", "model.activation='geglu' is not one of gelu_tanh, gelu, relu2, swiglu"),
+    ("model.activation", "gelu_new", "model.activation='gelu_new' is not one of gelu_tanh, gelu, relu2, swiglu"),
     ("model.logit_softcap", "-1", "model.logit_softcap=-1.0 must be >= 0 (0 turns it off)"),
     ("model.logit_softcap", "inf", "model.logit_softcap='inf' is not a valid float"),
     ("model.qk_norm", "maybe", "model.qk_norm='maybe' is not a valid bool (true/false, 1/0, yes/no, on/off)"),
