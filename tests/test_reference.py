@@ -145,7 +145,8 @@ def self_block(p, x, allowed, cfg, memory=None, memory_allowed=None):
     if memory is not None:
         c = p["cross"]
         q = lin(c["q"], ln(p["ln_cross"], x, cfg), qkv_bias)
-        k, v = np.split(lin(c["kv"], memory, qkv_bias), 2, -1)
+        k, v = np.split(lin(c["kv"], memory, qkv_bias), 2, -1) if "kv" in c else (lin(c[n], memory, qkv_bias)
+                                                                                for n in "kv")
         x = x + lin(c["out"], attention(q, k, v, memory_allowed, cfg), cfg.bias)
     m, h = p["mlp"], ln(p["ln2"], x, cfg)
     if "gate" in m:  # a GLU (Shazeer 2020): the activation gates a second projection
@@ -246,10 +247,11 @@ def test_encoder_decoder_logits_match_the_numpy_reference():
     np.testing.assert_allclose(got, encdec_reference(_np(params), SRC, TGT, ED_CFG), rtol=2e-4, atol=2e-4)
 
 
-@pytest.mark.parametrize("name", ["qk_norm", "untied", "all"])
+@pytest.mark.parametrize("name", ["qk_norm", "untied", "all", "swiglu", "qkv_bias", "mqa"])
 def test_encoder_decoder_block_options_match_the_numpy_reference(name):
     """QK-norm reaches the cross-attention's queries and keys too; the untied model has
-    its own source, target and output matrices."""
+    its own source, target and output matrices; the cross-attention's keys and values
+    have as few heads as the self-attention's (mqa: both heads read one)."""
     cfg = dataclasses.replace(ED_CFG, dtype="float64", **OPTIONS[name])
     with float64():
         params = jax.tree.map(lambda a: a.astype(jnp.float64), _perturbed(init_encdec(jax.random.PRNGKey(3), cfg), 4))
