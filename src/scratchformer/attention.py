@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from .kernels import linear  # textbook or CPU fast path: kernels.FAST decides
-from .layers import dropout, init_linear, out_std, rms_normalise, rotary
+from .layers import dropout, init_linear, out_std, rms_normalise
 
 
 def causal_mask(t: int):

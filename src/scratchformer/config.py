@@ -74,7 +74,7 @@ class ModelConfig:
     fused_qkv: bool = True
     positions: str = "learned"  # learned table, sinusoidal (Vaswani et al.) or rope (rotary, Su et al.)
     rope_theta: float = 10000.0  # rope: the base of the rotation frequencies theta^(-2i/K)
-    rope_scaling: str = ""    # rope: "" or llama3 (Llama 3.1's frequencies, stretched below a wavelength band)
+    rope_scaling: str = ""    # rope: "" or llama3 (Llama 3.1, 3.2: the long wavelengths' frequencies slowed)
     rope_factor: float = 8.0  # llama3: low frequencies divided by this
     rope_low_freq_factor: float = 1.0   # llama3: wavelengths over rope_original_positions / this are divided
     rope_high_freq_factor: float = 4.0  # llama3: under rope_original_positions / this kept; between, blended
@@ -109,10 +109,10 @@ class ModelConfig:
         check(0.0 <= self.dropout < 1.0, f"model.dropout={self.dropout!r} must be in [0, 1)")
         check(self.vocab_size >= 0, f"model.vocab_size={self.vocab_size} must be >= 0")
         check(self.positions in POSITIONS, f"model.positions={self.positions!r} is not one of {', '.join(POSITIONS)}")
+        width = (f"model.head_dim={self.head_dim}" if self.head_dim else
+                 f"model.d_model / model.n_head = {self.d_model} / {self.n_head}")
         check(self.positions != "rope" or self.head_width % 2 == 0,
-              f"model.positions='rope' rotates pairs of channels: the head width "
-              + (f"model.head_dim={self.head_dim}" if self.head_dim else
-                 f"model.d_model / model.n_head = {self.d_model} / {self.n_head}") + " must be even")
+              f"model.positions='rope' rotates pairs of channels: the head width {width} must be even")
         self._check_rope()
         check(self.dtype in DTYPES, f"model.dtype={self.dtype!r} is not one of {', '.join(DTYPES)}")
         check(self.products in PRODUCTS, f"model.products={self.products!r} is not one of {', '.join(PRODUCTS)}")
