@@ -139,5 +139,6 @@ def header(task, n: int, need: int | None, out_dir) -> str:
     shape = "+".join([str(m.n_layer)] * task.stacks) + " layers"
     per_step = f"{task.tokens_per_step(cfg):,} {'tokens' if task.unit == 'tok' else 'sequences'}"
     memory = f"; needs ~{format_bytes(need)} per device" if need else ""
-    return (f"{cfg.task}: {n:,} parameters ({shape} x {m.d_model}, {m.n_head} heads, context "
+    heads = f"{m.n_head} heads" + (f" over {m.kv_heads} key/value heads" if m.kv_heads != m.n_head else "")
+    return (f"{cfg.task}: {n:,} parameters ({shape} x {m.d_model}, {heads}, context "
             f"{m.block_size}, {precision(m)}); {t.steps:,} steps of {per_step}{memory}; run folder {out_dir}")

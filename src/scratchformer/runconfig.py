@@ -85,7 +85,7 @@ def describe_keys() -> list[str]:
     rows = [(f"{s}.{f.name}", f, "") for s, cls in (("model", ModelConfig), ("optim", OptimConfig),
                                                     ("train", TrainConfig)) for f in fields(cls)]
     rows += [(f"data.{f.name}", f, f" ({t} only)") for t, spec in TASKS.items() for f in fields(spec.Data)]
-    return [f"{key:<26} {f.type:<6} {f.default!r}{only}" for key, f, only in rows if key not in DERIVED]
+    return [f"{key:<30} {f.type:<6} {f.default!r}{only}" for key, f, only in rows if key not in DERIVED]
 
 
 def apply_overrides(cfg: RunConfig, overrides: dict[str, Any], *, allow_derived=False) -> RunConfig:
