@@ -314,7 +314,7 @@ def test_lm_attention_weights_by_hand():
     ln, qkv = p["blocks"][0]["ln1"], p["blocks"][0]["attn"]["qkv"]
     h = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + LM_CFG.ln_eps) * ln["scale"] + ln["bias"]
     q, k, _ = np.split(h @ qkv["w"] + qkv["b"], 3, axis=-1)
-    hd = LM_CFG.head_dim
+    hd = LM_CFG.head_width
     for b in range(2):
         for head in range(LM_CFG.n_head):
             cols = slice(head * hd, (head + 1) * hd)
