@@ -22,7 +22,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 
 from scratchformer import runs
 from scratchformer.cli import main
-from scratchformer.data import text as text_data
+from scratchformer.data import hf_tokenizer, text as text_data
 from scratchformer.data.bpe import BpeTokenizer, tokenizer_from_json
 from scratchformer.data.hf_tokenizer import HFTokenizer
 from scratchformer.decode import generate
@@ -129,7 +129,8 @@ def hf_folder(path, case: str, seed: int = 0):
     if save.get("bf16"):
         model.to(torch.bfloat16)
     model.save_pretrained(path, **({"max_shard_size": save["shards"]} if "shards" in save else {}))
-    model.float()
+    if save.get("bf16"):  # the folder's values in float32, and the rotary frequencies computed again in float32
+        model = getattr(transformers, f"{family}ForCausalLM").from_pretrained(path, dtype=torch.float32).eval()
     model.generation_config.eos_token_id = None  # 50 tokens whatever they are
     tok.save(str(path / "tokenizer.json"))
     (path / "tokenizer_config.json").write_text(json.dumps(tok_config))
@@ -181,7 +182,8 @@ def test_import_records_the_models_settings_as_config_values(imported):
     assert (m.n_layer, m.n_head, m.d_model, m.d_ff, m.block_size, m.vocab_size) == (
         c.num_hidden_layers, c.num_attention_heads, c.hidden_size, c.intermediate_size, c.max_position_embeddings,
         c.vocab_size)
-    assert (m.n_kv_head or m.n_head) == c.num_key_value_heads and m.head_width == c.head_dim
+    assert (m.n_kv_head or m.n_head) == c.num_key_value_heads
+    assert m.head_width == getattr(c, "head_dim", c.hidden_size // c.num_attention_heads)  # Qwen2Config has none
     assert m.rope_theta == c.rope_parameters["rope_theta"] and m.ln_eps == c.rms_norm_eps
     assert m.tie_embeddings == c.tie_word_embeddings and m.qkv_bias == case.startswith("qwen2")
     assert (m.norm, m.positions, m.activation, m.bias, m.products) == ("rmsnorm", "rope", "swiglu", False, "float32")
@@ -304,6 +306,20 @@ def test_the_tokenizer_encodes_as_transformers_and_counts_bytes(kind, tmp_path):
         assert tok.token_bytes()[ids].sum() == len(s.encode()) + prefix_space
     again = tokenizer_from_json(tok.to_json())
     assert again.to_json() == tok.to_json() and again.encode(EVAL_TEXT).tolist() == tok.encode(EVAL_TEXT).tolist()
+
+
+@pytest.mark.parametrize("kind", list(TOKENIZERS))
+def test_a_long_text_is_encoded_in_pieces_as_a_whole(kind, tmp_path, monkeypatch, shakespeare_path):
+    """Pieces cut at line starts, each encoded after the line before it: the ids of the
+    whole text, SentencePiece's mark of a text's beginning included."""
+    make, config = TOKENIZERS[kind]
+    make().save(str(tmp_path / "tokenizer.json"))
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
+    tok = HFTokenizer.from_folder(tmp_path)
+    text = shakespeare_path.read_text()[:100_000] + "\n\n  indented\n\tx\nend"
+    whole = tok.encode(text).tolist()
+    monkeypatch.setattr(hf_tokenizer, "ENCODE_PIECE", 997)
+    assert tok.encode(text).tolist() == whole
 
 
 @pytest.mark.parametrize("template", [True, False], ids=["bos-template", "no-post-processor"])
@@ -429,16 +445,15 @@ def test_what_the_model_does_not_compute_is_refused_in_one_line(tmp_path, broken
 
 # ---------------------------------------------------------------- memory
 MEASURE = textwrap.dedent("""
-    import json, resource, sys
+    import json, sys
     import jax, jax.numpy as jnp
     from scratchformer import llama
     jnp.zeros(4).block_until_ready()  # JAX's runtime started: part of the baseline
-    def rss():
-        return int(open("/proc/self/statm").read().split()[1]) * resource.getpagesize()
-    before = rss()
+    def status(key):  # kB. VmHWM, not ru_maxrss, which keeps the size of the forked parent
+        return 1024 * int(next(l for l in open("/proc/self/status") if l.startswith(key + ":")).split()[1])
+    before = status("VmRSS")
     llama.import_llama(sys.argv[1], sys.argv[2])
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({"before": before, "peak": peak}))
+    print(json.dumps({"before": before, "peak": status("VmHWM")}))
 """)
 
 

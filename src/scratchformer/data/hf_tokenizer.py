@@ -20,12 +20,16 @@ import re
 from pathlib import Path
 
 import numpy as np
-from tokenizers import Tokenizer, processors
+from tokenizers import Tokenizer
 
 from ..errors import DataError
 
 BYTE_TOKEN = re.compile(r"<0x[0-9A-Fa-f]{2}>")  # byte fallback: one byte of text that no symbol covers
 PROBE = "a b"  # a text whose encoding shows what the post-processor adds around it
+# Characters per piece a long text is encoded in: `tokenizers` holds ~430 bytes per token
+# of an encoding (offsets, strings, masks), GBs for a text of tens of MB encoded whole.
+ENCODE_PIECE = 1 << 20
+_LINE_START = re.compile(r"(?<=\n)(?=\S)")  # after a newline, at a character that is not a space
 
 
 def _read_json(path: Path) -> dict:
@@ -143,18 +147,13 @@ class HFTokenizer:
         return None if i is None else self._tok.id_to_token(i)
 
     def hf_files(self) -> dict[str, str]:
-        """tokenizer.json and tokenizer_config.json for transformers, whose post-processor
-        adds what encode() adds (add_bos_token and add_eos_token say the same, for people
-        and for transformers 4's LlamaTokenizerFast)."""
-        tok = Tokenizer.from_str(self._tok.to_str())
-        bos, eos = self.token(self.bos_id), self.token(self.eos_id)
-        single = " ".join([f"{bos}:0"] * self.add_bos + ["$A:0"] + [f"{eos}:0"] * self.add_eos)
-        pair = single + " " + " ".join([f"{bos}:1"] * self.add_bos + ["$B:1"] + [f"{eos}:1"] * self.add_eos)
-        special = [(t, i) for t, i, add in ((bos, self.bos_id, self.add_bos), (eos, self.eos_id, self.add_eos)) if add]
-        tok.post_processor = processors.TemplateProcessing(single=single, pair=pair, special_tokens=special)
-        config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": bos, "eos_token": eos,
-                  "add_bos_token": self.add_bos, "add_eos_token": self.add_eos, "clean_up_tokenization_spaces": False}
-        return {"tokenizer.json": tok.to_str(), "tokenizer_config.json": json.dumps(config, indent=2) + "\n"}
+        """tokenizer.json and tokenizer_config.json for transformers: the tokenizer whose
+        post-processor says the rule encode() follows, and its BOS and EOS (add_bos_token and
+        add_eos_token say the rule too, for people and for transformers 4's LlamaTokenizerFast)."""
+        config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": self.token(self.bos_id),
+                  "eos_token": self.token(self.eos_id), "add_bos_token": self.add_bos, "add_eos_token": self.add_eos,
+                  "clean_up_tokenization_spaces": False}
+        return {"tokenizer.json": self._tok.to_str(), "tokenizer_config.json": json.dumps(config, indent=2) + "\n"}
 
     # ------------------------------------------------------------ use
     def __len__(self) -> int:
@@ -163,13 +162,39 @@ class HFTokenizer:
     def id_of(self, token: str) -> int | None:
         return self._tok.token_to_id(token)
 
-    def encode(self, text: str, *, start: bool = True, end: bool = True) -> np.ndarray:
+    def encode(self, text: str, *, start: bool = True, end: bool = True, context: str = "") -> np.ndarray:
         """Ids of `text`, with the BOS before it (start) and the EOS after it (end) where
-        the model's tokenizer adds them. start=False / end=False: a piece of a longer text
-        that is not its beginning / end (token files are written a piece at a time)."""
-        body = self._tok.encode(text, add_special_tokens=False).ids
+        the model's tokenizer adds them: transformers' tokenizer(text). A piece of a longer
+        text: start=False if it is not the beginning, end=False if not the end, and
+        `context` the line before it, which its first tokens are encoded after (a
+        SentencePiece-style tokenizer marks the beginning of a text)."""
+        body = self._body(text, context)
         ids = [self.bos_id] * (start and self.add_bos) + body + [self.eos_id] * (end and self.add_eos)
         return np.asarray(ids, np.int32)
+
+    def _body(self, text: str, context: str) -> list[int]:
+        """The ids of `text` alone, a piece of about ENCODE_PIECE characters at a time
+        (in parallel), each encoded after the line before it and those ids dropped. Pieces
+        start at lines where no token spans the line break (checked): the ids are those
+        of the whole text."""
+        cuts = [0]
+        at = ENCODE_PIECE
+        while at < len(text) and (m := _LINE_START.search(text, at)):
+            cut = m.start()
+            before = text[text.rfind("\n", 0, cut - 1) + 1:cut]
+            after = text[cut:text.find("\n", cut) + 1 or len(text)]
+            alone = self._tok.encode(before, add_special_tokens=False).ids
+            if self._tok.encode(before + after, add_special_tokens=False).ids[:len(alone)] == alone:
+                cuts.append(cut)
+                at = cut + ENCODE_PIECE
+            else:
+                at = cut + 1
+        cuts.append(len(text))
+        pieces = [text[a:b] for a, b in zip(cuts, cuts[1:])]
+        contexts = [context] + [text[text.rfind("\n", 0, cut - 1) + 1:cut] for cut in cuts[1:-1]]
+        joined = self._tok.encode_batch([c + p for c, p in zip(contexts, pieces)], add_special_tokens=False)
+        alone = self._tok.encode_batch(contexts, add_special_tokens=False)
+        return [i for j, a in zip(joined, alone) for i in j.ids[len(a.ids):]]
 
     def decode(self, ids) -> str:
         """The text of `ids` (special tokens shown), without the BOS that encode put first."""

@@ -133,17 +133,19 @@ def _separator(tok) -> list[int]:
 
 def _encoded_pieces(tok, path: Path):
     """(ids, text) of each piece of a file. A model's own tokenizer (kind hf) adds its BOS
-    before the first piece and its EOS after the last, where it adds them to a text."""
+    before the first piece and its EOS after the last, where it adds them to a text, and
+    encodes each piece after the line before it (HFTokenizer.encode's context)."""
     pieces = _pieces(path)
-    piece, first = next(pieces, None), True
+    piece, first, context = next(pieces, None), True, ""
     while piece is not None:
         following = next(pieces, None)
         try:
-            ids = tok.encode(piece, start=first, end=following is None) if tok.kind == "hf" else tok.encode(piece)
+            ids = (tok.encode(piece, start=first, end=following is None, context=context) if tok.kind == "hf"
+                   else tok.encode(piece))
         except DataError as e:  # a character a given tokenizer (--tokenizer-from) lacks
             raise DataError(f"{path}: {e}") from None
         yield ids, piece
-        piece, first = following, False
+        piece, first, context = following, False, piece[piece.rfind("\n", 0, len(piece) - 1) + 1:]
 
 
 def _write(files, tok, folder: Path, val_fraction: float, progress: bool) -> dict:
