@@ -20,7 +20,7 @@ def import_folder(kind: str, folder, out) -> str:
     cfg = IMPORTERS[kind](folder, out)
     m, meta = cfg.model, ckpt.read_meta(ckpt.best(out))
     name = NAMES[meta["imported_from"]["format"]]
-    heads = f"{m.n_head} heads" + (f" ({m.n_kv_head} for keys and values)" if getattr(m, "n_kv_head", 0) else "")
+    heads = f"{m.n_head} heads" + (f" ({m.n_kv_head} for keys and values)" if m.n_kv_head else "")
     return (f"{out}: {name} of {m.n_layer} layers x {m.d_model} wide, {heads}, context {m.block_size:,}, "
             f"{m.vocab_size:,} symbols; sample, eval --data FILE, or train lm --init-from {out}")
 

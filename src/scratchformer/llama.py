@@ -141,10 +141,6 @@ def _rope(hf: dict, source) -> tuple[dict, list[str]]:
     return out, []
 
 
-def _head_width(m) -> int:
-    return m.head_dim or m.d_model // m.n_head
-
-
 def hf_config(m, tok) -> dict:
     """The config.json of a LlamaForCausalLM (Qwen2ForCausalLM where q/k/v have biases)
     computing what model config `m` does, in transformers 4's layout, which 5 reads too."""
@@ -155,8 +151,8 @@ def hf_config(m, tok) -> dict:
     kind = "qwen2" if m.qkv_bias else "llama"
     out = {"architectures": [ARCHITECTURES[kind]], "model_type": kind, "vocab_size": m.vocab_size,
            "hidden_size": m.d_model, "intermediate_size": m.d_ff, "num_hidden_layers": m.n_layer,
-           "num_attention_heads": m.n_head, "num_key_value_heads": m.n_kv_head or m.n_head,
-           "head_dim": _head_width(m), "hidden_act": "silu", "max_position_embeddings": m.block_size,
+           "num_attention_heads": m.n_head, "num_key_value_heads": m.kv_heads,
+           "head_dim": m.head_width, "hidden_act": "silu", "max_position_embeddings": m.block_size,
            "rms_norm_eps": m.ln_eps, "tie_word_embeddings": m.tie_embeddings, "attention_dropout": 0.0,
            "rope_theta": m.rope_theta, "rope_scaling": None, "torch_dtype": "float32",
            "bos_token_id": getattr(tok, "bos_id", None), "eos_token_id": getattr(tok, "eos_id", None)}
