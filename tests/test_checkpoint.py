@@ -57,6 +57,25 @@ def test_round_trip_of_a_muon_state(cfg, tmp_path):
         ckpt.restore(tensors, state_template(replace(cfg, optim=replace(cfg.optim, name="adamw"))))
 
 
+def test_files_are_safetensors_own_bytes_written_a_tensor_at_a_time(tmp_path):
+    """write_safetensors writes what safetensors.numpy.save would (every dtype it stores,
+    a scalar, an empty tensor, metadata with escapes), and SafetensorsFile reads it back."""
+    import json
+    from safetensors.numpy import save as st_save
+    rng = np.random.default_rng(0)
+    tensors = {f"{name.lower()}.{i}": (rng.standard_normal((3, i + 1)) * 10).astype(dt)
+               for i, (name, dt) in enumerate(ckpt.DTYPES.items())}
+    tensors.update({"z": np.zeros((0, 2), np.float32), "step": np.array(7, np.int64), "a.b": np.ones(3, np.float32)})
+    metadata = {"scratchformer": json.dumps({"x": "é\"\n\x01 \u2028"}, ensure_ascii=False)}
+    ckpt.write_safetensors(tmp_path / "w.safetensors", tensors, metadata)
+    assert (tmp_path / "w.safetensors").read_bytes() == st_save(tensors, metadata=metadata)
+    with ckpt.SafetensorsFile(tmp_path / "w.safetensors") as f:
+        assert f.metadata == metadata and f.entries.keys() == tensors.keys()
+        for name, a in tensors.items():
+            assert f[name].dtype == a.dtype
+            np.testing.assert_array_equal(f[name], a)
+
+
 def test_truncated_and_corrupted_files(cfg, tmp_path):
     path = tmp_path / "c.safetensors"
     ckpt.save(path, init_state(cfg), {"config": cfg.to_dict()})

@@ -7,23 +7,29 @@ header entry "scratchformer" with JSON: format version, config, step, vocabulary
 best validation loss, and a sha256 over the tensors so that a corrupted file is
 caught. Writes are atomic (files.py). Restores go into a template built from the config, and every name, shape
 and dtype is checked before anything is used.
+
+Files are written and read a tensor at a time (`write_safetensors`, `SafetensorsFile`),
+so that a model's weights are never held twice: safetensors' own `save` builds the
+whole file as bytes, its `load` takes them whole, and its `safe_open` maps the file,
+whose pages then count in the process's memory until it is closed. The bytes written
+are those of `safetensors.numpy.save`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 from pathlib import Path
 
 import jax
+import ml_dtypes  # jax's own dependency: numpy's bfloat16
 import numpy as np
-from safetensors import SafetensorError
-from safetensors.numpy import load as st_load, save as st_save
 
 from .errors import CheckpointError
-from .files import atomic_write_bytes, strict_json
+from .files import atomic_writer, strict_json
 from .parallel import host_value
 
 FORMAT = 1
@@ -31,6 +37,15 @@ _STEP_RE = re.compile(r"^step_(\d{8})\.safetensors$")
 BEST = "best.safetensors"
 CKPT_DIR = "checkpoints"
 MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit on the JSON header
+# safetensors' dtype names, in the order of its Dtype enum: its writer puts the tensors of
+# the later dtypes first (then by name), which write_safetensors does too.
+DTYPES = {"BOOL": np.dtype(np.bool_), "U8": np.dtype(np.uint8), "I8": np.dtype(np.int8),
+          "I16": np.dtype(np.int16), "U16": np.dtype(np.uint16), "F16": np.dtype(np.float16),
+          "BF16": np.dtype(ml_dtypes.bfloat16), "I32": np.dtype(np.int32), "U32": np.dtype(np.uint32),
+          "F32": np.dtype(np.float32), "F64": np.dtype(np.float64), "I64": np.dtype(np.int64),
+          "U64": np.dtype(np.uint64)}
+_NAME_OF = {dt: name for name, dt in DTYPES.items()}
+_RANK = {name: i for i, name in enumerate(DTYPES)}
 
 
 def _name(path) -> str:
@@ -45,12 +60,17 @@ def flatten(tree) -> dict[str, object]:
     return {_name(p): leaf for p, leaf in leaves}
 
 
+def _bytes_of(a: np.ndarray) -> np.ndarray:
+    """The bytes of an array, as a flat uint8 view (a copy only where it is not C-contiguous)."""
+    return np.ascontiguousarray(a).reshape(-1).view(np.uint8)
+
+
 def _digest(tensors: dict[str, np.ndarray]) -> str:
     h = hashlib.sha256()
     for name in sorted(tensors):
-        a = np.ascontiguousarray(tensors[name])
+        a = np.asarray(tensors[name])
         h.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
-        h.update(a.tobytes())
+        h.update(_bytes_of(a))
     return h.hexdigest()
 
 
@@ -62,8 +82,89 @@ def to_host(tree) -> dict[str, np.ndarray]:
 def save(path: Path, state, meta: dict) -> None:
     tensors = to_host(state)
     header = {"format": FORMAT, "sha256": _digest(tensors), **meta}
-    data = st_save(tensors, metadata={"scratchformer": strict_json(header)})
-    atomic_write_bytes(Path(path), data)
+    write_safetensors(Path(path), tensors, {"scratchformer": strict_json(header)})
+
+
+def write_safetensors(path: Path, tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> None:
+    """The file safetensors.numpy.save(tensors, metadata) makes, written atomically a
+    tensor at a time."""
+    tensors = {name: np.asarray(a) for name, a in tensors.items()}
+    for name, a in tensors.items():
+        if a.dtype not in _NAME_OF:
+            raise ValueError(f"{name} holds {a.dtype}, which safetensors does not store")
+    order = sorted(tensors, key=lambda n: (-_RANK[_NAME_OF[tensors[n].dtype]], n))
+    entries, offset = {}, 0
+    for name in order:
+        a = tensors[name]
+        entries[name] = {"dtype": _NAME_OF[a.dtype], "shape": list(a.shape), "data_offsets": [offset, offset + a.nbytes]}
+        offset += a.nbytes
+    # The header as safetensors writes it: compact JSON (non-ASCII as UTF-8), spaces up to a multiple of 8.
+    head = json.dumps({"__metadata__": metadata, **entries}, separators=(",", ":"), ensure_ascii=False).encode()
+    head += b" " * (-len(head) % 8)
+    with atomic_writer(path) as f:
+        f.write(len(head).to_bytes(8, "little") + head)
+        for name in order:
+            f.write(_bytes_of(tensors[name]))
+
+
+class SafetensorsFile:
+    """An open safetensors file: `entries` (name -> (dtype, shape)), `metadata`, and each
+    tensor read on its own with ordinary reads (`file[name]`). A ValueError, naming what
+    is wrong, for a file that is not one (cut short, a header that does not add up)."""
+
+    def __init__(self, path):
+        self._f = open(path, "rb")
+        try:
+            size = os.fstat(self._f.fileno()).st_size
+            n = int.from_bytes(self._f.read(8), "little")
+            if not 0 < n <= min(size - 8, MAX_HEADER_BYTES):
+                raise ValueError(f"header size {n} does not fit a file of {size} bytes")
+            header = json.loads(self._f.read(n))
+            if not isinstance(header, dict):
+                raise ValueError("the header is not a JSON object")
+            self.metadata = header.pop("__metadata__", None) or {}
+            self._start, self.entries, self._at = 8 + n, {}, {}
+            spans = []
+            for name, e in header.items():
+                if e["dtype"] not in DTYPES:
+                    raise ValueError(f"{name} holds {e['dtype']}, not one of {', '.join(DTYPES)}")
+                dtype, shape, (begin, end) = DTYPES[e["dtype"]], tuple(e["shape"]), e["data_offsets"]
+                if not all(type(d) is int and d >= 0 for d in (*shape, begin, end)):
+                    raise ValueError(f"{name}: shape or offsets are not counts")
+                if end - begin != math.prod(shape) * dtype.itemsize:
+                    raise ValueError(f"{name}: {end - begin} bytes for shape {shape} {dtype}")
+                self.entries[name], self._at[name] = (dtype, shape), begin
+                spans.append((begin, end))
+            covered = 0
+            for begin, end in sorted(spans):  # the tensors tile the data, as safetensors requires
+                if begin != covered:
+                    raise ValueError("tensor data overlaps or leaves gaps")
+                covered = end
+            if self._start + covered != size:
+                raise ValueError(f"the header describes {self._start + covered} bytes, the file has {size}")
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+            self._f.close()
+            raise ValueError(str(e) or type(e).__name__) from None
+        except BaseException:
+            self._f.close()
+            raise
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        dtype, shape = self.entries[name]
+        a = np.empty(shape, dtype)
+        self._f.seek(self._start + self._at[name])
+        if self._f.readinto(_bytes_of(a)) != a.nbytes:
+            raise ValueError(f"{name}: the file ends inside its data")
+        return a
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
 
 def read(path: Path) -> tuple[dict[str, np.ndarray], dict]:
@@ -71,16 +172,13 @@ def read(path: Path) -> tuple[dict[str, np.ndarray], dict]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
-    raw = path.read_bytes()
     try:
-        tensors = st_load(raw)
-        # safetensors layout: u64 little-endian header size, then the JSON header.
-        n = int.from_bytes(raw[:8], "little")
-        md = json.loads(raw[8:8 + n]).get("__metadata__") or {}
-        meta = json.loads(md["scratchformer"])
+        with SafetensorsFile(path) as f:
+            tensors = {name: f[name] for name in f.entries}
+            meta = json.loads(f.metadata["scratchformer"])
         if not isinstance(meta, dict):
             raise ValueError("metadata is not an object")
-    except (SafetensorError, ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError):
         raise CheckpointError(f"checkpoint {path} is truncated or corrupted") from None
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {path} has format {meta.get('format')!r}, expected {FORMAT}")

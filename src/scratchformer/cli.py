@@ -14,7 +14,7 @@ import sys
 
 import jax
 
-from . import __version__, bench, gpt2, plots, runs
+from . import __version__, bench, hf, plots, runs
 from .data.tokens import prepare
 from .errors import ScratchformerError, UsageError, one_line
 from .files import strict_json
@@ -114,10 +114,10 @@ COMMANDS = {
         ("--vocab-size", "bpe: symbols to learn (e.g. 1024 for 1 MB of text)", dict(type=_number(int, 257, 1 << 20))),
         ("--gpt2", "bpe: GPT-2's vocab.json and merges.txt", dict(nargs=2, metavar=("VOCAB_JSON", "MERGES_TXT"))),
         ("--val-fraction", "the last part held out for validation (default 0.1)", dict(type=FRACTION, default=0.1))]),
-    "import": ("make a run folder of a Hugging Face GPT-2 folder (config.json, model.safetensors, vocab.json, ...)", [
-        ("kind", "the model family (gpt2: any GPT2LMHeadModel)", dict(choices=["gpt2"])),
+    "import": ("make a run folder of a Hugging Face model folder (config.json, model.safetensors, tokenizer)", [
+        ("kind", "; ".join(f"{k}: {v}" for k, v in hf.KINDS.items()), dict(choices=list(hf.IMPORTERS))),
         ("src", "the Hugging Face folder", DIR), ("--out", "the run folder to write (must not exist)", NEW)]),
-    "export": ("write an lm run as a folder that transformers' GPT2LMHeadModel.from_pretrained loads", [
+    "export": ("write an lm run as a folder that transformers loads (GPT-2 or Llama, by the run's model)", [
         ("dir", RUN_HELP, DIR), ("--out", "the folder to write (must not exist)", NEW)]),
     "bench": ("measure training and sampling speed on this machine", [
         ("--json", "print one JSON object", FLAG), ("--quick", "fewer repetitions (for a smoke test)", FLAG)]),
@@ -210,14 +210,12 @@ def cmd_prepare(a) -> int:
 
 
 def cmd_import(a) -> int:
-    m = gpt2.import_gpt2(a.src, a.out).model
-    print(f"{a.out}: GPT-2 of {m.n_layer} layers x {m.d_model} wide, {m.n_head} heads, context {m.block_size:,}, "
-          f"{m.vocab_size:,} symbols; sample, eval --data FILE, or train lm --init-from {a.out}")
+    print(hf.import_folder(a.kind, a.src, a.out))
     return 0
 
 
 def cmd_export(a) -> int:
-    print(f"{gpt2.export_gpt2(a.dir, a.out)}: loads with transformers' GPT2LMHeadModel.from_pretrained")
+    print(hf.export_run(a.dir, a.out))
     return 0
 
 

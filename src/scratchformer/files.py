@@ -50,11 +50,20 @@ def umasked(mode: int) -> int:
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` so that `path` is either the old file or the whole new one,
     with an ordinary new file's permissions."""
+    with atomic_writer(path) as f:
+        f.write(data)
+
+
+@contextmanager
+def atomic_writer(path: Path):
+    """A binary file to write in pieces (a file larger than one wants in memory at once)
+    that appears at `path` whole when the block ends, as atomic_write_bytes writes one;
+    nothing changes at `path` if the block raises."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
             f.flush()
             with suppress(PermissionError):  # a file system without modes (vfat): keep what it gives
                 os.fchmod(f.fileno(), umasked(0o666))

@@ -78,26 +78,30 @@ def model_overrides(hf: dict, source="config.json") -> dict:
         bad.append(f"{', '.join(f'{k}={v}' for k, v in drops.items())} (our model has one dropout rate)")
     if bad:
         raise ConfigError(f"{source} has unsupported option(s): {'; '.join(bad)}")
-    d = _int(hf, "n_embd", source, 768)
-    return {"model.n_layer": _int(hf, "n_layer", source, 12), "model.n_head": _int(hf, "n_head", source, 12),
-            "model.d_model": d, "model.d_ff": 4 * d if hf.get("n_inner") is None else _int(hf, "n_inner", source),
-            "model.block_size": _int(hf, "n_positions", source, 1024),
-            "model.vocab_size": _int(hf, "vocab_size", source, 50257),
-            "model.ln_eps": _float(hf, "layer_norm_epsilon", source, 1e-5), "model.activation": ACTIVATIONS[act],
-            "model.dropout": _float(hf, "resid_pdrop", source, 0.1),
+    d = int_setting(hf, "n_embd", source, 768)
+    return {"model.n_layer": int_setting(hf, "n_layer", source, 12),
+            "model.n_head": int_setting(hf, "n_head", source, 12), "model.d_model": d,
+            "model.d_ff": 4 * d if hf.get("n_inner") is None else int_setting(hf, "n_inner", source),
+            "model.block_size": int_setting(hf, "n_positions", source, 1024),
+            "model.vocab_size": int_setting(hf, "vocab_size", source, 50257),
+            "model.ln_eps": float_setting(hf, "layer_norm_epsilon", source, 1e-5),
+            "model.activation": ACTIVATIONS[act],
+            "model.dropout": float_setting(hf, "resid_pdrop", source, 0.1),
             "model.tie_embeddings": bool(hf.get("tie_word_embeddings", True)),
             "model.positions": "learned", "model.bias": True, "model.fused_qkv": True,
             "model.products": "float32"}  # as transformers computes: sampled and scored number for number
 
 
-def _int(hf: dict, key: str, source, default=None) -> int:
+def int_setting(hf: dict, key: str, source, default=None) -> int:
+    """config.json's `key` (or `default`), which must be an integer; a ConfigError otherwise."""
     v = hf.get(key, default)
     if type(v) is not int:
         raise ConfigError(f"{source}: {key}={v!r} must be an integer")
     return v
 
 
-def _float(hf: dict, key: str, source, default) -> float:
+def float_setting(hf: dict, key: str, source, default) -> float:
+    """config.json's `key` (or `default`), which must be a number; a ConfigError otherwise."""
     v = hf.get(key, default)
     if type(v) not in (int, float):
         raise ConfigError(f"{source}: {key}={v!r} must be a number")

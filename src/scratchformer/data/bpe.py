@@ -16,6 +16,7 @@ import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from ..errors import DataError
+from .hf_tokenizer import HFTokenizer
 from .text import CharTokenizer
 
 END_OF_TEXT = "<|endoftext|>"  # GPT-2's document separator, the last id of its vocabulary
@@ -112,7 +113,8 @@ class BpeTokenizer:
 
 
 def tokenizer_from_json(text: str, source: str = "tokenizer.json"):
-    """A tokenizer saved with to_json: ours for characters, the `tokenizers` format for BPE."""
+    """A tokenizer saved with to_json: ours for characters and for a model's own (HFTokenizer),
+    the `tokenizers` format for BPE."""
     try:
         d = json.loads(text)
     except ValueError as e:
@@ -121,4 +123,6 @@ def tokenizer_from_json(text: str, source: str = "tokenizer.json"):
         if not isinstance(d.get("chars"), str):
             raise DataError(f"{source}: a character tokenizer needs its \"chars\"")
         return CharTokenizer(d["chars"])
+    if isinstance(d, dict) and d.get("kind") == HFTokenizer.kind:
+        return HFTokenizer.from_saved(d, source)
     return BpeTokenizer.from_json(text, source)

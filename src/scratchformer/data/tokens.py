@@ -120,24 +120,47 @@ def prepare(paths, out, *, tokenizer: str = "char", vocab_size: int | None = Non
     return meta
 
 
+def _separator(tok) -> list[int]:
+    """The ids written between two files (documents): GPT-2's <|endoftext|> for a BPE that
+    has it, a model's own EOS (where its tokenizer does not end each text with one already)."""
+    if tok.kind == "bpe":
+        eot = tok.id_of(END_OF_TEXT)
+        return [] if eot is None else [eot]
+    if tok.kind == "hf" and tok.eos_id is not None and not tok.add_eos:
+        return [tok.eos_id]
+    return []
+
+
+def _encoded_pieces(tok, path: Path):
+    """(ids, text) of each piece of a file. A model's own tokenizer (kind hf) adds its BOS
+    before the first piece and its EOS after the last, where it adds them to a text, and
+    encodes each piece after the line before it (HFTokenizer.encode's context)."""
+    pieces = _pieces(path)
+    piece, first, context = next(pieces, None), True, ""
+    while piece is not None:
+        following = next(pieces, None)
+        try:
+            ids = (tok.encode(piece, start=first, end=following is None, context=context) if tok.kind == "hf"
+                   else tok.encode(piece))
+        except DataError as e:  # a character a given tokenizer (--tokenizer-from) lacks
+            raise DataError(f"{path}: {e}") from None
+        yield ids, piece
+        piece, first, context = following, False, piece[piece.rfind("\n", 0, len(piece) - 1) + 1:]
+
+
 def _write(files, tok, folder: Path, val_fraction: float, progress: bool) -> dict:
     dtype = dtype_for(len(tok))
-    eot = None if tok.kind == "char" else tok.id_of(END_OF_TEXT)
-    sep = [] if eot is None else [eot]
+    sep = _separator(tok)
     total_bytes = sum(f.stat().st_size for f in files)
     sources = []
     with open(folder / "all.bin", "wb") as all_ids, counter(total_bytes, shown=progress, unit="B",
                                                               desc="tokenizing") as bar:
         for i, f in enumerate(files):
-            for piece in _pieces(f):
-                try:
-                    ids = tok.encode(piece)
-                except DataError as e:  # a character a given tokenizer (--tokenizer-from) lacks
-                    raise DataError(f"{f}: {e}") from None
+            for ids, piece in _encoded_pieces(tok, f):
                 np.asarray(ids, dtype).tofile(all_ids)
                 bar.update(len(piece.encode("utf-8", "surrogatepass")))
             if i + 1 < len(files):
-                np.asarray(sep, dtype).tofile(all_ids)  # <|endoftext|> between documents (BPE)
+                np.asarray(sep, dtype).tofile(all_ids)  # between documents: <|endoftext|> (BPE), EOS (a model's own)
             sources.append({"path": str(f.resolve()), "bytes": f.stat().st_size, "sha256": sha256_file(f)})
     ids = np.memmap(folder / "all.bin", dtype, mode="r")
     n_train = int(len(ids) * (1.0 - val_fraction))  # as text.split divides a text file
