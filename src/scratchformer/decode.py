@@ -27,6 +27,7 @@ from .gumbel import gumbel_row
 from .kernels import decoding_layout
 from .memory import check_fits, tree_bytes
 from .models import PAD_ID, decode, encode, init_cache, lm_forward, memory_kv
+from .parallel import chunks_on_mesh, host_value, make_mesh
 
 
 # ---------------------------------------------------------------- sampling rules
@@ -277,7 +278,6 @@ def seq2seq_accuracy(params, cfg: ModelConfig, ev: dict, *, beam: int = 1, chunk
     over a held-out set {"src","tgt_out"}; decoded in fixed-size chunks split over the
     mesh's devices, at most `chunk` sequences and BEAM_HYPOTHESES hypotheses a call.
     `on_decoded(n)`: called after each call with the number of sequences it decoded."""
-    from .parallel import chunks_on_mesh, host_value, make_mesh
     chunk = min(chunk, max(1, BEAM_HYPOTHESES // beam))
     tgt = np.asarray(ev["tgt_out"])
     n = len(tgt)
