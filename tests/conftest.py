@@ -96,3 +96,24 @@ def assert_params_close(a: dict, b: dict, rtol: float):
         x, y = key_bias_free(k, a[k]), key_bias_free(k, b[k])
         err = np.linalg.norm(x - y) / max(np.linalg.norm(y), 1e-12)
         assert err <= rtol, (k, err)
+
+
+def as_multi_head(params, cfg):
+    """(params, cfg) of the multi-head model that computes what a grouped-query one does:
+    each key/value head's columns of k and v (and their biases) repeated for the
+    n_head / n_kv_head query heads that read it (query head h reads head h // R)."""
+    import dataclasses
+
+    import jax.numpy as jnp
+    r, k = cfg.n_head // cfg.kv_heads, cfg.head_width
+
+    def widen(x):  # the last axis, G K wide, to H K
+        return jnp.repeat(x.reshape(*x.shape[:-1], -1, k), r, axis=-2).reshape(*x.shape[:-1], -1)
+
+    def walk(tree):
+        if isinstance(tree, list):
+            return [walk(t) for t in tree]
+        if not isinstance(tree, dict):
+            return tree
+        return {n: ({leaf: widen(x) for leaf, x in t.items()} if n in ("k", "v") else walk(t)) for n, t in tree.items()}
+    return walk(params), dataclasses.replace(cfg, n_kv_head=0)

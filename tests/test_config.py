@@ -28,10 +28,15 @@ def run_configs(draw):
             "optim.schedule": draw(st.sampled_from(["cosine", "wsd"])),
             "model.norm": draw(st.sampled_from(["layernorm", "rmsnorm"])),
             "model.qk_norm": draw(st.booleans()),
-            "model.activation": draw(st.sampled_from(["gelu_tanh", "gelu", "relu2"])),
+            "model.activation": draw(st.sampled_from(["gelu_tanh", "gelu", "relu2", "swiglu"])),
+            "model.qkv_bias": draw(st.booleans()),
+            "model.rope_theta": draw(st.sampled_from([10000.0, 5e5])),
+            "model.rope_scaling": draw(st.sampled_from(["", "llama3"])),
             "model.zero_init": draw(st.booleans()),
             "model.logit_softcap": draw(st.sampled_from([0.0, 15.0, 30.0])),
             "train.steps": draw(st.integers(200, 3000))}
+    kv = draw(st.sampled_from([0, 1, n_head]))
+    over.update({"model.n_kv_head": kv, "model.fused_qkv": kv in (0, n_head) and draw(st.booleans())})
     if task == "reverse":
         over["data.max_len"] = draw(st.integers(1, 20))
         over["model.block_size"] = over["data.max_len"] + 2 + draw(st.integers(0, 4))
@@ -56,17 +61,59 @@ def test_a_config_json_reads_back_as_the_same_config(tmp_path_factory, drawn, da
 @pytest.mark.parametrize("key,value,message", [
     ("model.norm", "batchnorm", "model.norm='batchnorm' is not one of layernorm, rmsnorm"),
     ("model.norm", "RMSNorm", "model.norm='RMSNorm' is not one of layernorm, rmsnorm"),
-    ("model.activation", "swiglu", "model.activation='swiglu' is not one of gelu_tanh, gelu, relu2"),
-    ("model.activation", "gelu_new", "model.activation='gelu_new' is not one of gelu_tanh, gelu, relu2"),
+    ("model.activation", "geglu", "model.activation='geglu' is not one of gelu_tanh, gelu, relu2, swiglu"),
+    ("model.activation", "gelu_new", "model.activation='gelu_new' is not one of gelu_tanh, gelu, relu2, swiglu"),
     ("model.logit_softcap", "-1", "model.logit_softcap=-1.0 must be >= 0 (0 turns it off)"),
     ("model.logit_softcap", "inf", "model.logit_softcap='inf' is not a valid float"),
     ("model.qk_norm", "maybe", "model.qk_norm='maybe' is not a valid bool (true/false, 1/0, yes/no, on/off)"),
     ("model.zero_init", "2", "model.zero_init='2' is not a valid bool (true/false, 1/0, yes/no, on/off)"),
+    # cpu-quick has 3 heads and a fused q|k|v
+    ("model.n_kv_head", "2", "model.n_head=3 is not divisible by model.n_kv_head=2"),
+    ("model.n_kv_head", "-1", "model.n_kv_head=-1 must be >= 0 (0: model.n_head)"),
+    ("model.n_kv_head", "1", "model.n_kv_head=1 differs from model.n_head=3, and model.fused_qkv=true projects "
+                             "equal queries, keys and values; set model.fused_qkv=false"),
+    ("model.head_dim", "-4", "model.head_dim=-4 must be >= 0 (0: model.d_model / model.n_head)"),
+    ("model.head_dim", "5000", "model.head_dim=5000 is larger than the limit 4096"),
+    ("model.rope_theta", "0.5", "model.rope_theta=0.5 must be > 1"),
+    ("model.rope_scaling", "yarn", "model.rope_scaling='yarn' is not one of '', 'llama3'"),
+    ("model.rope_factor", "0.5", "model.rope_factor=0.5 must be >= 1"),
+    ("model.rope_low_freq_factor", "0", "model.rope_low_freq_factor=0.0 must be > 0"),
+    ("model.rope_high_freq_factor", "1", "model.rope_high_freq_factor=1.0 must be larger than "
+                                         "model.rope_low_freq_factor=1.0"),
+    ("model.rope_original_positions", "0", "model.rope_original_positions=0 must be > 0"),
 ])
 def test_bad_block_options_are_one_line_errors(key, value, message):
     with pytest.raises(ConfigError) as e:
         make_config("lm", "cpu-quick", {key: value})
     assert str(e.value) == message
+
+
+def test_attention_options_read_from_set_and_check_together():
+    """A Llama-shaped model from --set: 6 query heads of a stated width 16 (d_model is no
+    multiple of it) over 2 key/value heads; an odd stated width is refused with rope."""
+    m = make_config("lm", "cpu-quick", {"model.n_head": "6", "model.n_kv_head": "2", "model.fused_qkv": "false",
+                                        "model.head_dim": "16", "model.d_model": "80", "model.positions": "rope",
+                                        "model.rope_theta": "500000", "model.rope_scaling": "llama3",
+                                        "model.qkv_bias": "true", "model.activation": "swiglu"}).model
+    assert (m.head_width, m.kv_heads, m.rope_theta, m.rope_scaling, m.qkv_bias) == (16, 2, 5e5, "llama3", True)
+    assert (ModelConfig().head_width, ModelConfig().kv_heads) == (128 // 4, 4)  # 0: derived from d_model, n_head
+    with pytest.raises(ConfigError, match=r"^model.positions='rope' rotates pairs of channels: the head width "
+                                          r"model.head_dim=5 must be even$"):
+        ModelConfig(positions="rope", head_dim=5)
+    with pytest.raises(ConfigError, match=r"^model.d_model=30 is not divisible by model.n_head=4$"):
+        ModelConfig(d_model=30)
+    ModelConfig(d_model=30, head_dim=8)  # a stated width need not divide d_model
+
+
+def test_every_model_option_is_a_key_of_train_help():
+    from dataclasses import fields
+
+    from scratchformer.runconfig import describe_keys
+    listed = {row.split()[0] for row in describe_keys()}
+    new = {"n_kv_head", "head_dim", "qkv_bias", "rope_theta", "rope_scaling", "rope_factor", "rope_low_freq_factor",
+           "rope_high_freq_factor", "rope_original_positions"}
+    assert new <= {f.name for f in fields(ModelConfig)}
+    assert {f"model.{f.name}" for f in fields(ModelConfig)} - listed == {"model.vocab_size"}  # derived from the data
 
 
 def test_block_options_default_to_todays_model_and_parse_from_set():

@@ -369,3 +369,17 @@ def test_bad_uses_of_an_imported_run(small_run, tmp_path, capsys):
         code, _, err = cli(capsys, *args)
         assert code == 2 and expected in err and len(err.strip().splitlines()) == 1, (args, err)
         assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("over,named", [
+    (dict(n_kv_head=2, fused_qkv=False), "model.n_kv_head=2"), (dict(head_dim=16), "model.head_dim=16"),
+    (dict(activation="swiglu"), "model.activation='swiglu'"), (dict(bias=False, qkv_bias=True), "model.bias=False"),
+])
+def test_export_refuses_what_gpt2_does_not_have(over, named):
+    """GPT-2 has one key/value head per query head, heads d_model / n_head wide, a GELU
+    MLP of two layers and biases everywhere: a run with other choices is refused by name."""
+    from scratchformer.config import ModelConfig
+    from scratchformer.errors import UsageError
+    from scratchformer.gpt2 import hf_config
+    with pytest.raises(UsageError, match=f"the run's {named} has no GPT-2 counterpart"):
+        hf_config(ModelConfig(vocab_size=10, **over), None)

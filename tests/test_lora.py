@@ -110,11 +110,16 @@ def test_a_is_kaiming_uniform_as_peft_and_b_zero():
     assert ad["blocks"][0]["mlp"]["fc"]["b"].shape == (8, 256)
 
 
-@pytest.mark.parametrize("fused", [True, False], ids=["fused", "separate"])
-def test_merged_and_unmerged_logits_agree(fused):
-    m = _model(fused)
+LLAMA = {"fused_qkv": False, "n_head": 4, "n_kv_head": 2, "activation": "swiglu", "norm": "rmsnorm",
+         "positions": "rope", "bias": False}  # grouped-query attention: k and v narrower than q
+
+
+@pytest.mark.parametrize("shape,targets", [({}, ALL), ({"fused_qkv": False}, ALL), (LLAMA, "q,k,v,out,gate,up,down")],
+                         ids=["fused", "separate", "llama"])
+def test_merged_and_unmerged_logits_agree(shape, targets):
+    m = _model(**shape)
     base = init_lm(jax.random.PRNGKey(0), m)
-    lo = LoraConfig(rank=3, alpha=6.0, targets=ALL)
+    lo = LoraConfig(rank=3, alpha=6.0, targets=targets)
     ad = _trained_adapters(jax.random.PRNGKey(1), base, lo)
     ids = jax.random.randint(jax.random.PRNGKey(2), (2, 16), 0, m.vocab_size)
     merged, _ = lm_forward(lora.merge(base, ad, lo), ids, cfg=m)
@@ -317,7 +322,9 @@ def test_dry_run_shows_the_smaller_state(corpus, source):
     (["--lora", "33", "--init-from", "SOURCE"], "error: lora.rank=33 is more than the 32 x 32 matrix of target 'q' "
                                                 "can use; choose at most 32"),
     (["--lora", "4", "--init-from", "SOURCE", "--set", "lora.targets=q,gate"],
-     "error: lora.targets='q,gate': 'gate' is not one of the linear layers q, k, v, out, fc, proj"),
+     "error: lora.targets names 'gate', a layer this model does not have; its blocks have q, k, v, out, fc, proj"),
+    (["--lora", "4", "--init-from", "SOURCE", "--set", "lora.targets=q,ffn"],
+     "error: lora.targets='q,ffn': 'ffn' is not one of the linear layers q, k, v, out, fc, proj, gate, up, down"),
     (["--lora", "4", "--init-from", "SOURCE", "--set", "lora.targets=q,q"],
      "error: lora.targets='q,q' names a layer twice"),
     (["--lora", "4", "--init-from", "SOURCE", "--set", "lora.dropout=1"], "error: lora.dropout=1.0 must be in [0, 1)"),
@@ -325,7 +332,8 @@ def test_dry_run_shows_the_smaller_state(corpus, source):
     (["--lora", "4", "--init-from", "SOURCE", "--set", "optim.name=muon"],
      "error: optim.name='muon' with lora.rank=4: LoRA's adapters train with optim.name=adamw"),
     (["--set", "lora.rank=-1"], "error: lora.rank=-1 must be >= 0 (0 turns LoRA off)"),
-], ids=["without-init-from", "rank-0", "rank-not-a-number", "rank-above-the-width", "unknown-target",
+], ids=["without-init-from", "rank-0", "rank-not-a-number", "rank-above-the-width", "target-the-model-lacks",
+        "unknown-target",
         "target-twice", "dropout-1", "alpha-0", "muon", "negative-rank"])
 def test_bad_lora_settings_are_one_line_errors_and_write_nothing(corpus, source, tmp_path, capsys, args, message):
     out = tmp_path / "run"
@@ -345,14 +353,12 @@ def test_lora_is_for_language_models_only(tmp_path, capsys):
 
 
 def test_a_target_the_model_does_not_have_is_named():
-    """What init_adapters says for a model whose blocks lack a target (a gated MLP has
-    gate, up and down, not fc and proj)."""
-    params = jax.eval_shape(lambda: init_lm(jax.random.PRNGKey(0), _model()))
-    block = params["blocks"][0]
-    params = {**params, "blocks": [{**block, "mlp": {"gate": block["mlp"]["fc"]}}]}
+    """A gated MLP (swiglu) has gate, up and down, not fc and proj."""
+    params = jax.eval_shape(lambda: init_lm(jax.random.PRNGKey(0), _model(activation="swiglu")))
     with pytest.raises(ConfigError) as e:
         lora.init_adapters(jax.random.PRNGKey(0), params, LoraConfig(rank=2, targets="q,fc"))
-    assert str(e.value) == "lora.targets names 'fc', a layer this model does not have; its blocks have q, k, v, out"
+    assert str(e.value) == ("lora.targets names 'fc', a layer this model does not have; its blocks have q, k, v, out, "
+                            "gate, up, down")
 
 
 def test_the_lora_section_reads_back_and_defaults_to_peft():

@@ -1,6 +1,7 @@
 """Both model families: gradients vs finite differences (float64), causality, padding,
-no NaN on fully padded rows, overfitting a fixed batch, and what the block options do to
-the parameters (their numbers are checked in test_reference.py)."""
+no NaN on fully padded rows, overfitting a fixed batch, what the block options do to
+the parameters (their numbers are checked in test_reference.py), and the KV cache of
+grouped-query attention."""
 
 import dataclasses
 
@@ -15,6 +16,7 @@ from scratchformer.checkpoint import flatten
 from scratchformer.config import ModelConfig
 from scratchformer.data import reverse
 from scratchformer.loss import lm_loss, seq2seq_loss
+from scratchformer.memory import tree_bytes
 from scratchformer.models import (
     ACTIVATION_FUNCTIONS,
     NORM_LAYERS,
@@ -30,13 +32,19 @@ from scratchformer.models import (
 from scratchformer.runconfig import make_config
 from scratchformer.train import init_state, make_train_step
 
-from conftest import float64
+from conftest import as_multi_head, float64
 
 LM_CFG = ModelConfig(n_layer=2, n_head=2, d_model=16, d_ff=32, block_size=8, vocab_size=11)
 ED_CFG = ModelConfig(n_layer=2, n_head=2, d_model=16, d_ff=32, block_size=8, vocab_size=11,
                      positions="sinusoidal")
 # The block options that change the forward pass, all on (zero_init changes only the start).
 OPTIONS = dict(norm="rmsnorm", qk_norm=True, activation="relu2", logit_softcap=2.0)
+# A Llama-architecture block with Qwen2's q/k/v biases: 4 query heads of a stated width 6
+# over 2 key/value heads, rotary positions with Llama 3's scaling (an original context
+# of 16 puts the head's three wavelengths in all three of its bands).
+LLAMA = dict(n_head=4, n_kv_head=2, head_dim=6, fused_qkv=False, norm="rmsnorm", positions="rope",
+             activation="swiglu", bias=False, qkv_bias=True, tie_embeddings=False, rope_theta=100.0,
+             rope_scaling="llama3", rope_original_positions=16)
 
 
 def _lm_batch(key, b=3, t=8, v=11):
@@ -148,20 +156,103 @@ def test_block_options_gradients_match_finite_differences_and_stay_causal():
         assert not np.allclose(np.asarray(out[0, t]), np.asarray(base[0, t]))
 
 
+def test_llama_options_gradients_match_finite_differences_and_stay_causal():
+    """SwiGLU, grouped-query attention, a stated head width, biases on q, k and v only,
+    scaled rotary positions: gradients against finite differences; causal, in query
+    blocks too."""
+    import jax.flatten_util  # noqa: F401
+    with float64():
+        cfg = dataclasses.replace(LM_CFG, dtype="float64", **LLAMA)
+        params = jax.tree.map(lambda a: a.astype(jnp.float64), init_lm(jax.random.PRNGKey(0), cfg))
+        batch = _lm_batch(jax.random.PRNGKey(1))
+        _fd_check(jax.jit(lambda p: _mean(lm_loss(p, batch, cfg=cfg))), params)
+    cfg = dataclasses.replace(LM_CFG, **LLAMA)
+    params = init_lm(jax.random.PRNGKey(0), cfg)
+    forward = jax.jit(lambda ids: lm_forward(params, ids, cfg=cfg)[0])
+    ids = jax.random.randint(jax.random.PRNGKey(1), (1, 8), 0, 11)
+    base = forward(ids)
+    for t in range(8):
+        out = forward(ids.at[0, t].set((ids[0, t] + 1) % 11))
+        np.testing.assert_array_equal(np.asarray(out[0, :t]), np.asarray(base[0, :t]))
+        assert not np.allclose(np.asarray(out[0, t]), np.asarray(base[0, t]))
+    blocked = dataclasses.replace(cfg, attn_block=4)  # two query blocks at T = 8
+    np.testing.assert_allclose(np.asarray(lm_forward(params, ids, cfg=blocked)[0]), np.asarray(base), atol=1e-5)
+
+
+def test_llama_options_shape_the_parameters():
+    """q: D -> H K, k and v: D -> G K, out: H K -> D; the MLP's gate, up and down; biases
+    on q, k and v only; no position table, an untied head."""
+    cfg = dataclasses.replace(LM_CFG, **LLAMA)
+    shapes = {k: v.shape for k, v in flatten(init_lm(jax.random.PRNGKey(0), cfg)).items() if k.startswith("blocks.0.")}
+    assert shapes == {"blocks.0.attn.q.w": (16, 24), "blocks.0.attn.q.b": (24,), "blocks.0.attn.k.w": (16, 12),
+                      "blocks.0.attn.k.b": (12,), "blocks.0.attn.v.w": (16, 12), "blocks.0.attn.v.b": (12,),
+                      "blocks.0.attn.out.w": (24, 16), "blocks.0.mlp.gate.w": (16, 32), "blocks.0.mlp.up.w": (16, 32),
+                      "blocks.0.mlp.down.w": (32, 16), "blocks.0.ln1.scale": (16,), "blocks.0.ln2.scale": (16,)}
+    outside = {k for k in flatten(init_lm(jax.random.PRNGKey(0), cfg)) if not k.startswith("blocks.")}
+    assert outside == {"embed.tokens", "ln_f.scale", "head.w"}
+
+
+def test_grouped_query_attention_is_multi_head_attention_with_shared_keys_and_values():
+    """A model with G key/value heads computes what the multi-head model computes whose
+    query head h has key/value head h // (H / G)'s weights (transformers' repeat_kv), in
+    float64 to the last bits; the encoder-decoder's cross-attention too."""
+    with float64():
+        for init, forward, cfg in [(init_lm, lambda p, c: lm_forward(p, IDS, cfg=c)[0], LM_CFG),
+                                   (init_encdec, lambda p, c: encdec_forward(p, IDS, IDS, cfg=c), ED_CFG)]:
+            cfg = dataclasses.replace(cfg, **{**LLAMA, "dtype": "float64"})
+            params = init(jax.random.PRNGKey(0), cfg)
+            params = jax.tree.map(lambda a: a.astype(jnp.float64) + 0.2 * jax.random.normal(
+                jax.random.PRNGKey(7), a.shape, jnp.float64), params)
+            wide, wide_cfg = as_multi_head(params, cfg)
+            assert wide_cfg.kv_heads == 4
+            run = jax.jit(forward, static_argnums=1)  # one program each: faster than op by op
+            np.testing.assert_allclose(np.asarray(run(params, cfg)), np.asarray(run(wide, wide_cfg)),
+                                       rtol=1e-12, atol=1e-12)
+
+
+IDS = jnp.asarray([[3, 1, 4, 1, 5, 9, 2, 6], [2, 7, 1, 8, 2, 8, 1, 8]])
+
+
+@pytest.mark.parametrize("n_kv_head", [4, 2, 1])
+def test_the_kv_cache_holds_the_key_value_heads_only(n_kv_head):
+    """The cache has B * G rows per layer, so it is H / G times smaller than with every
+    head; a prefill and then one-token steps over it give the logits of the uncached
+    forward pass (the R query heads of a group stacked against one cache)."""
+    cfg = dataclasses.replace(LM_CFG, **{**LLAMA, "n_kv_head": n_kv_head})
+    cache = init_cache(cfg, 3, 8)
+    assert len(cache) == cfg.n_layer
+    assert all(c["k"].shape == (3 * n_kv_head, 6, 8) and c["v"].shape == (3 * n_kv_head, 8, 6) for c in cache)
+    full = init_cache(dataclasses.replace(cfg, n_kv_head=0), 3, 8)
+    assert tree_bytes(full) == tree_bytes(cache) * (4 // n_kv_head)
+
+    params = init_lm(jax.random.PRNGKey(0), cfg)
+    params = jax.tree.map(lambda a: a + 0.2 * jax.random.normal(jax.random.PRNGKey(7), a.shape), params)
+    ids = jax.random.randint(jax.random.PRNGKey(1), (3, 8), 0, 11)
+    want, _ = lm_forward(params, ids, cfg=cfg)
+    got, cache = lm_forward(params, ids[:, :5], cfg=cfg, cache=cache, pos=0)
+    assert jax.tree.map(jnp.shape, cache) == jax.tree.map(jnp.shape, init_cache(cfg, 3, 8))
+    steps = [got]
+    for t in range(5, 8):
+        out, cache = lm_forward(params, ids[:, t:t + 1], cfg=cfg, cache=cache, pos=t)
+        steps.append(out)
+    np.testing.assert_allclose(np.asarray(jnp.concatenate(steps, axis=1)), np.asarray(want), rtol=1e-5, atol=1e-5)
+
+
 def test_block_option_values_are_the_configs():
     """config.py validates the names that models.py looks up; the two lists agree."""
     assert tuple(NORM_LAYERS) == config.NORMS and tuple(ACTIVATION_FUNCTIONS) == config.ACTIVATIONS
 
 
-@pytest.mark.parametrize("init,cfg,n_zeroed", [(init_lm, LM_CFG, 2 * 2), (init_encdec, ED_CFG, 2 * 2 + 2 * 3)])
+@pytest.mark.parametrize("init,cfg,n_zeroed", [(init_lm, LM_CFG, 2 * 2), (init_encdec, ED_CFG, 2 * 2 + 2 * 3),
+                                               (init_lm, dataclasses.replace(LM_CFG, **LLAMA), 2 * 2)])
 def test_zero_init_zeroes_the_output_projections_and_nothing_else(init, cfg, n_zeroed):
     """Every projection back into the residual stream (attention's and cross-attention's
-    out, the MLP's proj) starts at exactly zero; every other parameter is what the
-    default draws from the same key."""
+    out, the MLP's proj, or down with swiglu) starts at exactly zero; every other
+    parameter is what the default draws from the same key."""
     base = flatten(init(jax.random.PRNGKey(4), cfg))
     zero = flatten(init(jax.random.PRNGKey(4), dataclasses.replace(cfg, zero_init=True)))
     assert zero.keys() == base.keys()
-    zeroed = [k for k in zero if k.endswith(("attn.out.w", "cross.out.w", "mlp.proj.w"))]
+    zeroed = [k for k in zero if k.endswith(("attn.out.w", "cross.out.w", "mlp.proj.w", "mlp.down.w"))]
     assert len(zeroed) == n_zeroed
     for k in zero:
         if k in zeroed:

@@ -163,6 +163,12 @@ def test_muon_mask_takes_the_hidden_matrices_only():
         leaves = dict(zip(names, jax.tree.leaves(params)))
         assert chosen == {n for n, x in leaves.items() if x.ndim == 2 and "['blocks']" in n}
     assert "['decoder']['blocks'][0]['cross']['kv']['w']" in chosen
+    # A Llama-architecture block: separate q, k, v (k and v narrower: 1 key/value head), gate/up/down.
+    llama = ModelConfig(**{**CFG.__dict__, "fused_qkv": False, "n_kv_head": 1, "activation": "swiglu", "bias": False})
+    chosen = {jax.tree_util.keystr(p) for p, m in jax.tree_util.tree_flatten_with_path(
+        muon_mask(init_lm(jax.random.PRNGKey(0), llama)))[0] if m}
+    assert chosen == {f"['blocks'][0]['{part}']['{name}']['w']" for part, names in
+                      (("attn", ("q", "k", "v", "out")), ("mlp", ("gate", "up", "down"))) for name in names}
 
 
 def test_weight_decay_only_where_masked():

@@ -2,9 +2,11 @@
 equations (GPT-2's pre-LN decoder; Vaswani et al.'s encoder-decoder with sinusoidal
 positions, here pre-LN too), sharing nothing with the package but the parameter names
 and the config's option values. The block options (RMSNorm, QK-norm, exact GELU, ReLU
-squared, a logit soft-cap, an untied head) are checked one at a time and together, the
-JAX model in float64 there so that only a wrong formula could differ. The parameters are
-perturbed so that every bias and gain matters."""
+squared, SwiGLU, a logit soft-cap, an untied head, no biases or biases on q, k and v
+only, grouped-query attention, a stated head width, rotary positions with their base and
+Llama 3's scaling) are checked one at a time and together (as LLaMA and Qwen2 combine
+them), the JAX model in float64 there so that only a wrong formula could differ. The
+parameters are perturbed so that every bias and gain matters."""
 
 import dataclasses
 import math
@@ -30,10 +32,26 @@ OPTIONS = {
     "untied": dict(tie_embeddings=False),
     "all": dict(norm="rmsnorm", qk_norm=True, activation="relu2", logit_softcap=2.0, tie_embeddings=False,
                 zero_init=True),
+    "swiglu": dict(activation="swiglu"),
+    "no_bias": dict(bias=False),
+    "qkv_bias": dict(bias=False, qkv_bias=True),
+    "gqa": dict(n_kv_head=2, fused_qkv=False),  # 4 query heads, 2 key/value heads
+    "mqa": dict(n_kv_head=1, fused_qkv=False),  # all 4 share one (Shazeer 2019)
+    "head_dim": dict(head_dim=12),              # 4 heads of 12 in a model 32 wide
+    "rope": dict(positions="rope"),
+    "rope_theta": dict(positions="rope", rope_theta=500000.0),
+    # A base of 100 and a 64-position original context put the K = 8 head's four
+    # wavelengths (6.3, 20, 63, 200) in every band of the scaling: kept, blended (two), divided.
+    "llama3": dict(positions="rope", rope_theta=100.0, rope_scaling="llama3", rope_original_positions=64),
+    "llama": dict(norm="rmsnorm", positions="rope", activation="swiglu", n_kv_head=2, fused_qkv=False, bias=False,
+                  tie_embeddings=False, rope_theta=100.0, rope_scaling="llama3", rope_original_positions=64),
+    "qwen2": dict(norm="rmsnorm", positions="rope", activation="swiglu", n_kv_head=2, fused_qkv=False, bias=False,
+                  qkv_bias=True, tie_embeddings=False, rope_theta=1e6, head_dim=12),
 }
 # Options whose reference, turned off on the same parameters, must give logits further
 # off than the tolerances below (so that the comparison fails if the model ignores them).
-OFF = {"qk_norm": False, "activation": "gelu_tanh", "logit_softcap": 0.0}
+OFF = {"qk_norm": False, "activation": "gelu_tanh", "logit_softcap": 0.0, "qkv_bias": False, "rope_theta": 10000.0,
+       "rope_scaling": ""}
 
 
 def _perturbed(params, seed):
@@ -64,36 +82,76 @@ def activation(x, cfg):
         return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))
     if cfg.activation == "gelu":  # x Phi(x)
         return 0.5 * x * (1 + np.vectorize(math.erf)(x / np.sqrt(2)))
+    if cfg.activation == "swiglu":  # its gate: SiLU, x sigmoid(x)
+        return x / (1 + np.exp(-x))
     assert cfg.activation == "relu2"  # Primer's
     return np.maximum(x, 0) ** 2
 
 
-def attention(q, k, v, allowed, cfg):
-    """q: Tq x D, k and v: Tk x D, allowed: Tq x Tk booleans; heads one at a time."""
-    hd = q.shape[-1] // cfg.n_head
+def lin(p, x, bias):
+    return x @ p["w"] + p["b"] if bias else x @ p["w"]
+
+
+def frequencies(k, cfg):
+    """Rotary angular frequencies theta^(-2i/K); Llama 3.1's scaling (as transformers'
+    _compute_llama3_parameters) per frequency by its wavelength 2 pi / f."""
+    out = []
+    for f in cfg.rope_theta ** (-np.arange(0, k, 2) / k):
+        if cfg.rope_scaling == "llama3":
+            wavelength, old = 2 * np.pi / f, cfg.rope_original_positions
+            if wavelength > old / cfg.rope_low_freq_factor:
+                f = f / cfg.rope_factor
+            elif wavelength >= old / cfg.rope_high_freq_factor:
+                s = (old / wavelength - cfg.rope_low_freq_factor) / (cfg.rope_high_freq_factor
+                                                                     - cfg.rope_low_freq_factor)
+                f = (1 - s) * f / cfg.rope_factor + s * f
+        out.append(f)
+    return np.asarray(out)
+
+
+def rope(x, cfg):
+    """RoPE (Su et al. 2021) on T x K vectors at positions 0..T-1: channels i and i + K/2
+    as one complex number, multiplied by e^(i p f_i)."""
+    k = x.shape[-1]
+    z = (x[:, :k // 2] + 1j * x[:, k // 2:]) * np.exp(1j * np.arange(len(x))[:, None] * frequencies(k, cfg))
+    return np.concatenate([z.real, z.imag], -1)
+
+
+def attention(q, k, v, allowed, cfg, rotate=False):
+    """q: Tq x (H K), k and v: Tk x (G K), allowed: Tq x Tk booleans; heads one at a time,
+    query head h reading key/value head h // (H / G) (transformers' repeat_kv)."""
+    hd = cfg.head_dim or cfg.d_model // cfg.n_head
+    group = cfg.n_head // (cfg.n_kv_head or cfg.n_head)
     out = []
     for h in range(cfg.n_head):
-        c = slice(h * hd, (h + 1) * hd)
-        qh, kh = q[:, c], k[:, c]
+        c, ckv = slice(h * hd, (h + 1) * hd), slice(h // group * hd, (h // group + 1) * hd)
+        qh, kh = q[:, c], k[:, ckv]
         if cfg.qk_norm:  # each head's query and key vectors to RMS 1
             qh, kh = rms(qh, cfg.ln_eps), rms(kh, cfg.ln_eps)
+        if rotate:
+            qh, kh = rope(qh, cfg), rope(kh, cfg)
         s = qh @ kh.T / np.sqrt(hd)
         s = np.where(allowed, s, -np.inf)
         w = np.exp(s - s.max(-1, keepdims=True))
-        out.append((w / w.sum(-1, keepdims=True)) @ v[:, c])
+        out.append((w / w.sum(-1, keepdims=True)) @ v[:, ckv])
     return np.concatenate(out, -1)
 
 
 def self_block(p, x, allowed, cfg, memory=None, memory_allowed=None):
-    q, k, v = np.split(ln(p["ln1"], x, cfg) @ p["attn"]["qkv"]["w"] + p["attn"]["qkv"]["b"], 3, -1)
-    x = x + attention(q, k, v, allowed, cfg) @ p["attn"]["out"]["w"] + p["attn"]["out"]["b"]
+    qkv_bias = cfg.bias or cfg.qkv_bias
+    a, h = p["attn"], ln(p["ln1"], x, cfg)
+    q, k, v = np.split(lin(a["qkv"], h, qkv_bias), 3, -1) if "qkv" in a else (lin(a[n], h, qkv_bias) for n in "qkv")
+    x = x + lin(a["out"], attention(q, k, v, allowed, cfg, rotate=cfg.positions == "rope"), cfg.bias)
     if memory is not None:
         c = p["cross"]
-        q = ln(p["ln_cross"], x, cfg) @ c["q"]["w"] + c["q"]["b"]
-        k, v = np.split(memory @ c["kv"]["w"] + c["kv"]["b"], 2, -1)
-        x = x + attention(q, k, v, memory_allowed, cfg) @ c["out"]["w"] + c["out"]["b"]
-    h = activation(ln(p["ln2"], x, cfg) @ p["mlp"]["fc"]["w"] + p["mlp"]["fc"]["b"], cfg)
-    return x + h @ p["mlp"]["proj"]["w"] + p["mlp"]["proj"]["b"]
+        q = lin(c["q"], ln(p["ln_cross"], x, cfg), qkv_bias)
+        k, v = np.split(lin(c["kv"], memory, qkv_bias), 2, -1) if "kv" in c else (lin(c[n], memory, qkv_bias)
+                                                                                for n in "kv")
+        x = x + lin(c["out"], attention(q, k, v, memory_allowed, cfg), cfg.bias)
+    m, h = p["mlp"], ln(p["ln2"], x, cfg)
+    if "gate" in m:  # a GLU (Shazeer 2020): the activation gates a second projection
+        return x + lin(m["down"], activation(lin(m["gate"], h, cfg.bias), cfg) * lin(m["up"], h, cfg.bias), cfg.bias)
+    return x + lin(m["proj"], activation(lin(m["fc"], h, cfg.bias), cfg), cfg.bias)
 
 
 def head(p, x, table, cfg):
@@ -120,7 +178,9 @@ def lm_reference(p, ids, cfg):
     causal = np.tril(np.ones((ids.shape[1], ids.shape[1]), bool))
     out = []
     for b in range(len(ids)):
-        x = p["embed"]["tokens"][ids[b]] + p["embed"]["positions"][:ids.shape[1]]
+        x = p["embed"]["tokens"][ids[b]]
+        if cfg.positions == "learned":  # (rotary positions turn queries and keys in attention instead)
+            x = x + p["embed"]["positions"][:ids.shape[1]]
         for blk in p["blocks"]:
             x = self_block(blk, x, causal, cfg)
         out.append(head(p, ln(p["ln_f"], x, cfg), p["embed"]["tokens"], cfg))
@@ -187,10 +247,11 @@ def test_encoder_decoder_logits_match_the_numpy_reference():
     np.testing.assert_allclose(got, encdec_reference(_np(params), SRC, TGT, ED_CFG), rtol=2e-4, atol=2e-4)
 
 
-@pytest.mark.parametrize("name", ["qk_norm", "untied", "all"])
+@pytest.mark.parametrize("name", ["qk_norm", "untied", "all", "swiglu", "qkv_bias", "mqa"])
 def test_encoder_decoder_block_options_match_the_numpy_reference(name):
     """QK-norm reaches the cross-attention's queries and keys too; the untied model has
-    its own source, target and output matrices."""
+    its own source, target and output matrices; the cross-attention's keys and values
+    have as few heads as the self-attention's (mqa: both heads read one)."""
     cfg = dataclasses.replace(ED_CFG, dtype="float64", **OPTIONS[name])
     with float64():
         params = jax.tree.map(lambda a: a.astype(jnp.float64), _perturbed(init_encdec(jax.random.PRNGKey(3), cfg), 4))

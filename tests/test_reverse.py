@@ -13,6 +13,8 @@ from scratchformer.loop import fit
 from scratchformer.runconfig import make_config
 from scratchformer.tasks import ReverseTask
 
+from conftest import as_multi_head
+
 SMALL = {"data.max_len": 8, "model.block_size": 10, "data.eval_size": 1000, "train.steps": 600,
          "train.eval_every": 300, "train.checkpoint_every": 600, "train.batch_size": 64,
          "optim.warmup_steps": 50, "train.steps_per_call": 50}
@@ -78,16 +80,22 @@ def test_cache_equals_no_cache_on_an_untrained_model(positions):
                                   np.asarray(greedy(params, src, cfg=cfg, max_out=9, use_cache=False)))
 
 
-@pytest.mark.parametrize("positions", ["learned", "rope"])
-def test_block_options_cache_equals_no_cache_and_beam_one_equals_greedy(positions):
+GQA = {"model.n_kv_head": 2, "model.fused_qkv": False, "model.activation": "swiglu", "model.bias": False,
+       "model.qkv_bias": True}  # of the default preset's 4 heads
+
+
+@pytest.mark.parametrize("positions,more", [("learned", {}), ("rope", {}), ("rope", GQA)], ids=["learned", "rope",
+                                                                                               "rope-gqa"])
+def test_block_options_cache_equals_no_cache_and_beam_one_equals_greedy(positions, more):
     """The encoder-decoder with RMSNorm, QK-norm (in cross-attention too: the memory's keys
-    are normalised once), exact GELU, a soft-capped untied head: it builds and decodes,
-    and its cached decoders reproduce the uncached one. Weights scaled up (as in
-    test_sampling.py) so that decisions are not near-ties."""
+    are normalised once), exact GELU (or SwiGLU with grouped-query attention and biases
+    on q, k, v only), a soft-capped untied head: it builds and decodes, and its cached
+    decoders reproduce the uncached one. Weights scaled up (as in test_sampling.py) so
+    that decisions are not near-ties."""
     from scratchformer.models import init_encdec
     cfg = ReverseTask(make_config("reverse", None, {
         **SMALL, "model.positions": positions, "model.norm": "rmsnorm", "model.qk_norm": True,
-        "model.activation": "gelu", "model.logit_softcap": 2.0, "model.tie_embeddings": False})).cfg.model
+        "model.activation": "gelu", "model.logit_softcap": 2.0, "model.tie_embeddings": False, **more})).cfg.model
     params = jax.tree.map(lambda a: a * 4.0 if a.ndim == 2 else a, init_encdec(jax.random.PRNGKey(3), cfg))
     assert set(params["decoder"]["blocks"][0]["ln_cross"]) == {"scale"} and "head" in params
     src = jnp.asarray(reverse.eval_set(size=64, seed=5, n_symbols=20, min_len=1, max_len=8)["src"])
@@ -95,6 +103,10 @@ def test_block_options_cache_equals_no_cache_and_beam_one_equals_greedy(position
     np.testing.assert_array_equal(g, np.asarray(greedy(params, src, cfg=cfg, max_out=9, use_cache=False)))
     np.testing.assert_array_equal(g, np.asarray(beam_search(params, src, cfg=cfg, max_out=9, beam=1)))
     assert len({tuple(row) for row in g}) > 1  # other sources, other outputs
+    if cfg.kv_heads < cfg.n_head:  # beams reorder the caches' rows of key/value heads: as the multi-head model's
+        wide, wide_cfg = as_multi_head(params, cfg)
+        np.testing.assert_array_equal(np.asarray(beam_search(params, src, cfg=cfg, max_out=9, beam=3)),
+                                      np.asarray(beam_search(wide, src, cfg=wide_cfg, max_out=9, beam=3)))
 
 
 def test_beam_search_is_exact_too(trained):

@@ -63,6 +63,21 @@ def test_cached_equals_uncached_with_the_block_options(positions):
         assert len(set(a[prompt_len:].tolist())) > 1  # not one token over and over
 
 
+@pytest.mark.parametrize("n_kv_head", [2, 1])
+def test_cached_equals_uncached_with_grouped_query_attention(n_kv_head):
+    """4 query heads over 2 or 1 key/value heads, as in a Llama-architecture model
+    (SwiGLU, rotary positions, no biases but q, k and v's): the cache holds the key/value
+    heads only and gives the tokens of the uncached sampler, which repeats them."""
+    cfg = dataclasses.replace(CFG, n_head=4, n_kv_head=n_kv_head, fused_qkv=False, positions="rope",
+                              activation="swiglu", norm="rmsnorm", bias=False, qkv_bias=True, tie_embeddings=False)
+    p = jax.tree.map(lambda a: a * 4.0 if a.ndim == 2 else a, init_lm(jax.random.PRNGKey(0), cfg))
+    for prompt_len, n_new in [(1, 30), (12, 20)]:  # from the first token; from past the block size
+        prompt = np.arange(prompt_len) % 13
+        a = generate(p, cfg, prompt, n_new, seed=3, temperature=0.8)
+        np.testing.assert_array_equal(a, generate(p, cfg, prompt, n_new, seed=3, temperature=0.8, use_cache=False))
+        assert len(set(a[prompt_len:].tolist())) > 1
+
+
 def test_greedy_matches_a_naive_loop(params):
     """Greedy generation = argmax of a plain forward over the sliding window each step."""
     prompt, n_new, t, keep = [1, 2, 3], 15, CFG.block_size, CFG.block_size // 2

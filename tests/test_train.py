@@ -8,6 +8,7 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from scratchformer.checkpoint import flatten
 from scratchformer.parallel import make_mesh, replicated
@@ -174,18 +175,25 @@ def test_muon_trains_and_differs_from_adamw(tiny_text):
 
 BLOCK_OPTIONS = {"model.norm": "rmsnorm", "model.qk_norm": True, "model.activation": "relu2",
                  "model.zero_init": True, "model.logit_softcap": 15.0, "model.tie_embeddings": False}
+# A Llama-architecture block (Qwen2's q/k/v biases): SwiGLU, 2 query heads over 1 key/value head.
+LLAMA_OPTIONS = {"model.norm": "rmsnorm", "model.positions": "rope", "model.activation": "swiglu",
+                 "model.n_kv_head": 1, "model.fused_qkv": False, "model.bias": False, "model.qkv_bias": True,
+                 "model.tie_embeddings": False, "model.zero_init": True, "model.rope_theta": 500000.0}
 
 
-def test_block_options_train_with_adamw_and_muon(tiny_text):
+@pytest.mark.parametrize("options,zeroed", [(BLOCK_OPTIONS, "blocks.0.mlp.proj.w"),
+                                            (LLAMA_OPTIONS, "blocks.0.mlp.down.w")], ids=["block", "llama"])
+def test_block_options_train_with_adamw_and_muon(tiny_text, options, zeroed):
     """Every block option on, zero-initialised output projections included (Muon then
     orthogonalises zero gradients for the matrices behind them at the first step): the
-    loss falls, with both optimizers, and the zeroed projections move."""
+    loss falls, with both optimizers, and the zeroed projections move. Muon takes q, k,
+    v (k and v narrower with grouped-query attention), gate, up and down as matrices."""
     for name in ("adamw", "muon"):
-        task = _lm_task(tiny_text, **{**BLOCK_OPTIONS, "optim.name": name, "train.steps": 60,
+        task = _lm_task(tiny_text, **{**options, "optim.name": name, "train.steps": 60,
                                       "train.steps_per_call": 30, "optim.lr": 3e-3})
         state, losses = _train_calls(task, 30, 2)
         assert np.isfinite(losses).all() and np.mean(losses[-10:]) < 0.7 * losses[0], (name, losses[0], losses[-10:])
-        assert np.abs(np.asarray(flatten(state.params)["blocks.0.mlp.proj.w"])).max() > 0
+        assert np.abs(np.asarray(flatten(state.params)[zeroed])).max() > 0
 
 
 def test_encoder_decoder_trains_with_the_block_options():

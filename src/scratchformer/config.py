@@ -22,19 +22,20 @@ FORMAT = 2
 DTYPES = ("float32", "bfloat16", "float64")  # float64: for numerical checks (needs jax_enable_x64)
 POSITIONS = ("learned", "sinusoidal", "rope")
 NORMS = ("layernorm", "rmsnorm")
-ACTIVATIONS = ("gelu_tanh", "gelu", "relu2")
+ACTIVATIONS = ("gelu_tanh", "gelu", "relu2", "swiglu")
+ROPE_SCALINGS = ("", "llama3")  # "": none
 PRODUCTS = ("auto", "float32", "bfloat16")
 OPTIMIZERS = ("adamw", "muon")  # built by optim.optimizer
 SCHEDULES = ("cosine", "wsd")   # built by optim.schedule
 # The linear layers lora.targets may name (lora.py finds each in a block's params):
 # attention's query, key, value and output projections (q, k, v: column blocks of the
-# fused "qkv" matrix under model.fused_qkv) and the MLP's two.
-LORA_TARGETS = ("q", "k", "v", "out", "fc", "proj")
+# fused "qkv" matrix under model.fused_qkv), the MLP's two, or a gated MLP's three.
+LORA_TARGETS = ("q", "k", "v", "out", "fc", "proj", "gate", "up", "down")
 
 # Upper bounds that keep a tampered or mistyped config from allocating absurd
 # arrays: they are far above anything a CPU or one GPU trains here.
 MAX = {
-    "n_layer": 256, "n_head": 1024, "d_model": 65536, "d_ff": 262144,
+    "n_layer": 256, "n_head": 1024, "head_dim": 4096, "d_model": 65536, "d_ff": 262144,
     "block_size": 131072, "vocab_size": 1 << 20, "batch_size": 1 << 20,
     "steps": 1 << 31, "grad_accum": 4096, "steps_per_call": 4096,
     "max_len": 4096, "eval_size": 1 << 24, "rank": 65536,
@@ -65,6 +66,9 @@ def check_bounded(obj, section: str, *names) -> None:
 class ModelConfig:
     n_layer: int = 4          # blocks (per stack for the encoder-decoder)
     n_head: int = 4
+    n_kv_head: int = 0        # key/value heads (grouped-query attention, Ainslie et al. 2023): each serves
+                              # n_head / n_kv_head query heads; 0 = n_head (multi-head attention)
+    head_dim: int = 0         # width of one head; 0 = d_model / n_head (the effective value: head_width)
     d_model: int = 128
     d_ff: int = 512
     dropout: float = 0.0
@@ -73,11 +77,19 @@ class ModelConfig:
     tie_embeddings: bool = True
     fused_qkv: bool = True
     positions: str = "learned"  # learned table, sinusoidal (Vaswani et al.) or rope (rotary, Su et al.)
+    rope_theta: float = 10000.0  # rope: the base of the rotation frequencies theta^(-2i/K)
+    rope_scaling: str = ""    # rope: "" or llama3 (Llama 3.1, 3.2: the long wavelengths' frequencies slowed)
+    rope_factor: float = 8.0  # llama3: low frequencies divided by this
+    rope_low_freq_factor: float = 1.0   # llama3: wavelengths over rope_original_positions / this are divided
+    rope_high_freq_factor: float = 4.0  # llama3: under rope_original_positions / this kept; between, blended
+    rope_original_positions: int = 8192  # llama3: the context the unscaled frequencies were trained at
     bias: bool = True
+    qkv_bias: bool = False    # queries, keys and values have biases even with bias=false (Qwen2)
     ln_eps: float = 1e-5      # epsilon of every norm (and of qk_norm)
     norm: str = "layernorm"   # layernorm (Ba et al. 2016) or rmsnorm (Zhang & Sennrich 2019: a scale, no bias)
     qk_norm: bool = False     # RMS-normalise each head's queries and keys, no parameters (modded-nanogpt)
-    activation: str = "gelu_tanh"  # feed-forward: gelu_tanh (GPT-2), gelu (exact, erf) or relu2 (So et al. 2021)
+    activation: str = "gelu_tanh"  # feed-forward: gelu_tanh (GPT-2), gelu (exact, erf), relu2 (So et al. 2021)
+                                   # or swiglu (Shazeer 2020: down(silu(gate(x)) * up(x)), LLaMA)
     zero_init: bool = False   # attention's and the MLP's output projections start at zero (modded-nanogpt)
     logit_softcap: float = 0.0  # c > 0: logits = c * tanh(logits / c) (Gemma 2); 0 = off
     dtype: str = "float32"    # activation / matmul dtype; params and optimizer stay float32
@@ -88,15 +100,24 @@ class ModelConfig:
 
     def __post_init__(self):
         check_positive(self, "model", "n_layer", "n_head", "d_model", "d_ff", "block_size")
-        check_bounded(self, "model", "n_layer", "n_head", "d_model", "d_ff", "block_size", "vocab_size")
-        check(self.d_model % self.n_head == 0,
+        check_bounded(self, "model", "n_layer", "n_head", "head_dim", "d_model", "d_ff", "block_size", "vocab_size")
+        check(self.head_dim >= 0, f"model.head_dim={self.head_dim} must be >= 0 (0: model.d_model / model.n_head)")
+        check(self.head_dim or self.d_model % self.n_head == 0,
               f"model.d_model={self.d_model} is not divisible by model.n_head={self.n_head}")
+        check(self.n_kv_head >= 0, f"model.n_kv_head={self.n_kv_head} must be >= 0 (0: model.n_head)")
+        check(self.n_head % self.kv_heads == 0,
+              f"model.n_head={self.n_head} is not divisible by model.n_kv_head={self.n_kv_head}")
+        check(not self.fused_qkv or self.kv_heads == self.n_head,
+              f"model.n_kv_head={self.n_kv_head} differs from model.n_head={self.n_head}, and model.fused_qkv=true "
+              f"projects equal queries, keys and values; set model.fused_qkv=false")
         check(0.0 <= self.dropout < 1.0, f"model.dropout={self.dropout!r} must be in [0, 1)")
         check(self.vocab_size >= 0, f"model.vocab_size={self.vocab_size} must be >= 0")
         check(self.positions in POSITIONS, f"model.positions={self.positions!r} is not one of {', '.join(POSITIONS)}")
-        check(self.positions != "rope" or self.head_dim % 2 == 0,
-              f"model.positions='rope' rotates pairs of channels: the head width model.d_model / model.n_head = "
-              f"{self.d_model} / {self.n_head} must be even")
+        width = (f"model.head_dim={self.head_dim}" if self.head_dim else
+                 f"model.d_model / model.n_head = {self.d_model} / {self.n_head}")
+        check(self.positions != "rope" or self.head_width % 2 == 0,
+              f"model.positions='rope' rotates pairs of channels: the head width {width} must be even")
+        self._check_rope()
         check(self.dtype in DTYPES, f"model.dtype={self.dtype!r} is not one of {', '.join(DTYPES)}")
         check(self.products in PRODUCTS, f"model.products={self.products!r} is not one of {', '.join(PRODUCTS)}")
         check(self.attn_block >= 0, f"model.attn_block={self.attn_block} must be >= 0 (0 turns it off)")
@@ -107,9 +128,32 @@ class ModelConfig:
         check(math.isfinite(self.logit_softcap) and self.logit_softcap >= 0,
               f"model.logit_softcap={self.logit_softcap!r} must be >= 0 (0 turns it off)")
 
+    def _check_rope(self):
+        # Checked whatever model.positions is: a value that would be refused with rope is a mistake anyway.
+        check(math.isfinite(self.rope_theta) and self.rope_theta > 1.0,
+              f"model.rope_theta={self.rope_theta!r} must be > 1")
+        check(self.rope_scaling in ROPE_SCALINGS,
+              f"model.rope_scaling={self.rope_scaling!r} is not one of {', '.join(map(repr, ROPE_SCALINGS))}")
+        # The ranges transformers' _validate_llama3_rope_parameters asks for.
+        check(math.isfinite(self.rope_factor) and self.rope_factor >= 1.0,
+              f"model.rope_factor={self.rope_factor!r} must be >= 1")
+        check(math.isfinite(self.rope_low_freq_factor) and self.rope_low_freq_factor > 0,
+              f"model.rope_low_freq_factor={self.rope_low_freq_factor!r} must be > 0")
+        check(math.isfinite(self.rope_high_freq_factor) and self.rope_high_freq_factor > self.rope_low_freq_factor,
+              f"model.rope_high_freq_factor={self.rope_high_freq_factor!r} must be larger than "
+              f"model.rope_low_freq_factor={self.rope_low_freq_factor!r}")
+        check(self.rope_original_positions > 0,
+              f"model.rope_original_positions={self.rope_original_positions} must be > 0")
+
     @property
-    def head_dim(self) -> int:
-        return self.d_model // self.n_head
+    def head_width(self) -> int:
+        """K, the width of one head: model.head_dim, or d_model / n_head when that is 0."""
+        return self.head_dim or self.d_model // self.n_head
+
+    @property
+    def kv_heads(self) -> int:
+        """The number of key/value heads: model.n_kv_head, or n_head when that is 0."""
+        return self.n_kv_head or self.n_head
 
 
 @dataclass(frozen=True)
@@ -234,5 +278,6 @@ class RunConfig:
 
 
 def approx_params(m: ModelConfig, stacks: int, vocab: int) -> int:
-    per_block = 4 * m.d_model * m.d_model + 2 * m.d_model * m.d_ff
+    attn = 2 * m.d_model * m.head_width * (m.n_head + m.kv_heads)  # q and out; k and v
+    per_block = attn + (3 if m.activation == "swiglu" else 2) * m.d_model * m.d_ff
     return stacks * m.n_layer * per_block + vocab * m.d_model + m.block_size * m.d_model

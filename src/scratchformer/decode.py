@@ -248,7 +248,7 @@ def beam_search(params, src_BxS, *, cfg: ModelConfig, max_out: int, beam: int, a
         lengths = pick(lengths) + (~was_done).astype(jnp.int32)
         done = was_done | (tok == EOS)
         flat_idx = (src_beam + jnp.arange(b)[:, None] * w).reshape(-1)
-        # cache arrays are (B*W*H) x ...: move whole (sequence, all heads) groups
+        # cache arrays are (B*W*G) x ... (G key/value heads): move whole (sequence, all heads) groups
         cache = jax.tree.map(lambda a: a.reshape(b * w, -1, *a.shape[1:])[flat_idx].reshape(a.shape), cache)
         return i + 1, tokens, scores, lengths, tok.reshape(-1), cache, done
 

@@ -93,14 +93,34 @@ def sinusoidal_positions(n: int, d: int) -> np.ndarray:
     return table.astype(np.float32)
 
 
-def rotary(x_BxTxHxK, pos):
+def rope_frequencies(k: int, theta: float = 10000.0, llama3=None, dtype=jnp.float32):
+    """The K/2 angular frequencies theta^(-2i/K), i = 0..K/2-1, of rotary positions.
+    llama3 = (factor, low_freq_factor, high_freq_factor, original_positions) rescales
+    them as Llama 3.1 does (transformers' _compute_llama3_parameters): a frequency whose
+    wavelength 2 pi / f is longer than original_positions / low_freq_factor is divided
+    by factor, one shorter than original_positions / high_freq_factor is kept, and those
+    between are blended linearly in original_positions / wavelength."""
+    inv = theta ** (-jnp.arange(0, k // 2, dtype=dtype) * 2.0 / k)
+    if llama3 is None:
+        return inv
+    factor, low, high, original = llama3
+    wavelength = 2 * math.pi / inv
+    smooth = (original / wavelength - low) / (high - low)  # 0 at the long end of the band, 1 at the short
+    blended = (1 - smooth) * inv / factor + smooth * inv
+    return jnp.where(wavelength > original / low, inv / factor,
+                     jnp.where(wavelength < original / high, inv, blended))
+
+
+def rotary(x_BxTxHxK, pos, theta: float = 10000.0, llama3=None):
     """Rotary position embedding (Su et al. 2021, RoFormer) for positions pos..pos+T-1:
-    channel pairs (i, i + K/2) are rotated by the angle p * 10000^(-2i/K) of their
-    position p (the "rotate half" pairing of GPT-NeoX and LLaMA). Rotated queries and
-    keys give scores q_m . k_n that depend on m - n only. pos may be traced."""
+    channel pairs (i, i + K/2) are rotated by the angle p f_i of their position p, f the
+    `rope_frequencies` (theta, llama3) (the "rotate half" pairing of GPT-NeoX and LLaMA).
+    Rotated queries and keys give scores q_m . k_n that depend on m - n only. pos may be
+    traced. Angles in float32 (float64 for a float64 x)."""
     t, k = x_BxTxHxK.shape[1], x_BxTxHxK.shape[-1]
-    inv = 10000.0 ** (-jnp.arange(0, k // 2, dtype=jnp.float32) * 2.0 / k)
-    angle_TxK2 = (pos + jnp.arange(t)).astype(jnp.float32)[:, None] * inv[None, :]
+    dt = jnp.promote_types(x_BxTxHxK.dtype, jnp.float32)
+    inv = rope_frequencies(k, theta, llama3, dt)
+    angle_TxK2 = (pos + jnp.arange(t)).astype(dt)[:, None] * inv[None, :]
     cos, sin = jnp.cos(angle_TxK2)[:, None, :], jnp.sin(angle_TxK2)[:, None, :]  # Tx1x(K/2), broadcast over H
     x = at_least_f32(x_BxTxHxK)
     x1, x2 = x[..., : k // 2], x[..., k // 2:]
@@ -148,6 +168,12 @@ def gelu(x):
 def gelu_exact(x):
     """GELU as defined, x * Phi(x) with the normal CDF Phi written with erf."""
     return 0.5 * x * (1.0 + erf(x / math.sqrt(2.0)))
+
+
+def silu(x):
+    """SiLU, x * sigmoid(x) (Elfwing et al. 2018; Hendrycks & Gimpel's "SiLU"), the
+    gate of SwiGLU (Shazeer 2020)."""
+    return x * jax.nn.sigmoid(x)
 
 
 def relu2(x):

@@ -16,7 +16,7 @@ The adapters' tree mirrors the blocks, keyed by target name whatever the layout:
   {"blocks": [{"attn": {"q": {"a", "b"}, "v": {...}}, "mlp": {"fc": {...}}}, ...]}
 With model.fused_qkv the targets q, k and v are the first, second and third column
 blocks of the fused "qkv" matrix; one layer's adapters then share its input (and
-the dropout mask on it).
+the dropout mask on it). A gated MLP (swiglu) offers gate, up and down, not fc, proj.
 
 Shape legend: I input width, O output width, R rank.
 """
@@ -32,7 +32,8 @@ from .config import LoraConfig
 from .errors import ConfigError
 from .layers import LowRank
 
-GROUP = {"q": "attn", "k": "attn", "v": "attn", "out": "attn", "fc": "mlp", "proj": "mlp"}
+GROUP = {"q": "attn", "k": "attn", "v": "attn", "out": "attn", "fc": "mlp", "proj": "mlp", "gate": "mlp", "up": "mlp",
+         "down": "mlp"}
 FUSED = {"q": 0, "k": 1, "v": 2}  # column block of each in a fused "qkv" matrix
 
 

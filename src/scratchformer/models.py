@@ -3,7 +3,8 @@ encoder-decoder. Pre-LN residual blocks (Xiong et al. 2020) throughout. Linear
 layers, LayerNorms and the position add are called through kernels.py, whose FAST
 chooses layers.py's textbook versions or CPU fast paths with the same numbers.
 The "modern block" options of ModelConfig (norm, qk_norm, activation, zero_init,
-logit_softcap) are looked up here, in NORM_LAYERS and ACTIVATION_FUNCTIONS, and passed down;
+logit_softcap; the attention's n_kv_head, head_dim, qkv_bias and rope settings) are
+looked up here, in NORM_LAYERS, ACTIVATION_FUNCTIONS and `_rope`, and passed down;
 model.products is entered around every function that runs linear layers (`_in_products`).
 
 Shape legend: B batch, T target/time positions, S source positions, D model width,
@@ -12,6 +13,8 @@ V vocabulary, L layers.
 Parameter trees are nested dicts with stable keys; those keys are the checkpoint names:
   LM:     {"embed": {"tokens", "positions"?}, "blocks": [{"ln1","attn","ln2","mlp"}...],
            "ln_f", "head"?}
+          attn: {"qkv", "out"} (fused) or {"q", "k", "v", "out"}, each linear {"w", "b"?};
+          mlp: {"fc", "proj"}, or {"gate", "up", "down"} for swiglu.
   EncDec: {"embed": {"tokens"} or {"src","tgt"}, (+"positions"?),
            "encoder": {"blocks": [...], "ln_f"},
            "decoder": {"blocks": [{"ln1","attn","ln_cross","cross","ln2","mlp"}...], "ln_f"}, "head"?}
@@ -33,14 +36,15 @@ from .config import ModelConfig
 from .kernels import add_positions, layer_norm, linear  # textbook or CPU fast path: kernels.FAST decides
 from .kernels import product_dtype, products
 from .layers import (dropout, embed, gelu, gelu_exact, init_embedding, init_layer_norm, init_linear, init_rms_norm,
-                     out_std, relu2, rms_norm, sinusoidal_positions)
+                     out_std, relu2, rms_norm, rotary, silu, sinusoidal_positions)
 
 PAD_ID = 0  # encoder-decoder token id reserved for padding
 
 # config.NORMS and config.ACTIVATIONS name these. RMSNorm has no fast path: it always
-# runs layers.py's version.
+# runs layers.py's version. swiglu's SiLU is a gate: its MLP has gate, up and down.
 NORM_LAYERS = {"layernorm": (init_layer_norm, layer_norm), "rmsnorm": (init_rms_norm, rms_norm)}
-ACTIVATION_FUNCTIONS = {"gelu_tanh": gelu, "gelu": gelu_exact, "relu2": relu2}
+ACTIVATION_FUNCTIONS = {"gelu_tanh": gelu, "gelu": gelu_exact, "relu2": relu2, "swiglu": silu}
+GATED = {"swiglu"}
 
 
 def compute_dtype(cfg: ModelConfig):
@@ -78,27 +82,50 @@ def _qk_eps(cfg: ModelConfig):
     return cfg.ln_eps if cfg.qk_norm else None
 
 
-def init_feed_forward(key, d: int, d_ff: int, *, bias: bool, n_layer: int, zero_out: bool = False) -> dict:
+def init_feed_forward(key, d: int, d_ff: int, *, bias: bool, n_layer: int, zero_out: bool = False,
+                      gated: bool = False) -> dict:
+    """{"fc", "proj"}, or with gated {"gate", "up", "down"}; the layer back into the
+    residual stream (proj, down) starts at out_std."""
+    if gated:
+        kg, ku, kd = jax.random.split(key, 3)
+        return {"gate": init_linear(kg, d, d_ff, bias=bias), "up": init_linear(ku, d, d_ff, bias=bias),
+                "down": init_linear(kd, d_ff, d, bias=bias, std=out_std(n_layer, zero_out))}
     k1, k2 = jax.random.split(key)
     return {"fc": init_linear(k1, d, d_ff, bias=bias),
             "proj": init_linear(k2, d_ff, d, bias=bias, std=out_std(n_layer, zero_out))}
 
 
 def feed_forward(p: dict, x_BxTxD, activation=gelu):
-    """The position-wise MLP: linear, activation (GELU unless told), linear."""
+    """The position-wise MLP: linear, activation (GELU unless told), linear; a gated MLP
+    (Shazeer 2020, GLU variants; SwiGLU with SiLU) is down(activation(gate(x)) * up(x))."""
+    if "gate" in p:
+        return linear(p["down"], activation(linear(p["gate"], x_BxTxD)) * linear(p["up"], x_BxTxD))
     return linear(p["proj"], activation(linear(p["fc"], x_BxTxD)))
+
+
+def _rope(cfg: ModelConfig):
+    """What attention takes for rotary positions: layers.rotary with the model's
+    frequencies, or None for no rotation."""
+    if cfg.positions != "rope":
+        return None
+    llama3 = None
+    if cfg.rope_scaling == "llama3":
+        llama3 = (cfg.rope_factor, cfg.rope_low_freq_factor, cfg.rope_high_freq_factor, cfg.rope_original_positions)
+    return functools.partial(rotary, theta=cfg.rope_theta, llama3=llama3)
 
 
 def _init_block(key, cfg: ModelConfig, *, cross: bool) -> dict:
     ka, kc, km = jax.random.split(key, 3)
     kw = dict(bias=cfg.bias, n_layer=cfg.n_layer, zero_out=cfg.zero_init)
+    heads = dict(fused=cfg.fused_qkv, q_width=cfg.n_head * cfg.head_width, kv_width=cfg.kv_heads * cfg.head_width,
+                 qkv_bias=cfg.qkv_bias)
     p = {"ln1": init_norm(cfg),
-         "attn": init_self_attention(ka, cfg.d_model, fused=cfg.fused_qkv, **kw),
+         "attn": init_self_attention(ka, cfg.d_model, **heads, **kw),
          "ln2": init_norm(cfg),
-         "mlp": init_feed_forward(km, cfg.d_model, cfg.d_ff, **kw)}
+         "mlp": init_feed_forward(km, cfg.d_model, cfg.d_ff, gated=cfg.activation in GATED, **kw)}
     if cross:
         p["ln_cross"] = init_norm(cfg)
-        p["cross"] = init_cross_attention(kc, cfg.d_model, fused=cfg.fused_qkv, **kw)
+        p["cross"] = init_cross_attention(kc, cfg.d_model, **heads, **kw)
     return p
 
 
@@ -114,7 +141,7 @@ def _block(p, x_BxTxD, *, cfg: ModelConfig, mask, key=None, train=False, cache=N
     h, cache, self_probs = self_attention(p["attn"], norm(p["ln1"], x_BxTxD, cfg),
                                           n_head=cfg.n_head, mask=mask, cache=cache, pos=pos, rate=rate,
                                           key=k_att, train=train, causal_block=cfg.attn_block if causal else 0,
-                                          rope=cfg.positions == "rope", qk_eps=_qk_eps(cfg))
+                                          rope=_rope(cfg), qk_eps=_qk_eps(cfg), n_kv_head=cfg.kv_heads)
     x_BxTxD = x_BxTxD + dropout(k_res1, h, rate, train=train)
     cross_probs = None
     if cross is not None:
@@ -174,10 +201,10 @@ def _head(params, table_name, x_BxTxD, cfg: ModelConfig):
 
 
 def init_cache(cfg: ModelConfig, batch: int, length: int, n_layer: int | None = None):
-    """Empty KV cache, per decoder layer {"k": NxKxS, "v": NxSxK}, N = batch * heads
-    (sequence-major), S = length slots: the layouts the two attention matmuls read
+    """Empty KV cache, per decoder layer {"k": NxKxS, "v": NxSxK}, N = batch * key/value
+    heads (sequence-major), S = length slots: the layouts the two attention matmuls read
     without transposing or reshaping the cache (attention._attend_cached)."""
-    n, k, dt = batch * cfg.n_head, cfg.head_dim, compute_dtype(cfg)
+    n, k, dt = batch * cfg.kv_heads, cfg.head_width, compute_dtype(cfg)
     return [{"k": jnp.zeros((n, k, length), dt), "v": jnp.zeros((n, length, k), dt)}
             for _ in range(n_layer or cfg.n_layer)]
 
@@ -267,7 +294,7 @@ def encode(params, src_BxS, *, cfg: ModelConfig, train=False, key=None):
 @_in_products
 def memory_kv(params, memory_BxSxD, cfg: ModelConfig):
     """Cross-attention keys/values of every decoder layer, computed once per source."""
-    return [cross_kv(p["cross"], memory_BxSxD, cfg.n_head, _qk_eps(cfg)) for p in params["decoder"]["blocks"]]
+    return [cross_kv(p["cross"], memory_BxSxD, cfg.kv_heads, _qk_eps(cfg)) for p in params["decoder"]["blocks"]]
 
 
 def decode(params, tgt_BxT, kvs, src_valid_BxS, *, cfg: ModelConfig, train=False, key=None,

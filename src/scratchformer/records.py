@@ -143,7 +143,8 @@ def header(task, plan, need: int | None, out_dir) -> str:
     shape = "+".join([str(m.n_layer)] * task.stacks) + " layers"
     per_step = f"{task.tokens_per_step(cfg):,} {'tokens' if task.unit == 'tok' else 'sequences'}"
     memory = f"; needs ~{format_bytes(need)} per device" if need else ""
+    heads = f"{m.n_head} heads" + (f" over {m.kv_heads} key/value heads" if m.kv_heads != m.n_head else "")
     adapters = (f", frozen; LoRA trains {plan.n_trained:,} in rank-{lo.rank} adapters on "
                 f"{', '.join(lo.target_names)}" if lo.rank else "")
-    return (f"{cfg.task}: {plan.n_params:,} parameters ({shape} x {m.d_model}, {m.n_head} heads, context "
+    return (f"{cfg.task}: {plan.n_params:,} parameters ({shape} x {m.d_model}, {heads}, context "
             f"{m.block_size}, {precision(m)}){adapters}; {t.steps:,} steps of {per_step}{memory}; run folder {out_dir}")
