@@ -761,7 +761,7 @@ def test_xla_out_of_memory_is_one_line(monkeypatch, capsys):
 
     def other(a):
         raise jax.errors.JaxRuntimeError("INTERNAL: something else")
-    monkeypatch.setattr(cli_module, "cmd_bench", other)
+    monkeypatch.setitem(cli_module.RUN, "bench", other)
     with pytest.raises(jax.errors.JaxRuntimeError):
         cli(capsys, "bench")
 
