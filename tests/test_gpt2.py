@@ -13,7 +13,7 @@ import pytest
 import torch
 import transformers
 
-from scratchformer import runs
+from scratchformer import checkpoint as ckpt, runs
 from scratchformer.cli import main
 from scratchformer.data.bpe import BpeTokenizer
 from scratchformer.data.text import CharTokenizer
@@ -264,6 +264,37 @@ def test_fine_tuning_starts_from_the_imported_weights(small_run, bpe_files, tmp_
     code, _, err = cli(capsys, "train", "lm", "--config", out, "--out", tmp_path / "again", "--dry-run",
                        "--init-from", run, "--data", bpe_files[0] / "text.txt")
     assert code == 0, err
+
+
+def test_a_lora_run_evaluates_samples_and_exports_its_merged_weights(small_run, bpe_files, tmp_path, capsys):
+    """LoRA adapters (q, v and the MLP's fc) trained a few steps on an imported GPT-2: the
+    run's checkpoints hold the adapters alone, `eval` and `sample` use the weights merged,
+    and the export loads in transformers with our merged model's logits."""
+    out, text = tmp_path / "lora", bpe_files[0] / "text.txt"
+    code, _, err = cli(capsys, "train", "lm", "--init-from", small_run, "--lora", "4", "--data", text, "--out", out,
+                       "--steps", "3", "--set", "model.block_size=32", "--set", "optim.lr=1e-2",
+                       "--set", "train.batch_size=2", "--set", "lora.targets=q,v,fc", "--no-progress")
+    assert code == 0, err
+    (_, base), (task, merged) = ours(small_run), ours(out)
+    tensors, meta = ckpt.read(ckpt.latest(out))
+    assert not [k for k in tensors if k.startswith("params.") and ".attn.q." not in k and ".attn.v." not in k
+                and ".mlp.fc." not in k] and meta["base"]["path"] == str(ckpt.best(small_run).resolve())
+    d = task.cfg.model.d_model
+    qkv, qkv0 = merged["blocks"][0]["attn"]["qkv"]["w"], base["blocks"][0]["attn"]["qkv"]["w"]
+    np.testing.assert_array_equal(qkv[:, d:2 * d], qkv0[:, d:2 * d])  # k is not a target
+    assert np.abs(qkv[:, :d] - qkv0[:, :d]).max() > 1e-3 and np.abs(qkv[:, 2 * d:] - qkv0[:, 2 * d:]).max() > 1e-3
+    np.testing.assert_array_equal(merged["blocks"][1]["mlp"]["proj"]["w"], base["blocks"][1]["mlp"]["proj"]["w"])
+    code, eval_out, err = cli(capsys, "eval", out, "--json")
+    assert code == 0 and json.loads(eval_out)["step"] == 3, err
+    code, sample_out, err = cli(capsys, "sample", out, "--prompt", "ROMEO:", "--tokens", "8", "--temperature", "0")
+    assert code == 0 and sample_out.startswith("ROMEO:"), err
+    assert main(["export", str(out), "--out", str(tmp_path / "hf")]) == 0
+    back = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "hf").eval()
+    ids = np.random.default_rng(4).integers(0, task.cfg.model.vocab_size, (2, 32))
+    with torch.no_grad():
+        want = back(torch.tensor(ids)).logits.numpy()
+    got, _ = lm_forward(merged, jnp.asarray(ids), cfg=dataclasses.replace(task.cfg.model, products="float32"))
+    assert np.abs(np.asarray(got) - want).max() < 1e-4
 
 
 def test_the_published_files_layout_imports_the_same(tmp_path, bpe_files, small_run, capsys):

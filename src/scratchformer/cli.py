@@ -79,6 +79,7 @@ COMMANDS = {
         ("--set", "a config value, e.g. --set model.n_layer=2 (repeatable)",
          dict(dest="sets", action="append", default=[], metavar="KEY=VALUE")),
         ("--init-from", "fine-tune: start from this run's weights and tokenizer, with a fresh optimizer", RUN_DIR),
+        ("--lora", "with --init-from: train rank-R LoRA adapters, weights frozen", dict(type=POSITIVE, metavar="R")),
         ("--resume", "continue the run in --out from its latest checkpoint (Ctrl-C saves one and stops)", FLAG),
         ("--fsdp", "shard parameters and optimizer state across devices", FLAG),
         ("--no-progress", "no progress bar", FLAG),
@@ -140,9 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"scratchformer {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name, (text, arguments) in COMMANDS.items():
-        epilog = _train_epilog() if name == "train" else None
-        c = sub.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".", epilog=epilog,
-                           formatter_class=RAW)
+        c = sub.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".", formatter_class=RAW,
+                           epilog=_train_epilog() if name == "train" else None)
         for arg, help, kw in arguments:
             c.add_argument(arg, help=help, **kw)
     return p
@@ -150,8 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_train(a) -> int:
     initialize_distributed(a.coordinator, a.num_processes, a.process_id)
-    start = training_start(a.task, out=a.out, preset=a.preset, config=a.config, sets=a.sets, steps=a.steps,
-                           seed=a.seed, init_from=a.init_from, resume=a.resume, data=a.data)
+    start = training_start(a.task, **{k: getattr(a, k) for k in ("out", "preset", "config", "sets", "steps", "seed",
+                                                                 "init_from", "lora", "resume", "data")})
     if start.note:
         print(f"scratchformer: note: {start.note}", file=sys.stderr)
     if a.dry_run:

@@ -3,7 +3,7 @@ the names each setting accepts.
 
 Every default lives here, or in the data section of the task that owns it (tasks/),
 and nowhere else. A run is described by one `RunConfig`: the task's name, the model,
-optim and train sections, and the task's own data section. This module imports none
+optim train and lora sections, and the task's own data section. This module imports none
 of its users; runconfig.py composes a config from a preset, --config and --set.
 """
 
@@ -27,6 +27,10 @@ ROPE_SCALINGS = ("", "llama3")  # "": none
 PRODUCTS = ("auto", "float32", "bfloat16")
 OPTIMIZERS = ("adamw", "muon")  # built by optim.optimizer
 SCHEDULES = ("cosine", "wsd")   # built by optim.schedule
+# The linear layers lora.targets may name (lora.py finds each in a block's params):
+# attention's query, key, value and output projections (q, k, v: column blocks of the
+# fused "qkv" matrix under model.fused_qkv), the MLP's two, or a gated MLP's three.
+LORA_TARGETS = ("q", "k", "v", "out", "fc", "proj", "gate", "up", "down")
 
 # Upper bounds that keep a tampered or mistyped config from allocating absurd
 # arrays: they are far above anything a CPU or one GPU trains here.
@@ -34,10 +38,10 @@ MAX = {
     "n_layer": 256, "n_head": 1024, "head_dim": 4096, "d_model": 65536, "d_ff": 262144,
     "block_size": 131072, "vocab_size": 1 << 20, "batch_size": 1 << 20,
     "steps": 1 << 31, "grad_accum": 4096, "steps_per_call": 4096,
-    "max_len": 4096, "eval_size": 1 << 24,
+    "max_len": 4096, "eval_size": 1 << 24, "rank": 65536,
 }
 MAX_PARAMS = 1 << 34  # ~17e9 parameters
-SECTIONS = ("model", "optim", "train", "data")
+SECTIONS = ("model", "optim", "train", "lora", "data")
 DERIVED = {"model.vocab_size"}  # set by the task from the data; a person cannot set it
 
 
@@ -216,6 +220,31 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class LoraConfig:
+    """LoRA (Hu et al. 2021; lora.py): rank-r adapters beside the frozen weights of the
+    run train.init_from names; the defaults are PEFT's LoraConfig's."""
+    rank: int = 0          # r of every adapter; 0 = off (the whole model trains)
+    alpha: float = 8.0     # an adapter's output is scaled by alpha / rank (PEFT's lora_alpha)
+    dropout: float = 0.0   # on an adapted layer's input, in the adapter's path only (PEFT's lora_dropout)
+    targets: str = "q,v"   # comma-separated names from LORA_TARGETS: the paper's choice, PEFT's for Llama
+
+    def __post_init__(self):
+        check(self.rank >= 0, f"lora.rank={self.rank} must be >= 0 (0 turns LoRA off)")
+        check_bounded(self, "lora", "rank")
+        check(math.isfinite(self.alpha) and self.alpha > 0, f"lora.alpha={self.alpha!r} must be > 0")
+        check(0.0 <= self.dropout < 1.0, f"lora.dropout={self.dropout!r} must be in [0, 1)")
+        names, known = self.target_names, ", ".join(LORA_TARGETS)
+        check(bool(names), f"lora.targets={self.targets!r} names no layer; choose from {known}")
+        for n in names:
+            check(n in LORA_TARGETS, f"lora.targets={self.targets!r}: {n!r} is not one of the linear layers {known}")
+        check(len(set(names)) == len(names), f"lora.targets={self.targets!r} names a layer twice")
+
+    @property
+    def target_names(self) -> tuple[str, ...]:
+        return tuple(n.strip() for n in self.targets.split(",") if n.strip())
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """A whole run. `data` is the task's own section (tasks/: TextData, ReverseData),
     which knows what its task needs of the other sections (`check_run`) and how large
@@ -224,6 +253,7 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
     data: Any = None  # the task's data section, given by whoever composes the config (runconfig.py)
 
     def __post_init__(self):
@@ -232,6 +262,12 @@ class RunConfig:
         check(self.optim.warmup_steps < self.train.steps,
               f"optim.warmup_steps={self.optim.warmup_steps} must be smaller than train.steps={self.train.steps} "
               f"(for a short run, also pass --set optim.warmup_steps=N with N < {self.train.steps})")
+        if self.lora.rank:
+            check(bool(self.train.init_from), f"lora.rank={self.lora.rank} adapts a trained model: name the run "
+                  "whose weights it adapts with --init-from RUN (train.init_from)")
+            check(self.optim.name == "adamw", f"optim.name={self.optim.name!r} with lora.rank={self.lora.rank}: "
+                  "LoRA's adapters train with optim.name=adamw (Muon orthogonalises the update of a whole "
+                  "matrix, not of the two thin factors of a low-rank one)")
         self.data.check_run(self)
         n = approx_params(self.model, self.data.stacks, self.data.max_vocab(self))
         check(n <= MAX_PARAMS, f"the model would have ~{n:.3g} parameters, over the limit {MAX_PARAMS:.3g}")

@@ -5,6 +5,8 @@ tokenizer, and starts its own optimizer and schedule at step 0 from the source's
 weights; the rest of its config comes from the preset (`gpt2-finetune` by default for
 a language model), --config and --set as for any run. `train.init_from` records the
 source in config.json, so a resumed fine-tune continues from its own checkpoints.
+With lora.rank > 0 (`--lora R`) the source's weights stay frozen and rank-R adapters
+train beside them (lora.py); `gpt2-lora` is then the default preset.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from . import checkpoint as ckpt
 from .config import ModelConfig
 from .errors import CheckpointError, ConfigError, ScratchformerError, flag
 from .runconfig import apply_overrides, make_config
-from .runs import checkpoint_path, config_of, load
+from .runs import base_weights, checkpoint_path, config_of
 from .tasks import task_class
 
 # Model keys a fine-tune may set for itself: they change no weight's shape (a shorter
@@ -60,17 +62,9 @@ def config(task: str, preset: str | None, overrides: dict, init, path):
     return cfg
 
 
-def initial_params(cfg, params):
-    """The source run's weights fitted to `cfg`: a learned position table cut to
-    model.block_size rows."""
-    if cfg.model.positions == "learned":
-        embed = params["embed"]
-        params = {**params, "embed": {**embed, "positions": embed["positions"][:cfg.model.block_size]}}
-    return params
-
-
 def start_params(cfg):
-    """The weights a fresh run of `cfg` starts from when train.init_from names a run."""
+    """(params, identity) of the weights a fresh run of `cfg` starts from when
+    train.init_from names a run (runs.base_weights): a fine-tune's first params, a
+    LoRA run's frozen base."""
     source(cfg.train.init_from, cfg.task)
-    _, params, _ = load(cfg.train.init_from)
-    return initial_params(cfg, params)
+    return base_weights(cfg)

@@ -212,7 +212,10 @@ tests compare the two). Read when a function is traced, so set it before jit-com
 
 
 def linear(p: dict, x_BxTxD):
-    return fast_linear(p, x_BxTxD) if FAST else layers.linear(p, x_BxTxD, _PRODUCTS)
+    y = fast_linear(p, x_BxTxD) if FAST else layers.linear(p, x_BxTxD, _PRODUCTS)
+    if "lora" in p:  # a LoRA adapter beside the frozen weight, while training (lora.py): + dropout(x) A B
+        y = y + layers.low_rank(p["lora"], x_BxTxD, _PRODUCTS)
+    return y
 
 
 def layer_norm(p: dict, x_BxTxD, eps: float):

@@ -11,6 +11,9 @@ dtype of their input activations, so bf16 activations give bf16 matmuls.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -45,6 +48,25 @@ def linear(p: dict, x_BxTxD, products=None):
     if "b" in p:
         y = y + p["b"].astype(y.dtype)
     return y
+
+
+@partial(jax.tree_util.register_dataclass, data_fields=["a", "b", "key"], meta_fields=["rate"])
+@dataclass(frozen=True)
+class LowRank:
+    """A LoRA adapter (Hu et al. 2021) beside a linear layer's frozen weight, as the
+    training step passes it in the layer's params under "lora" (lora.py builds it):
+    A (I x R), B (R x O) already scaled by alpha / rank, and the dropout on the
+    adapter's input: its rate (static, not a leaf) and key (None when the rate is 0)."""
+    a: Any
+    b: Any
+    key: Any = None
+    rate: float = 0.0
+
+
+def low_rank(p: LowRank, x_BxTxI, products=None):
+    """The adapter's path, dropout(x) A B, in the dtype of x (`linear`'s products)."""
+    x = x_BxTxI if p.key is None else dropout(p.key, x_BxTxI, p.rate, train=True)
+    return linear({"w": p.b}, linear({"w": p.a}, x, products), products)
 
 
 def out_std(n_layer: int, zero: bool = False) -> float:

@@ -23,7 +23,7 @@ from .memory import check_fits, program_bytes, tree_bytes
 from .parallel import bytes_per_device, host_value, is_main, make_mesh, put_global
 from .progress import training_bar
 from .records import Checkpoints, MetricsLog, footprint, header
-from .runs import RunFolder, config_of, not_a_folder
+from .runs import RunFolder, config_of, lora_base, not_a_folder
 from .stop import StopRequest, TrainingInterrupted
 from .train import init_sharded_state, make_train_call, restore_state, run_key, state_template, steps_per_call, weights
 
@@ -34,7 +34,8 @@ class Plan(NamedTuple):
     data: dict       # the task's input_spec: its device data, or the shape of a streamed call's
     mesh: Any
     k: int           # steps per call
-    n_params: int
+    n_params: int    # of the model
+    n_trained: int   # of what trains: the model's, or a LoRA run's adapters'
 
 
 def plan(task, *, fsdp: bool = False) -> Plan:
@@ -47,10 +48,11 @@ def plan(task, *, fsdp: bool = False) -> Plan:
     data = task.input_spec(mesh, k)
     template = state_template(cfg)
     call = call.lower(template, data).compile()
-    n = sum(x.size for x in jax.tree.leaves(template.params))
+    model = template.params if template.base is None else template.base
+    n, trained = (sum(x.size for x in jax.tree.leaves(t)) for t in (model, template.params))
     check_fits(call, mesh.local_devices, what=footprint(cfg, n, fsdp, mesh.size), advice=_advice(fsdp, mesh.size),
                allocated=_allocated(data))
-    return Plan(call, shardings, data, mesh, k, n)
+    return Plan(call, shardings, data, mesh, k, n, trained)
 
 
 def _allocated(data) -> int:
@@ -72,8 +74,9 @@ def dry_run(task, out_dir, *, fsdp: bool = False) -> dict:
     p = plan(task, fsdp=fsdp)
     need = program_bytes(p.call)
     fits = "fits in memory" if need else "has no memory figure from XLA on this backend, so its fit was not checked"
-    return {"parameters": p.n_params, "bytes_per_device": need, "report": f"{header(task, p.n_params, need, out_dir)}"
-            f"\ndry run: the training step compiled and {fits}; nothing was trained or written"}
+    return {"parameters": p.n_params, "trained": p.n_trained, "bytes_per_device": need,
+            "report": f"{header(task, p, need, out_dir)}\ndry run: the training step compiled and {fits}; nothing was "
+                      "trained or written"}
 
 
 def fit(task, out_dir, *, resume: bool = False, fsdp: bool = False, progress: bool = True) -> dict:
@@ -84,13 +87,13 @@ def fit(task, out_dir, *, resume: bool = False, fsdp: bool = False, progress: bo
     p = plan(task, fsdp=fsdp)
     task.mesh = p.mesh
     run = RunFolder(out_dir)
-    state, best_val = start_state(run, task, p.shardings, resume=resume, main=main)
+    state, best_val, base = start_state(run, task, p.shardings, resume=resume, main=main)
     if main:  # once the run is set to start (an error above is the only line)
-        print(header(task, p.n_params, program_bytes(p.call), out_dir), file=sys.stderr)
+        print(header(task, p, program_bytes(p.call), out_dir), file=sys.stderr)
     start = step = int(host_value(state.step))
     bar = training_bar(t.steps, start, enabled=progress and main, per_call=p.k)
     metrics = MetricsLog(run if main else None, task, bar)
-    saves = Checkpoints(run, task, main, best_val)
+    saves = Checkpoints(run, task, main, best_val, base)
     feed = task.feed(p.data, run_key(task.cfg), start, p.k)
     stop = StopRequest(enabled=jax.process_count() == 1).install()
     t_start = time.perf_counter()
@@ -105,7 +108,8 @@ def fit(task, out_dir, *, resume: bool = False, fsdp: bool = False, progress: bo
             if at_eval or at_ckpt or stop.signum is not None:
                 metrics.flush()
             if at_eval:
-                saves.evaluated(state, step, metrics.evaluation(weights(state), step, time.perf_counter() - t_start))
+                val = metrics.evaluation(weights(state, task.cfg), step, time.perf_counter() - t_start)
+                saves.evaluated(state, step, val)
             if at_ckpt or stop.signum is not None:
                 saves.save(state, step)
             if stop.signum is not None:
@@ -121,9 +125,9 @@ def fit(task, out_dir, *, resume: bool = False, fsdp: bool = False, progress: bo
 def _summary(task, state, run, p: Plan, *, start, best_val, train_time, fsdp) -> dict:
     """The final evaluation on the whole held-out set, and what the run took."""
     cfg = task.cfg
-    final = task.evaluate(weights(state), full=True)
+    final = task.evaluate(weights(state, cfg), full=True)
     if state.ema is not None:  # what the average gained, measured in every run that keeps one
-        final["val_loss_without_ema"] = task.evaluate(state.params, full=True)["val_loss"]
+        final["val_loss_without_ema"] = task.evaluate(weights(state, cfg, average=False), full=True)["val_loss"]
     summary = {"task": cfg.task, "steps": cfg.train.steps, "resumed_from": start,
                "train_time_s": round(train_time, 2), **final,
                "best_periodic_val_loss": best_val if math.isfinite(best_val) else None,
@@ -136,10 +140,12 @@ def _summary(task, state, run, p: Plan, *, start, best_val, train_time, fsdp) ->
 
 
 def start_state(run: RunFolder, task, shardings, *, resume: bool, main: bool):
-    """(state, best validation loss so far): the latest checkpoint's when resuming, else
-    the initial state (a function of the seed, so a resumed run that was killed before
-    its first checkpoint starting over is exact). Checks that a resumed run keeps its
-    config and data; writes config.json for a fresh run."""
+    """(state, best validation loss so far, base): the latest checkpoint's when resuming,
+    else the initial state (a function of the seed, so a resumed run that was killed
+    before its first checkpoint starting over is exact). Checks that a resumed run keeps
+    its config and data; writes config.json for a fresh run. base: the identity of a
+    LoRA run's frozen weights (runs.base_weights), which its checkpoints record; None
+    for other runs."""
     cfg = task.cfg
     if resume and ckpt.latest(run.path) is None and not (run.path / "config.json").is_file():
         # before run.prepare, which would make the folder it names
@@ -155,21 +161,24 @@ def start_state(run: RunFolder, task, shardings, *, resume: bool, main: bool):
             for name, text in task.run_files().items():  # the tokenizer, for tools of one's own
                 run.write_text(name, text)
         state = init_sharded_state(cfg, shardings)
-        if cfg.train.init_from:  # a fine-tune: the source run's weights, a fresh optimizer
-            start = start_params(cfg)
-            state = state._replace(params=put_global(start, shardings.params),
-                                   ema=None if state.ema is None else put_global(start, shardings.ema))
-        return state, math.inf
+        if not cfg.train.init_from:
+            return state, math.inf, None
+        start, base = start_params(cfg)  # a fine-tune: the source run's weights, a fresh optimizer
+        if cfg.lora.rank:  # LoRA: frozen, beside fresh adapters
+            return state._replace(base=put_global(start, shardings.base)), math.inf, base
+        return state._replace(params=put_global(start, shardings.params),
+                              ema=None if state.ema is None else put_global(start, shardings.ema)), math.inf, None
     tensors, meta = ckpt.read(path)
     _check_same_data(meta.get("data") or {}, task.source or {})  # first: other data changes the vocabulary too
     saved = config_of(meta, path)
     if saved != cfg:
         raise ResumeMismatch(f"cannot resume: {path} was saved with a different config "
                              f"({_config_difference(saved.to_dict(), cfg.to_dict())}); a resumed run keeps its config")
-    state = restore_state(tensors, cfg, shardings, str(path))
+    frozen, base = lora_base(cfg, meta, path) if cfg.lora.rank else (None, None)
+    state = restore_state(tensors, cfg, shardings, str(path), frozen)
     if main:
         run.truncate_metrics(int(meta.get("step", host_value(state.step))))
-    return state, meta.get("best_val_loss") or math.inf
+    return state, meta.get("best_val_loss") or math.inf, base
 
 
 def _check_same_data(saved: dict, source: dict) -> None:

@@ -15,6 +15,7 @@ from .kernels import product_dtype
 from .memory import format_bytes
 from .parallel import host_value
 from .runs import RunFolder
+from .train import checkpointed
 
 
 class TrainingDiverged(RuntimeError):
@@ -92,10 +93,12 @@ class MetricsLog:
 class Checkpoints:
     """The run's checkpoints: the latest train.keep_checkpoints steps, and the best
     periodic validation loss's state (what eval and sample open). Every process takes
-    part in a save (gathering sharded arrays); process 0 writes."""
+    part in a save (gathering sharded arrays); process 0 writes. A LoRA run's hold its
+    adapters, not the frozen weights, whose identity `base` (runs.base_weights) each
+    records."""
 
-    def __init__(self, run: RunFolder, task, main: bool, best_val: float):
-        self.run, self.task, self.main, self.best_val = run, task, main, best_val
+    def __init__(self, run: RunFolder, task, main: bool, best_val: float, base: dict | None = None):
+        self.run, self.task, self.main, self.best_val, self.base = run, task, main, best_val, base
 
     def path(self, step: int) -> Path:
         return ckpt.step_path(self.run.path, step)
@@ -112,11 +115,11 @@ class Checkpoints:
 
     def _write(self, state, step: int, path: Path) -> None:
         meta = {"config": self.task.cfg.to_dict(), "task_meta": self.task.meta(), "data": self.task.source or {},
-                "step": step, "best_val_loss": _json_float(self.best_val)}
+                "step": step, "best_val_loss": _json_float(self.best_val), **({"base": self.base} if self.base else {})}
         if self.main:
-            ckpt.save(path, state, meta)
+            ckpt.save(path, checkpointed(state), meta)
         else:
-            ckpt.to_host(state)
+            ckpt.to_host(checkpointed(state))
 
 
 def footprint(cfg, n: int, fsdp: bool, n_devices: int) -> str:
@@ -132,13 +135,16 @@ def precision(m) -> str:
     return f"{m.dtype} with {products.name} products" if products is not None and m.dtype == "float32" else m.dtype
 
 
-def header(task, n: int, need: int | None, out_dir) -> str:
-    """One line before training starts: what is trained, how long, in how much memory."""
+def header(task, plan, need: int | None, out_dir) -> str:
+    """One line before training starts: what is trained, how long, in how much memory
+    (`plan`: the loop's Plan, for the model's size and what trains of it)."""
     cfg = task.cfg
-    m, t = cfg.model, cfg.train
+    m, t, lo = cfg.model, cfg.train, cfg.lora
     shape = "+".join([str(m.n_layer)] * task.stacks) + " layers"
     per_step = f"{task.tokens_per_step(cfg):,} {'tokens' if task.unit == 'tok' else 'sequences'}"
     memory = f"; needs ~{format_bytes(need)} per device" if need else ""
     heads = f"{m.n_head} heads" + (f" over {m.kv_heads} key/value heads" if m.kv_heads != m.n_head else "")
-    return (f"{cfg.task}: {n:,} parameters ({shape} x {m.d_model}, {heads}, context "
-            f"{m.block_size}, {precision(m)}); {t.steps:,} steps of {per_step}{memory}; run folder {out_dir}")
+    adapters = (f", frozen; LoRA trains {plan.n_trained:,} in rank-{lo.rank} adapters on "
+                f"{', '.join(lo.target_names)}" if lo.rank else "")
+    return (f"{cfg.task}: {plan.n_params:,} parameters ({shape} x {m.d_model}, {heads}, context "
+            f"{m.block_size}, {precision(m)}){adapters}; {t.steps:,} steps of {per_step}{memory}; run folder {out_dir}")

@@ -17,15 +17,17 @@ from typing import Any
 
 import jax
 
-from .config import DERIVED, FORMAT, SECTIONS, ModelConfig, OptimConfig, RunConfig, TrainConfig, check
+from .config import DERIVED, FORMAT, SECTIONS, LoraConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig, check
 from .errors import ConfigError
 from .tasks import TASKS, task_class
 
 
+# Every section but data, which is the task's own.
+COMMON = {"model": ModelConfig, "optim": OptimConfig, "train": TrainConfig, "lora": LoraConfig}
+
+
 def _section_class(task: str, section: str):
-    if section == "data":
-        return task_class(task).Data
-    return {"model": ModelConfig, "optim": OptimConfig, "train": TrainConfig}[section]
+    return task_class(task).Data if section == "data" else COMMON[section]
 
 
 def _field_types(cls) -> dict[str, type]:
@@ -82,8 +84,7 @@ def describe_presets() -> str:
 
 def describe_keys() -> list[str]:
     """'section.key  type  default' for every key a person may set (for --help)."""
-    rows = [(f"{s}.{f.name}", f, "") for s, cls in (("model", ModelConfig), ("optim", OptimConfig),
-                                                    ("train", TrainConfig)) for f in fields(cls)]
+    rows = [(f"{s}.{f.name}", f, "") for s, cls in COMMON.items() for f in fields(cls)]
     rows += [(f"data.{f.name}", f, f" ({t} only)") for t, spec in TASKS.items() for f in fields(spec.Data)]
     return [f"{key:<30} {f.type:<6} {f.default!r}{only}" for key, f, only in rows if key not in DERIVED]
 

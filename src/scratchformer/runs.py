@@ -1,6 +1,7 @@
 """Run folders: the files of one run (config.json, metrics.jsonl, summary.json,
-checkpoints/), and reading a saved run again: its config, its checkpoint and its task,
-its metrics and summary, each checked before anything is used."""
+checkpoints/), and reading a saved run again: its config, its checkpoint and its task
+(a LoRA run's with the frozen weights it adapts), its metrics and summary, each checked
+before anything is used."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from . import checkpoint as ckpt
+from . import lora
 from .errors import CheckpointError, ConfigError, DataError
 from .files import atomic_write_bytes, strict_json
 from .runconfig import from_dict, from_file
@@ -115,7 +117,8 @@ def config_of(meta: dict, path):
 
 def load(run_dir, *, which: str = "best", with_data: bool = False):
     """Returns (task, params, meta); params are the moving average of a run with train.ema
-    (what it evaluated). `run_dir`: a run folder (its best checkpoint, or its latest
+    (what it evaluated), and a LoRA run's adapters merged into the weights they adapt
+    (`base_weights`). `run_dir`: a run folder (its best checkpoint, or its latest
     without one), or one checkpoint file: a training state's, or weights alone (an
     imported model's). with_data also reloads the data the run trained on (an LM's text)
     for evaluation."""
@@ -128,9 +131,46 @@ def load(run_dir, *, which: str = "best", with_data: bool = False):
     weights_only = not ckpt.subtree(tensors, "opt_state")
     weights = "ema" if task.cfg.train.ema and not weights_only else "params"
     params = ckpt.restore(ckpt.subtree(tensors, weights), state_template(task.cfg).params, source=str(path))
+    if task.cfg.lora.rank:
+        params = lora.merge(lora_base(task.cfg, meta, path)[0], params, task.cfg.lora)
     if with_data:
         task = task.with_training_data(meta, run_dir)
     return task, params, meta
+
+
+def initial_params(cfg, params):
+    """A source run's weights fitted to `cfg`, the run that starts from them: a learned
+    position table cut to model.block_size rows."""
+    if cfg.model.positions == "learned":
+        embed = params["embed"]
+        params = {**params, "embed": {**embed, "positions": embed["positions"][:cfg.model.block_size]}}
+    return params
+
+
+def base_weights(cfg, recorded: dict | None = None):
+    """(params, identity): the weights of the run train.init_from names (merged, if it is
+    a LoRA run itself) fitted to `cfg`, and their identity {"path", "sha256"}: the
+    checkpoint file, absolute, and the digest of its tensors. `recorded`: the identity
+    a LoRA run's checkpoints hold; that file is read, and one-line errors say when it
+    is gone or holds other weights than the run started from (its checkpoints hold the
+    adapters alone, as PEFT's adapter files do, and need the weights they adapt)."""
+    path = recorded["path"] if recorded else cfg.train.init_from
+    if recorded and not Path(path).is_file():
+        raise CheckpointError(f"{path}, the weights this LoRA run adapts, is gone: its checkpoints hold its "
+                              "adapters only and need that file as it was")
+    _, params, meta = load(path)
+    if recorded and meta.get("sha256") != recorded.get("sha256"):
+        raise CheckpointError(f"{path} changed since this LoRA run started from it (sha256 differs); its adapters "
+                              "fit the weights it held then")
+    return initial_params(cfg, params), {"path": str(checkpoint_path(path).resolve()), "sha256": meta.get("sha256")}
+
+
+def lora_base(cfg, meta: dict, path):
+    """base_weights of the LoRA run whose checkpoint `path` has metadata `meta`."""
+    recorded = meta.get("base")
+    if not (isinstance(recorded, dict) and isinstance(recorded.get("path"), str)):
+        raise CheckpointError(f"checkpoint {path} is a LoRA run's but does not name the weights it adapts")
+    return base_weights(cfg, recorded)
 
 
 def not_a_folder(path) -> str | None:

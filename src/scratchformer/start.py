@@ -1,6 +1,7 @@
 """What `train` starts: a new run from a preset, a fine-tune of another run's weights
-(--init-from), or the continuation of the run in --out (--resume); its config composed
-and its task built on its data, before anything is compiled or written."""
+(--init-from; with --lora R, LoRA adapters beside them), or the continuation of the run
+in --out (--resume); its config composed and its task built on its data, before
+anything is compiled or written."""
 
 from __future__ import annotations
 
@@ -23,14 +24,16 @@ class Start(NamedTuple):
 
 def training_start(task: str, *, out: str | None = None, preset: str | None = None, config: str | None = None,
                    sets: list[str] = (), steps: int | None = None, seed: int | None = None,
-                   init_from: str | None = None, resume: bool = False, data: str | None = None) -> Start:
+                   init_from: str | None = None, lora: int | None = None, resume: bool = False,
+                   data: str | None = None) -> Start:
     """The run that `train TASK` with these options starts (each argument is the option
     of the same name; `sets`: the --set items)."""
     overrides = {**(overrides_from_file(config, task) if config else {}), **parse_set_args(sets)}
-    overrides.update({k: str(v) for k, v in (("train.steps", steps), ("train.seed", seed)) if v is not None})
+    overrides.update({k: str(v) for k, v in (("train.steps", steps), ("train.seed", seed), ("lora.rank", lora))
+                      if v is not None})
     spec = task_class(task)
     continued = resume and not (preset or init_from)  # the run in --out, as it was started
-    preset = preset or (spec.finetune_preset if init_from else spec.default_preset)
+    preset = preset or (spec.default_preset if not init_from else spec.lora_preset if lora else spec.finetune_preset)
     if resume and not out:
         raise UsageError("--resume needs --out DIR, the run to continue")
     out = out or f"runs/{task}-{preset}-{time.strftime('%Y%m%d-%H%M%S')}"

@@ -9,6 +9,12 @@ state donated) - a speed option that gives the same numbers as one step per call
 Randomness is a pure function of (seed, step): the batch of step s uses
 fold_in(fold_in(rng, s), 0), its dropout fold_in(fold_in(rng, s), 1). A resumed run
 therefore draws exactly what an uninterrupted one would.
+
+A LoRA run (lora.rank > 0; lora.py) trains adapters: `params` are the adapters (all
+that the optimizer and the moving average see), and `base` holds the frozen weights
+they adapt, passed through every step unchanged and never differentiated. A
+checkpoint holds the state less the base (`checkpointed`), which is read again from
+the run it came from (runs.base_weights).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from . import checkpoint as ckpt
+from . import lora
 from .config import RunConfig
 from .kernels import product_dtype
 from .optim import optimizer, schedule
@@ -33,23 +40,35 @@ from .tasks import task_class
 
 class TrainState(NamedTuple):
     step: jax.Array        # int32 scalar: optimizer steps taken
-    params: Any
+    params: Any            # what trains: the model's weights, or a LoRA run's adapters
     opt_state: Any         # the state of optim.name's optimizer (optim.adamw.AdamWState, optim.muon.HybridState)
     rng: jax.Array         # uint32[2] PRNG key of the run
     ema: Any = None        # train.ema > 0: the moving average of params (what is evaluated and saved
                            # as the model); None: off
+    base: Any = None       # a LoRA run's frozen weights, which `params` adapt; None: not a LoRA run
 
 
-def weights(state: TrainState):
-    """The weights a run evaluates, samples and exports: the moving average when there is one."""
-    return state.params if state.ema is None else state.ema
+def weights(state: TrainState, cfg: RunConfig, *, average: bool = True):
+    """The model's weights a run evaluates, samples and exports: the moving average when
+    there is one (unless average=False), merged into the frozen base in a LoRA run."""
+    w = state.params if state.ema is None or not average else state.ema
+    return w if state.base is None else lora.merge(state.base, w, cfg.lora)
+
+
+def checkpointed(state: TrainState) -> TrainState:
+    """What a checkpoint holds: the state, less a LoRA run's frozen base."""
+    return state._replace(base=None)
 
 
 def init_state(cfg: RunConfig) -> TrainState:
+    """The state at step 0; a LoRA run's base is a fresh model here, which the weights
+    of train.init_from replace (loop.start_state), as a fine-tune's params are."""
     k_init, k_run = jax.random.split(jax.random.PRNGKey(cfg.train.seed))
-    params = task_class(cfg.task).init_params(k_init, cfg.model)
+    params, base = task_class(cfg.task).init_params(k_init, cfg.model), None
+    if cfg.lora.rank:
+        base, params = params, lora.init_adapters(jax.random.fold_in(k_init, 1), params, cfg.lora)
     ema = jax.tree.map(jnp.copy, params) if cfg.train.ema else None
-    return TrainState(jnp.zeros((), jnp.int32), params, optimizer(cfg.optim, params).init(params), k_run, ema)
+    return TrainState(jnp.zeros((), jnp.int32), params, optimizer(cfg.optim, params).init(params), k_run, ema, base)
 
 
 def run_key(cfg: RunConfig):
@@ -77,14 +96,21 @@ def make_train_step(cfg: RunConfig, micro_sharding=None):
     """The pure training step for this config: train_step(state, batch) -> (state, metrics)."""
     o, t = cfg.optim, cfg.train
     loss_fn = partial(task_class(cfg.task).loss, cfg=cfg.model, train=True, label_smoothing=t.label_smoothing)
-    grad_fn = jax.value_and_grad(lambda p, b, k: loss_fn(p, b, key=k), has_aux=True)
     opt = optimizer(o, state_template(cfg).params, product_dtype(cfg.model.products))
 
-    def summed_grads(params, batch, key):
+    def loss_of(params, base, batch, key):
+        """The loss as a function of what trains: the model's weights, or a LoRA run's
+        adapters beside the frozen base (whose gradient is then never formed)."""
+        if base is not None:  # lora.dropout's masks: a stream of the step's key of their own
+            params = lora.beside(base, params, cfg.lora, jax.random.fold_in(key, 2))
+        return loss_fn(params, batch, key=key)
+    grad_fn = jax.value_and_grad(loss_of, has_aux=True)
+
+    def summed_grads(params, base, batch, key):
         """(sum of token losses, sum of weights, gradient of the sum) over the batch,
         accumulated over grad_accum micro-batches of consecutive rows."""
         if t.grad_accum == 1:
-            (s, w), g = grad_fn(params, batch, key)
+            (s, w), g = grad_fn(params, base, batch, key)
             return s, w, g
         micro = jax.tree.map(lambda x: x.reshape(t.grad_accum, -1, *x.shape[1:]), batch)
 
@@ -92,7 +118,7 @@ def make_train_step(cfg: RunConfig, micro_sharding=None):
             i, mb = inp
             if micro_sharding is not None:
                 mb = jax.lax.with_sharding_constraint(mb, micro_sharding)
-            (s, w), g = grad_fn(params, mb, jax.random.fold_in(key, i))
+            (s, w), g = grad_fn(params, base, mb, jax.random.fold_in(key, i))
             return (carry[0] + s, carry[1] + w, jax.tree.map(jnp.add, carry[2], g)), None
 
         zero = jnp.zeros((), jnp.float32)
@@ -102,7 +128,7 @@ def make_train_step(cfg: RunConfig, micro_sharding=None):
 
     def train_step(state: TrainState, batch):
         key = jax.random.fold_in(jax.random.fold_in(state.rng, state.step), 1)
-        s, w, g = summed_grads(state.params, batch, key)
+        s, w, g = summed_grads(state.params, state.base, batch, key)
         w = jnp.maximum(w, 1.0)
         loss = s / w
         grads, norm = clip_by_global_norm(jax.tree.map(lambda x: x / w, g), o.clip_norm)
@@ -113,7 +139,7 @@ def make_train_step(cfg: RunConfig, micro_sharding=None):
             ok = jnp.isfinite(loss) & jnp.isfinite(norm)
             params, opt_state, ema = jax.tree.map(lambda new, old: jnp.where(ok, new, old), (params, opt_state, ema),
                                                   (state.params, state.opt_state, state.ema))
-        return (TrainState(state.step + 1, params, opt_state, state.rng, ema),
+        return (TrainState(state.step + 1, params, opt_state, state.rng, ema, state.base),
                 {"loss": loss, "grad_norm": norm, "lr": lr})
 
     return train_step
@@ -152,8 +178,9 @@ def steps_per_call(cfg: RunConfig) -> int:
     return max(d for d in range(1, min(t.steps_per_call, g) + 1) if g % d == 0)
 
 
-def restore_state(tensors, cfg: RunConfig, shardings, source: str):
+def restore_state(tensors, cfg: RunConfig, shardings, source: str, base=None):
     """A checkpoint's tensors as the TrainState, placed in its shardings (any device
-    count: the file holds whole arrays)."""
-    host_state = ckpt.restore(tensors, state_template(cfg), source=source)
-    return put_global(host_state, shardings)
+    count: the file holds whole arrays); `base`: a LoRA run's frozen weights, which
+    its checkpoints leave out."""
+    host_state = ckpt.restore(tensors, checkpointed(state_template(cfg)), source=source)
+    return put_global(host_state._replace(base=base), shardings)

@@ -21,6 +21,7 @@ class Task(Protocol):
     presets: ClassVar[dict[str, dict[str, Any]]]  # named overrides, applied like --set
     default_preset: ClassVar[str]
     finetune_preset: ClassVar[str]  # the default with --init-from
+    lora_preset: ClassVar[str]      # the default with --init-from and --lora
     sample_options: ClassVar[dict[str, Any]]      # `sample`'s options and their defaults
     eval_options: ClassVar[dict[str, Any]]        # `eval`'s options and their defaults
     cfg: RunConfig

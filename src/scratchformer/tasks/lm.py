@@ -69,6 +69,17 @@ class TextData:
 
 
 FINETUNE_PRESET = "gpt2-finetune"
+LORA_PRESET = "gpt2-lora"
+# Fine-tuning a run (train lm --init-from RUN; the default preset then), as nanoGPT's
+# finetune_shakespeare: a small constant-ish rate, few steps. block_size 256 keeps the
+# first 256 of GPT-2's 1,024 positions: a step on a 2-core CPU takes seconds, not
+# tens of seconds (README, "GPT-2").
+FINETUNE = {
+    "model.block_size": 256, "model.dropout": 0.0, "model.products": "auto",
+    "optim.lr": 3e-5, "optim.min_lr": 3e-5, "optim.warmup_steps": 0, "optim.weight_decay": 0.0,
+    "train.batch_size": 4, "train.steps": 200, "train.eval_every": 50, "train.checkpoint_every": 50,
+    "train.steps_per_call": 1, "data.eval_windows": 16,
+}
 CPU_QUICK_CLASSIC = {  # AdamW on GPT-2's block: the seed's recipe, tuned for a 2-core CPU
     "model.n_layer": 3, "model.n_head": 4, "model.d_model": 128, "model.d_ff": 512,
     "model.block_size": 64, "model.dropout": 0.0, "model.products": "auto",
@@ -98,16 +109,11 @@ PRESETS = {
                   "model.zero_init": True, "optim.name": "muon", "optim.muon_weight_decay": 0.1,
                   "train.ema": 0.99, "train.steps": 1200},
     "cpu-quick-classic": CPU_QUICK_CLASSIC,
-    # Fine-tuning a run (train lm --init-from RUN; the default preset then), as nanoGPT's
-    # finetune_shakespeare: a small constant-ish rate, few steps. block_size 256 keeps the
-    # first 256 of GPT-2's 1,024 positions: a step on a 2-core CPU takes seconds, not
-    # tens of seconds (README, "GPT-2").
-    FINETUNE_PRESET: {
-        "model.block_size": 256, "model.dropout": 0.0, "model.products": "auto",
-        "optim.lr": 3e-5, "optim.min_lr": 3e-5, "optim.warmup_steps": 0, "optim.weight_decay": 0.0,
-        "train.batch_size": 4, "train.steps": 200, "train.eval_every": 50, "train.checkpoint_every": 50,
-        "train.steps_per_call": 1, "data.eval_windows": 16,
-    },
+    FINETUNE_PRESET: FINETUNE,
+    # The default with --lora R: the fine-tune's settings at the LoRA paper's rate for
+    # GPT-2 (Hu et al. 2021, Table 11: 2e-4). Adapters whose B starts at zero move the
+    # model far less per step than full fine-tuning's rate would: at 3e-5 they barely do.
+    LORA_PRESET: {**FINETUNE, "optim.lr": 2e-4, "optim.min_lr": 2e-4},
     # Muon on the classic settings for 1,500 steps: AdamW ends higher in more steps, and
     # Muon overfits past 1,500; its matrices decayed at 0.2, the regularisation that holds
     # the overfitting off, and the moving average evaluated. (BENCHMARKS.md, "Muon against
@@ -151,6 +157,7 @@ class LMTask(DrawnOnDevice):
     presets = PRESETS
     default_preset = "cpu"
     finetune_preset = FINETUNE_PRESET  # with --init-from
+    lora_preset = LORA_PRESET  # with --init-from and --lora
     sample_options = {"prompt": "\n", "tokens": 500, "temperature": 0.8, "top_k": 0, "top_p": 1.0, "seed": 0,
                       "no_cache": False}
     # data: score this text file instead of the validation split; windows: only that many

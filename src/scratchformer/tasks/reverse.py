@@ -38,7 +38,10 @@ class ReverseData:
         check(self.min_len <= self.max_len, f"data.min_len={self.min_len} is larger than data.max_len={self.max_len}")
 
     def check_run(self, cfg: RunConfig) -> None:
-        """What this section needs of the rest of the run's config: room for BOS/EOS."""
+        """What this section needs of the rest of the run's config: room for BOS/EOS, and
+        no LoRA (lora.py adapts a decoder-only model's blocks, not cross-attention)."""
+        check(not cfg.lora.rank, f"lora.rank={cfg.lora.rank}: LoRA adapts language models (lm runs) only; the "
+              "encoder-decoder of the reverse task has no adapters")
         need = cfg.data.max_len + 2
         check(cfg.model.block_size >= need, f"model.block_size={cfg.model.block_size} is too small for data.max_len="
               f"{cfg.data.max_len} (needs >= {need}: BOS/EOS)")
@@ -72,6 +75,7 @@ class ReverseTask(DrawnOnDevice):
     presets = PRESETS
     default_preset = "default"
     finetune_preset = "default"  # with --init-from
+    lora_preset = "default"  # with --lora (which the reverse task's check_run refuses)
     sample_options = {"input": None, "beam": 1}
     eval_options = {"beam": 1}
     mesh = None
