@@ -12,7 +12,6 @@ memory do not depend on the values. Prints one line per command and a Markdown t
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -86,7 +85,7 @@ def main():
     commands = [
         ["import", "llama", d / "SmolLM2-135M", "--out", d / "smollm2"],
         ["sample", d / "smollm2", "--prompt", "ROMEO:", "--tokens", "100", "--seed", "0"],
-        ["eval", d / "smollm2", "--data", text, "--windows", "16"],
+        ["eval", d / "smollm2", "--data", text, "--windows", "2"],
         ["train", "lm", "--init-from", d / "smollm2", "--lora", "8", "--out", d / "lora", "--steps", steps,
          "--no-progress"],
         ["train", "lm", "--init-from", d / "smollm2", "--out", d / "full", "--steps", steps, "--no-progress"],

@@ -138,7 +138,7 @@ def test_config_key_table_lists_every_key():
     out = io.StringIO()
     with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
         _parser().parse_args(["train", "--help"])
-    known = set(re.findall(r"^ +((?:model|optim|train|data)\.\w+) ", out.getvalue(), flags=re.MULTILINE))
+    known = set(re.findall(r"^ +((?:model|optim|train|lora|data)\.\w+) ", out.getvalue(), flags=re.MULTILINE))
     assert len(known) > 40, out.getvalue()
     table = (ROOT / "docs" / "cli.md").read_text().split("**Config keys.**", 1)[1].split("\n\n**", 1)[0]
     first_cells = re.findall(r"^\| (.*?) \|", table, flags=re.MULTILINE)

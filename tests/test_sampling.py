@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from scratchformer.config import ModelConfig
-from scratchformer.decode import _generate, filter_logits, generate, sample_token
+from scratchformer import decode
+from scratchformer.decode import _generate, cache_sizes, filter_logits, generate, sample_token
 from scratchformer.models import init_lm, lm_forward
 
 CFG = ModelConfig(n_layer=2, n_head=2, d_model=32, d_ff=64, block_size=8, vocab_size=13)
@@ -31,6 +32,38 @@ def test_cached_equals_uncached(params, prompt_len, n_new, temperature, top_k, t
     b = generate(params, CFG, prompt, n_new, use_cache=False, **kw)
     np.testing.assert_array_equal(a, b)
     assert len(a) == prompt_len + n_new and (a[:prompt_len] == prompt).all()
+
+
+@pytest.mark.parametrize("n_filled,n_steps", [(1, 0), (1, 5), (3, 300), (255, 1), (256, 1), (257, 10),
+                                              (1, 8191), (5000, 3192), (8192, 0)])
+def test_cache_sizes_hold_the_prefill_and_every_step(n_filled, n_steps):
+    """The first size holds the prefill, each size is GROWTH times the one before (or
+    the last), the last is exactly the slots the steps write, and past the first no
+    step reads more than GROWTH times the slots it needs."""
+    sizes = cache_sizes(n_filled, n_steps)
+    assert sizes[0] >= n_filled and sizes[-1] == n_filled + n_steps and sizes == sorted(set(sizes))
+    assert all(b == a * decode.CACHE_GROWTH for a, b in zip(sizes, sizes[1:-1]))
+    for i in range(0, n_steps, 97):  # step i writes slot n_filled + i and reads the size it runs at
+        size = next(s for s in sizes if s > n_filled + i)
+        assert size == sizes[0] or size <= decode.CACHE_GROWTH * (n_filled + i + 1)
+
+
+@pytest.mark.parametrize("prompt_len,n_new", [(1, 30), (3, 5), (1, 4), (12, 20)])
+def test_a_growing_cache_changes_nothing(params, prompt_len, n_new, monkeypatch):
+    """With a first size of 2 slots growing 2x, the cache grows (2, 4, 8) before the
+    window (8) slides, or stops short of the block (1 + 4 tokens): the same tokens as
+    without a cache."""
+    monkeypatch.setattr(decode, "CACHE_SLOTS", 2)
+    monkeypatch.setattr(decode, "CACHE_GROWTH", 2)
+    assert len(cache_sizes(1, 7)) == 3
+    jax.clear_caches()  # _generate's compiled loops were laid out with the sizes before
+    try:
+        prompt = np.arange(prompt_len) % 13
+        for kw in (dict(temperature=0.0), dict(temperature=0.8, top_k=5)):
+            np.testing.assert_array_equal(generate(params, CFG, prompt, n_new, seed=3, **kw),
+                                          generate(params, CFG, prompt, n_new, seed=3, use_cache=False, **kw))
+    finally:
+        jax.clear_caches()
 
 
 @pytest.mark.parametrize("prompt_len,n_new", [(1, 30), (12, 20)])

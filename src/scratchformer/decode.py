@@ -26,7 +26,7 @@ from .data.reverse import BOS, EOS, PAD
 from .gumbel import gumbel
 from .kernels import decoding_layout
 from .memory import check_fits, tree_bytes
-from .models import PAD_ID, decode, encode, init_cache, lm_forward, memory_kv
+from .models import PAD_ID, decode, encode, grow_cache, init_cache, lm_forward, memory_kv
 from .parallel import chunks_on_mesh, host_value, make_mesh
 
 
@@ -78,6 +78,25 @@ def sample_token(key, i, logits_V, *, temperature: float, top_k: int, top_p: flo
 
 
 # ---------------------------------------------------------------- LM generation
+CACHE_SLOTS, CACHE_GROWTH = 256, 4  # the cache's first size, and its growth factor
+
+
+def cache_sizes(n_filled: int, n_steps: int) -> list[int]:
+    """The KV cache's sizes while `n_steps` single-token steps follow a prefill of
+    `n_filled` tokens (step i writes slot n_filled + i): CACHE_SLOTS, or the first
+    CACHE_GROWTH multiple of it the prefill fits in, then GROWTH times more each time
+    it is full, the last exactly the slots the steps need (the block size when the
+    window fills and slides on). Few sizes, as each is a loop compiled apart; past the
+    first, no step reads more than GROWTH times the slots it needs."""
+    need, size = n_filled + n_steps, CACHE_SLOTS
+    while size < n_filled:
+        size *= CACHE_GROWTH
+    sizes = [min(size, need)]
+    while sizes[-1] < need:
+        sizes.append(min(sizes[-1] * CACHE_GROWTH, need))
+    return sizes
+
+
 @partial(jax.jit, static_argnames=("cfg", "n_prompt", "n_new", "temperature", "top_k", "top_p", "use_cache"))
 def _generate(params, tokens_L, key, *, cfg: ModelConfig, n_prompt: int, n_new: int, temperature: float,
               top_k: int, top_p: float, use_cache: bool):
@@ -89,10 +108,10 @@ def _generate(params, tokens_L, key, *, cfg: ModelConfig, n_prompt: int, n_new: 
     def window(buf, s, length=big_t):
         return jax.lax.dynamic_slice_in_dim(buf, s, length)[None]
 
-    def prefill(buf, s, length: int):
+    def prefill(buf, s, length: int, slots: int = big_t):
         """Encode the `length` tokens from s on (a static count: the prompt's part in
-        the window, or `keep`) into a fresh cache; logits after the last of them."""
-        logits, cache = lm_forward(params, window(buf, s, length), cfg=cfg, cache=init_cache(cfg, 1, big_t), pos=0,
+        the window, or `keep`) into a fresh cache of `slots`; logits after the last of them."""
+        logits, cache = lm_forward(params, window(buf, s, length), cfg=cfg, cache=init_cache(cfg, 1, slots), pos=0,
                                    at=length - 1)
         return logits[0, 0], cache
 
@@ -146,13 +165,22 @@ def _generate(params, tokens_L, key, *, cfg: ModelConfig, n_prompt: int, n_new: 
         carry = slide(i, carry)
         return jax.lax.fori_loop(i + 1, i + 1 + length, single, carry)
 
-    logits0, cache0 = prefill(buf, s0, n_prompt - s0)
-    carry = (buf, jnp.int32(s0), logits0, cache0)
+    # Until the window first fills, the cache grows in steps (cache_sizes): a token's
+    # attention reads the slots of its step's size, not the whole block, whose reads at
+    # a long context (8,192 positions) would cost as much as the weights'.
     first = min(n_new, big_t - (n_prompt - s0))        # single steps until the cache is full
-    carry = jax.lax.fori_loop(0, first, single, carry)
+    sizes = cache_sizes(n_prompt - s0, first)
+    logits0, cache0 = prefill(buf, s0, n_prompt - s0, sizes[0])
+    carry, done = (buf, jnp.int32(s0), logits0, cache0), 0
+    for k, size in enumerate(sizes):
+        if k:
+            carry = (*carry[:3], grow_cache(carry[3], size))
+        end = min(first, size - (n_prompt - s0))       # step i writes slot n_prompt - s0 + i
+        carry, done = jax.lax.fori_loop(done, end, single, carry), end
     per = big_t - keep                                 # single steps after each re-prefill
     n_periods, rest = divmod(n_new - first, 1 + per)
-    carry = jax.lax.fori_loop(0, n_periods, partial(period, start=first, length=per), carry)
+    if n_periods:  # traced only where it runs: its re-prefills make caches of the whole block
+        carry = jax.lax.fori_loop(0, n_periods, partial(period, start=first, length=per), carry)
     if rest:
         carry = period(0, carry, first + n_periods * (1 + per), rest - 1)
     buf = carry[0]

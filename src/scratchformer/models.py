@@ -209,6 +209,16 @@ def init_cache(cfg: ModelConfig, batch: int, length: int, n_layer: int | None = 
             for _ in range(n_layer or cfg.n_layer)]
 
 
+def grow_cache(cache, length: int):
+    """`cache` (models.init_cache's) with empty slots appended up to `length`: the
+    written slots keep their places."""
+    def pad(a, axis):
+        widths = [(0, 0)] * a.ndim
+        widths[axis] = (0, length - a.shape[axis])
+        return jnp.pad(a, widths)
+    return [{"k": pad(c["k"], 2), "v": pad(c["v"], 1)} for c in cache]
+
+
 # ---------------------------------------------------------------- decoder-only LM
 def init_lm(key, cfg: ModelConfig) -> dict:
     ke, kb, kh = jax.random.split(key, 3)
