@@ -85,10 +85,11 @@ def main():
     commands = [
         ["import", "llama", d / "SmolLM2-135M", "--out", d / "smollm2"],
         ["sample", d / "smollm2", "--prompt", "ROMEO:", "--tokens", "100", "--seed", "0"],
-        ["eval", d / "smollm2", "--data", text, "--windows", "2"],
-        ["train", "lm", "--init-from", d / "smollm2", "--lora", "8", "--out", d / "lora", "--steps", steps,
+        ["eval", d / "smollm2", "--data", text, "--windows", "1"],
+        ["train", "lm", "--init-from", d / "smollm2", "--lora", "8", "--data", text, "--out", d / "lora",
+         "--steps", steps, "--no-progress"],
+        ["train", "lm", "--init-from", d / "smollm2", "--data", text, "--out", d / "full", "--steps", steps,
          "--no-progress"],
-        ["train", "lm", "--init-from", d / "smollm2", "--out", d / "full", "--steps", steps, "--no-progress"],
         ["sample", d / "lora", "--prompt", "ROMEO:", "--tokens", "100", "--seed", "0"],
         ["export", d / "lora", "--out", d / "smollm2-shakespeare-hf"],
     ]
