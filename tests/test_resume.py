@@ -105,6 +105,27 @@ def test_kill9_and_resume_is_exact(corpus, tmp_path, reference):
     _assert_same_run(out, reference)
 
 
+def test_kill9_and_resume_in_epoch_order_is_exact(corpus, tmp_path):
+    """data.order=epoch: the windows of an epoch, their shift and order are functions of
+    the run's key and the step, so a run killed twice resumes to the uninterrupted one."""
+    args = [*ARGS, "--set", "data.order=epoch", "--steps", "80"]
+    ref = tmp_path / "ref"
+    assert run_cli("train", "lm", "--data", corpus, "--out", ref, *args).returncode == 0
+    out, kills = tmp_path / "killed", 0
+    for attempt in range(4):
+        proc = _start(corpus, out, attempt > 0, args=args)
+        if attempt < 2:
+            target = _rows(out) + 15
+            _kill_when(proc, lambda: _rows(out) >= target)
+        else:
+            proc.wait(timeout=300)
+        if proc.returncode == 0:
+            break
+        kills += 1
+    assert proc.returncode == 0 and kills == 2, kills
+    _assert_same_run(out, ref)
+
+
 def test_kill9_and_resume_of_a_streamed_run_is_exact(corpus, tmp_path, reference):
     """The same text as token files, its batches streamed from disk: killed twice and
     resumed, the run ends as the uninterrupted text-file run (the same batches, drawn from

@@ -142,6 +142,47 @@ def test_batch_windows_are_real_slices(n, block, seed):
         assert window.tobytes() in s  # a contiguous slice of the data
 
 
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(10, 400), block=st.integers(1, 16), batch=st.integers(1, 9), seed=st.integers(0, 2**31 - 1))
+def test_epoch_order_reads_every_window_once_an_epoch(n, block, batch, seed):
+    """data.order=epoch: in each of three epochs the windows read are the text cut at one
+    shift below the block, each exactly once, in a new order; the rows of consecutive
+    steps are the epochs' windows in sequence, whatever the batch."""
+    windows = text.epoch_windows(n, block)
+    if not 1 <= batch <= windows:
+        return
+    rng = jax.random.PRNGKey(seed)
+    steps = -(-3 * windows // batch)
+    starts = np.concatenate([np.asarray(text.epoch_starts(rng, s, n, block=block, batch=batch))
+                             for s in range(steps)])
+    orders = []
+    for e in range(3):
+        epoch = starts[e * windows:(e + 1) * windows]
+        shift = int(epoch.min())
+        assert shift < block and epoch.max() + block <= n - 1  # every window within the text
+        assert sorted(epoch.tolist()) == list(range(shift, shift + windows * block, block))
+        orders.append(epoch.tolist())
+    assert windows < 3 or orders[0] != orders[1] != orders[2]
+
+
+def test_epoch_order_at_a_late_step_is_the_epochs_order():
+    """A step late in a run (as a resumed run computes it) reads the windows its place in
+    the endless sequence names, without int32 overflow: row i of step s is window
+    (s*B + i) mod n of epoch (s*B + i) // n, checked with Python's integers."""
+    n_tokens, block, batch, rng = 10_000_019, 64, 48, jax.random.PRNGKey(1)
+    n = text.epoch_windows(n_tokens, block)
+    step = 2**31 - 5
+    got = np.asarray(jax.jit(lambda s: text.epoch_starts(rng, s, n_tokens, block=block, batch=batch))(step))
+    seen = {}
+    for i in range(batch):
+        epoch, pos = divmod(step * batch + i, n)
+        if epoch not in seen:  # the epoch's windows, as epoch_starts draws them
+            key = jax.random.fold_in(jax.random.fold_in(rng, text.ORDER_STREAM), np.uint32(epoch % 2**32))
+            k_perm, k_shift = jax.random.split(key)
+            seen[epoch] = np.asarray(jax.random.randint(k_shift, (), 0, block) + jax.random.permutation(k_perm, n) * block)
+        assert got[i] == seen[epoch][pos], i
+
+
 @settings(max_examples=50, deadline=None)
 @given(n=st.integers(2, 400), block=st.integers(1, 32))
 def test_eval_windows_score_every_target_once(n, block):

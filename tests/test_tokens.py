@@ -219,14 +219,16 @@ def bpe_data(tmp_path):
     return tmp_path / "data"
 
 
-def test_streamed_batches_are_the_on_device_ones_on_one_device_and_four(bpe_data, tmp_path):
+@pytest.mark.parametrize("order", ["random", "epoch"])
+def test_streamed_batches_are_the_on_device_ones_on_one_device_and_four(bpe_data, tmp_path, order):
     """Training on token files streamed from disk gives the metrics of the same run with
-    its batches drawn on the device, byte for byte, and so does a run on 4 devices."""
+    its batches drawn on the device, byte for byte, and so does a run on 4 devices; in
+    either data order."""
     runs = {}
     for name, stream, devices in (("device", "off", 1), ("stream", "on", 1), ("stream4", "on", 4)):
         env = {"XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
         r = run_cli("train", "lm", "--data", bpe_data, "--out", tmp_path / name, *TINY, "--set", f"data.stream={stream}",
-                    env=env)
+                    "--set", f"data.order={order}", env=env)
         assert r.returncode == 0, r.stderr
         runs[name] = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
     assert runs["stream"] == runs["device"]

@@ -1,9 +1,9 @@
 """Training windows streamed from a token file to the devices, ahead of use.
 
 A background thread builds each jitted call's windows (k steps x B rows x T+1 tokens)
-`depth` calls ahead. Step s's window starts come from the same key and the same
-`jax.random.randint` as the on-device path draws them with (computed here on the CPU),
-so both paths train on identical batches. Each process reads only the rows that its own
+`depth` calls ahead. Step s's window starts come from the same function of the run's
+key and s as the on-device path's (`starts_of`, computed here on the CPU), so both paths
+train on identical batches. Each process reads only the rows that its own
 devices hold of the global batch, with pread rather than through the memmap's pages: a
 page fault maps the pages read ahead around it too, and those stay in the process's
 resident memory, which would grow towards the whole file's size over a long run
@@ -23,25 +23,20 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from ..parallel import AXIS
 
 
-def window_starts(key, n_tokens: int, *, block: int, batch: int):
-    """Where step's B windows of block+1 tokens start (as text.sample_batch draws them)."""
-    return jax.random.randint(key, (batch,), 0, n_tokens - block)
-
-
 class WindowStream:
     """An iterator of {"windows": k x B x (T+1) int32, split over the mesh along B}, one
     per training call from `first_step` on; `close()` stops the thread."""
 
-    def __init__(self, tokens: np.memmap, *, block: int, batch: int, rng, mesh, first_step: int, k: int, key_of,
+    def __init__(self, tokens: np.memmap, *, block: int, batch: int, rng, mesh, first_step: int, k: int, starts_of,
                  depth: int = 2):
+        """`starts_of(rng, step)`: where step's B windows of block+1 tokens start."""
         self.block, self.batch, self.k = block, batch, k
         self._fd, self._dtype = os.open(tokens.filename, os.O_RDONLY), tokens.dtype
         self._base = tokens.offset
         self.sharding = self.sharding_of(mesh)
         cpu = jax.local_devices(backend="cpu")[0]  # this process's: the window starts are computed apart
         self._rng = jax.device_put(rng, cpu)
-        self._starts = jax.jit(lambda r, steps: jax.vmap(
-            lambda s: window_starts(key_of(r, s), len(tokens), block=block, batch=batch))(steps))
+        self._starts = jax.jit(lambda r, steps: jax.vmap(lambda s: starts_of(r, s))(steps))
         self._steps = lambda first: jax.device_put(np.arange(first, first + k, dtype=np.int32), cpu)
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._stop = threading.Event()

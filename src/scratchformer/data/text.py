@@ -181,10 +181,44 @@ def split(ids: np.ndarray, val_fraction: float):
 
 def sample_batch(key, data_N, *, batch: int, block: int):
     """Random windows of a device-resident token array: inputs and next-token targets, BxT."""
-    starts = jax.random.randint(key, (batch,), 0, data_N.shape[0] - block)
-    idx = starts[:, None] + jnp.arange(block + 1)[None, :]
-    w = data_N[idx]
-    return {"inputs": w[:, :-1], "targets": w[:, 1:]}
+    return windows(data_N, jax.random.randint(key, (batch,), 0, data_N.shape[0] - block), block)
+
+
+def windows(data_N, starts, block: int) -> dict:
+    """The windows of block+1 tokens of a device-resident array at `starts` (any shape
+    ...): inputs and next-token targets, ... x T."""
+    w = data_N[starts[..., None] + jnp.arange(block + 1)]
+    return {"inputs": w[..., :-1], "targets": w[..., 1:]}
+
+
+# data.order=epoch: every epoch cuts the text into windows of `block` tokens from a random
+# shift in [0, block) and visits each once, in an order of its own; step s's rows are
+# windows s*B .. s*B+B-1 of that endless sequence. Epoch e's order comes from
+# fold_in(fold_in(rng, ORDER_STREAM), e): a stream no step's key uses (steps < 2**31).
+ORDER_STREAM = 2**32 - 1
+
+
+def epoch_windows(n_tokens: int, block: int) -> int:
+    """Windows of block+1 tokens an epoch visits: from a shift s < block, window i starts
+    at s + i*block, the last reading up to n_tokens - 1."""
+    return (n_tokens - block) // block
+
+
+def epoch_starts(rng, step, n_tokens: int, *, block: int, batch: int):
+    """Where step's B windows start under data.order=epoch (a pure function of the run's
+    key and the step, so a resumed run reads the same). Needs batch <= epoch_windows and
+    epoch_windows * batch < 2**31 (int32), which LMTask checks."""
+    n = epoch_windows(n_tokens, block)
+    q, r = step // n, step % n
+    offset = r * batch + jnp.arange(batch)  # row i is window (q*n + r)*B + i = (q*B)*n + offset
+    epoch, pos = q * batch + offset // n, offset % n
+
+    def order(e):
+        k_perm, k_shift = jax.random.split(jax.random.fold_in(jax.random.fold_in(rng, ORDER_STREAM), e))
+        return jax.random.randint(k_shift, (), 0, block) + jax.random.permutation(k_perm, n) * block
+
+    first, second = order(epoch[0]), order(epoch[0] + 1)  # B <= n: a batch spans at most two epochs
+    return jnp.where(epoch == epoch[0], first[pos], second[pos])
 
 
 def eval_windows(val_N: np.ndarray, block: int, limit: int = 0) -> dict:

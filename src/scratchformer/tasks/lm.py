@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import ClassVar
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from ..config import RunConfig, check
@@ -37,6 +39,7 @@ PROGRESS_TARGETS = 500_000  # an evaluation of more targets than this shows a ba
 # from its token file (BENCHMARKS.md, "Streaming from token files").
 DEVICE_DATA_BYTES = 256 << 20
 STREAM = ("auto", "on", "off")
+ORDERS = ("random", "epoch")  # data.order: windows drawn at random offsets, or each once an epoch (text.epoch_starts)
 MAX_SAMPLE_TOKENS = 10**9  # positions are int32; memory.check_fits catches far fewer on most machines
 
 
@@ -55,11 +58,14 @@ class TextData:
     eval_windows: int = 256    # windows of the periodic evaluation (0 = the whole split)
     stream: str = "auto"       # token files: read batches from disk ("on"), from the devices ("off"), or
                                # by the size of the training split ("auto": DEVICE_DATA_BYTES)
+    order: str = "random"      # "random": each row a window at a random offset (nanoGPT's); "epoch": the
+                               # text cut into windows from a random shift, each read once an epoch, reshuffled
 
     def __post_init__(self):
         check(0 < self.val_fraction < 1, f"data.val_fraction={self.val_fraction!r} must be in (0, 1)")
         check(self.eval_windows >= 0, f"data.eval_windows={self.eval_windows} must be >= 0")
         check(self.stream in STREAM, f"data.stream={self.stream!r} is not one of {', '.join(STREAM)}")
+        check(self.order in ORDERS, f"data.order={self.order!r} is not one of {', '.join(ORDERS)}")
 
     def check_run(self, cfg: RunConfig) -> None:
         """What this section needs of the rest of the run's config: nothing more."""
@@ -182,8 +188,30 @@ class LMTask(DrawnOnDevice):
             if len(self.val_ids) < 2:  # a split shorter than a window is scored in one shorter window (loss_on)
                 raise DataError(f"the data gives {len(self.val_ids)} validation token(s), fewer than 2 (a token "
                                 "and the one that follows it); use more text or a larger data.val_fraction")
+            if cfg.data.order == "epoch":
+                self._check_epochs(cfg, len(self.train_ids))
         self._loss = jax.jit(lambda p, b: self.loss(p, b, cfg=self.cfg.model))
         self._token_bytes = tokenizer.token_bytes()
+
+    @staticmethod
+    def _check_epochs(cfg: RunConfig, n_tokens: int) -> None:
+        """data.order=epoch needs a batch of at most one epoch's windows (a batch spans two
+        epochs at most), and their product within int32 (text.epoch_starts)."""
+        n, batch = text.epoch_windows(n_tokens, cfg.model.block_size), cfg.train.batch_size
+        if batch > n:
+            raise DataError(f"data.order=epoch: train.batch_size={batch} is more than the {n} windows of "
+                            f"model.block_size={cfg.model.block_size} tokens the training split holds; use "
+                            "data.order=random, a smaller batch or more text")
+        if n * batch >= 2**31:
+            raise DataError(f"data.order=epoch: {n:,} windows an epoch x train.batch_size={batch} passes 2**31; "
+                            "use data.order=random or a smaller batch")
+
+    def starts_of(self, rng, step, n_tokens: int):
+        """Where step's windows start in a training split of `n_tokens`, by data.order."""
+        block, batch = self.cfg.model.block_size, self.cfg.train.batch_size
+        if self.cfg.data.order == "epoch":
+            return text.epoch_starts(rng, step, n_tokens, block=block, batch=batch)
+        return jax.random.randint(batch_key(rng, step), (batch,), 0, n_tokens - block)
 
     # ------------------------------------------------------------ configuration
     @classmethod
@@ -301,12 +329,16 @@ class LMTask(DrawnOnDevice):
             return super().feed(spec, rng, first_step, k)
         return WindowStream(self.train_ids, block=self.cfg.model.block_size, batch=self.cfg.train.batch_size,
                             rng=rng, mesh=spec["windows"].sharding.mesh, first_step=first_step, k=k,
-                            key_of=batch_key)
+                            starts_of=partial(self.starts_of, n_tokens=len(self.train_ids)))
 
     def batches(self, data: dict, rng, first_step, n_steps: int, batch: int) -> dict:
         if "windows" in data:  # streamed: the windows of these steps, read from disk
             w = data["windows"]
             return {"inputs": w[..., :-1], "targets": w[..., 1:]}
+        if self.cfg.data.order == "epoch":
+            tokens = data["train"]
+            starts = jax.vmap(lambda s: self.starts_of(rng, s, tokens.shape[0]))(first_step + jnp.arange(n_steps))
+            return text.windows(tokens, starts, self.cfg.model.block_size)
         return super().batches(data, rng, first_step, n_steps, batch)
 
     def sample_batch(self, data: dict, key, batch: int):
