@@ -33,6 +33,8 @@ import sys
 import time
 from pathlib import Path
 
+from scipy import stats  # a dependency of JAX's
+
 THRESHOLDS = (1.60, 1.55, 1.50)  # the cpu preset's range; --thresholds 1.80 1.75 1.70 suits cpu-quick
 
 # Each technique as the --set values that turn it on; `new` is all of them.
@@ -58,6 +60,7 @@ ON_PRESET = {
     "muon_wd": ["optim.muon_weight_decay=0.1"],
     "context256": ["model.block_size=256", "train.batch_size=16", "model.attn_block=128"],  # tokens per step kept
     "adamw": ["optim.name=adamw"],
+    "epoch_order": ["data.order=epoch"],  # every window once an epoch, reshuffled
     # the block options and schedule of NEW and EXTRAS that the Muon presets leave off
     "rmsnorm": NEW["rmsnorm"], "relu2": NEW["relu2"], "zero_init": NEW["zero_init"],
     "untied": NEW["untied"], "softcap": NEW["softcap"], "wsd": EXTRAS["new+wsd"],
@@ -138,10 +141,20 @@ def fmt(x, spec: str) -> str:
     return "-" if x is None else format(x, spec)
 
 
+def welch_p(a: list[float], b: list[float]) -> float | None:
+    """Two-sided p-value of Welch's t-test that a and b have the same mean (None with
+    fewer than two of either, or no spread in both)."""
+    if min(len(a), len(b)) < 2 or statistics.pvariance(a) + statistics.pvariance(b) == 0:
+        return None
+    return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
+
+
 def table(runs: list[dict], order: list[str], thresholds) -> str:
-    """Medians over seeds per recipe; a threshold's median counts only seeds that reached it
-    (n/N says how many did)."""
-    head = ["recipe", "seeds", "val loss median (min-max)", "train s", "ms/step"]
+    """Per recipe: the final loss's mean and standard deviation over seeds, Welch's p
+    against the first recipe (the baseline), and medians; a threshold's median counts only
+    seeds that reached it (n/N says how many did)."""
+    head = ["recipe", "seeds", "val loss mean", "sd", "p", "median (min-max)", "train s", "ms/step"]
+    base = [r["val_loss"] for r in runs if r["recipe"] == order[0]]
     for thr in thresholds:
         head.append(f"<= {thr:.2f}: step / s (n)")
     lines = ["| " + " | ".join(head) + " |", "| " + " | ".join(["---"] + ["---:"] * (len(head) - 1)) + " |"]
@@ -150,7 +163,10 @@ def table(runs: list[dict], order: list[str], thresholds) -> str:
         if not rs:
             continue
         vals = [r["val_loss"] for r in rs]
-        cells = [name, str(len(rs)), f"{median(vals):.4f} ({min(vals):.4f}-{max(vals):.4f})",
+        sd = statistics.stdev(vals) if len(vals) > 1 else None
+        p = None if name == order[0] else welch_p(vals, base)
+        cells = [name, str(len(rs)), f"{statistics.mean(vals):.4f}", fmt(sd, ".4f"), fmt(p, ".3f"),
+                 f"{median(vals):.4f} ({min(vals):.4f}-{max(vals):.4f})",
                  fmt(median([r["train_time_s"] for r in rs]), ".1f"), fmt(median([r["ms_per_step"] for r in rs]), ".1f")]
         for thr in thresholds:
             hits = [r["reached"][f"{thr:.2f}"] for r in rs if r["reached"][f"{thr:.2f}"]]

@@ -56,3 +56,26 @@ def test_bad_recipes_are_one_line_errors(tmp_path):
     malformed = run_script("--out-dir", str(tmp_path), "--recipe", "mine", "--recipes", "mine")
     assert malformed.returncode == 2 and "--recipe 'mine': expected NAME=KEY=VALUE" in malformed.stderr
     assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_welch_p_against_the_formula():
+    """Welch's t-test as its formula gives it: t = (mean a - mean b) / sqrt(va/na + vb/nb),
+    Welch-Satterthwaite degrees of freedom, two-sided p from Student's t (numerically
+    integrated density here, not scipy's CDF)."""
+    import importlib.util
+    import math
+
+    spec = importlib.util.spec_from_file_location("ablation", SCRIPT)
+    ablation = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ablation)
+    a, b = [1.4612, 1.4655, 1.4630], [1.4702, 1.4671, 1.4733]
+    ma, mb = sum(a) / 3, sum(b) / 3
+    va, vb = (sum((x - ma) ** 2 for x in a) / 2) / 3, (sum((x - mb) ** 2 for x in b) / 2) / 3
+    t = abs(ma - mb) / math.sqrt(va + vb)
+    df = (va + vb) ** 2 / (va ** 2 / 2 + vb ** 2 / 2)
+    density = lambda x: (1 + x * x / df) ** (-(df + 1) / 2)  # noqa: E731 (unnormalised)
+    steps = 200_000  # midpoint rule; the tail past 100 is below 1e-6 at these degrees of freedom
+    area = lambda lo, hi: sum(density(lo + (i + 0.5) * (hi - lo) / steps) for i in range(steps)) * (hi - lo) / steps  # noqa: E731
+    p = area(t, 100.0) / area(0.0, 100.0)
+    assert abs(ablation.welch_p(a, b) - p) < 1e-3, (ablation.welch_p(a, b), p)
+    assert ablation.welch_p([1.0, 1.0], [1.0, 1.0]) is None and ablation.welch_p([1.0], [2.0, 3.0]) is None
