@@ -102,6 +102,7 @@ CPU_CLASSIC = {  # AdamW on GPT-2's block, the seed's `cpu` preset: tuned on a 2
     "train.batch_size": 32, "train.steps": 2500, "train.eval_every": 500,
     "train.checkpoint_every": 500, "train.steps_per_call": 20,
 }
+CPU = {**CPU_CLASSIC, "optim.name": "muon", "optim.muon_weight_decay": 0.2, "train.ema": 0.98, "train.steps": 1500}
 PRESETS = {
     # A low validation loss within ~30 s on a 2-core CPU: the classic settings with Muon on
     # the hidden matrices (of the block options, the change that paid), weight decay on Muon's
@@ -124,8 +125,10 @@ PRESETS = {
     # Muon overfits past 1,500; its matrices decayed at 0.2, the regularisation that holds
     # the overfitting off, and the moving average evaluated. (BENCHMARKS.md, "Muon against
     # AdamW", "Weight decay on Muon's matrices", "The moving average of the weights")
-    "cpu": {**CPU_CLASSIC, "optim.name": "muon", "optim.muon_weight_decay": 0.2, "train.ema": 0.98,
-            "train.steps": 1500},
+    "cpu": CPU,
+    # `cpu` reading every window once an epoch, reshuffled: lower at every seed in the same
+    # steps (BENCHMARKS.md, "Data order: every window once an epoch").
+    "cpu-record": {**CPU, "data.order": "epoch"},
     "cpu-classic": CPU_CLASSIC,
     # nanoGPT's shakespeare_char GPU settings, but 2,500 steps (not 5,000) and bf16: the
     # validation loss bottoms out before 2,500 steps and then overfits, and bf16 trains
