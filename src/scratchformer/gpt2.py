@@ -178,14 +178,14 @@ def params_from_hf(tensors: dict[str, np.ndarray], m, source="model.safetensors"
     params = jax.tree.map(lambda _: None, template)
     for hf, path in names.items():
         a = tensors[hf].T if hf == "lm_head.weight" else tensors[hf]
-        want = _get(template, path).shape
+        want = get_path(template, path).shape
         if a.shape != want:
             shape = a.shape[::-1] if hf == "lm_head.weight" else a.shape
             raise DataError(f"{source}: {hf} has shape {shape}, its config.json needs "
                             f"{want[::-1] if hf == 'lm_head.weight' else want}")
         if not (np.issubdtype(a.dtype, np.floating) or a.dtype == BFLOAT16):
             raise DataError(f"{source}: {hf} holds {a.dtype}, not floating-point weights")
-        _set(params, path, np.ascontiguousarray(a, np.float32))
+        set_path(params, path, np.ascontiguousarray(a, np.float32))
     return params
 
 
@@ -195,7 +195,7 @@ def hf_from_params(params, m) -> dict[str, np.ndarray]:
     params = {**params, "blocks": [{**b, "attn": _fused(b["attn"])} for b in params["blocks"]]}
     out = {}
     for hf, path in _hf_names(m).items():
-        a = np.asarray(_get(params, path), np.float32)
+        a = np.asarray(get_path(params, path), np.float32)
         out[hf if hf == "lm_head.weight" else "transformer." + hf] = np.ascontiguousarray(
             a.T if hf == "lm_head.weight" else a)
     return out
@@ -208,14 +208,15 @@ def _fused(attn: dict) -> dict:
     return {"qkv": qkv, "out": attn["out"]}
 
 
-def _get(tree, path):
+def get_path(tree, path):
+    """The leaf of a params tree at `path` (keys and list indices)."""
     for k in path:
         tree = tree[k]
     return tree
 
 
-def _set(tree, path, value):
-    _get(tree, path[:-1])[path[-1]] = value
+def set_path(tree, path, value):
+    get_path(tree, path[:-1])[path[-1]] = value
 
 
 # ---------------------------------------------------------------- the two commands

@@ -8,7 +8,7 @@ vocabulary's worth of noise every token. On a 2-core AMD EPYC (AVX-512, JAX 0.10
 cached sampler (decode.generate, temperature 0.8) with jax.random.gumbel made 0.77-0.80x
 the tokens/s it makes with this at GPT-2's vocabulary of 50,257 (a 2 x 128 model,
 T=256, 500 tokens; pairwise medians of 12-16 runs alternating in one process, three
-sessions, the machine loaded); at the 65 characters of `bench`'s 6 x 384 sampling
+rounds, the machine loaded); at the 65 characters of `bench`'s 6 x 384 sampling
 model, 0.99-1.05x (no difference). The noise and the pick alone at 50,257: 520-560 us a
 token with jax.random.gumbel, 290-330 with this (fastest of 9).
 

@@ -26,7 +26,7 @@ from . import checkpoint as ckpt
 from .data.hf_tokenizer import HFTokenizer
 from .errors import ConfigError, DataError, UsageError
 from .files import atomic_folder
-from .gpt2 import float_setting, int_setting, save_weights_run
+from .gpt2 import float_setting, get_path, int_setting, save_weights_run, set_path
 from .models import init_lm
 from .runconfig import apply_overrides, make_config
 from .tasks.lm import FINETUNE_PRESET, LMTask
@@ -233,7 +233,7 @@ def read_params(folder: Path, m) -> dict:
                         f"unexpected {extra[:3]}")
     for hf, path in names.items():
         _, _, dtype, shape = where[hf]
-        want = _get(template, path).shape
+        want = get_path(template, path).shape
         if (shape[::-1] if _transposed(hf) else shape) != want:
             raise DataError(f"{source}: {hf} has shape {shape}, its config.json needs "
                             f"{want[::-1] if _transposed(hf) else want}")
@@ -245,7 +245,7 @@ def read_params(folder: Path, m) -> dict:
             for hf, path in names.items():
                 if where[hf][0] == f:
                     a = st[where[hf][1]]
-                    _set(params, path, np.ascontiguousarray(a.T if _transposed(hf) else a, dtype=np.float32))
+                    set_path(params, path, np.ascontiguousarray(a.T if _transposed(hf) else a, dtype=np.float32))
                     del a  # one copy, converted and transposed: the file's tensor goes before the next is read
     if tied_head:  # transformers would use the token table in its place, silently
         f, name, _, _ = where["lm_head.weight"]
@@ -262,19 +262,9 @@ def hf_tensors(params, m) -> dict[str, np.ndarray]:
     stores (out, in): views, copied one at a time as they are written."""
     out = {}
     for hf, path in _hf_names(m).items():
-        a = np.asarray(_get(params, path), np.float32)
+        a = np.asarray(get_path(params, path), np.float32)
         out[hf if hf == "lm_head.weight" else "model." + hf] = a.T if _transposed(hf) else a
     return out
-
-
-def _get(tree, path):
-    for k in path:
-        tree = tree[k]
-    return tree
-
-
-def _set(tree, path, value):
-    _get(tree, path[:-1])[path[-1]] = value
 
 
 # ---------------------------------------------------------------- the two commands

@@ -181,7 +181,12 @@ def split(ids: np.ndarray, val_fraction: float):
 
 def sample_batch(key, data_N, *, batch: int, block: int):
     """Random windows of a device-resident token array: inputs and next-token targets, BxT."""
-    return windows(data_N, jax.random.randint(key, (batch,), 0, data_N.shape[0] - block), block)
+    return windows(data_N, random_starts(key, data_N.shape[0], block=block, batch=batch), block)
+
+
+def random_starts(key, n_tokens: int, *, block: int, batch: int):
+    """Where B windows of block+1 tokens start under data.order=random: uniform offsets."""
+    return jax.random.randint(key, (batch,), 0, n_tokens - block)
 
 
 def windows(data_N, starts, block: int) -> dict:

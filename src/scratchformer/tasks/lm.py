@@ -214,7 +214,7 @@ class LMTask(DrawnOnDevice):
         block, batch = self.cfg.model.block_size, self.cfg.train.batch_size
         if self.cfg.data.order == "epoch":
             return text.epoch_starts(rng, step, n_tokens, block=block, batch=batch)
-        return jax.random.randint(batch_key(rng, step), (batch,), 0, n_tokens - block)
+        return text.random_starts(batch_key(rng, step), n_tokens, block=block, batch=batch)
 
     # ------------------------------------------------------------ configuration
     @classmethod
