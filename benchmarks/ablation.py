@@ -61,6 +61,10 @@ ON_PRESET = {
     "context256": ["model.block_size=256", "train.batch_size=16", "model.attn_block=128"],  # tokens per step kept
     "adamw": ["optim.name=adamw"],
     "epoch_order": ["data.order=epoch"],  # every window once an epoch, reshuffled
+    "value_embed": ["model.value_embed=true"],  # the LM options of the speedruns (models.py)
+    "unet_skips": ["model.unet_skips=true"],
+    "attn_gate": ["model.attn_gate=true"],
+    "lm_options": ["model.value_embed=true", "model.unet_skips=true", "model.attn_gate=true"],
     # the block options and schedule of NEW and EXTRAS that the Muon presets leave off
     "rmsnorm": NEW["rmsnorm"], "relu2": NEW["relu2"], "zero_init": NEW["zero_init"],
     "untied": NEW["untied"], "softcap": NEW["softcap"], "wsd": EXTRAS["new+wsd"],

@@ -81,6 +81,7 @@ def test_a_config_json_reads_back_as_the_same_config(tmp_path_factory, drawn, da
     ("model.rope_high_freq_factor", "1", "model.rope_high_freq_factor=1.0 must be larger than "
                                          "model.rope_low_freq_factor=1.0"),
     ("model.rope_original_positions", "0", "model.rope_original_positions=0 must be > 0"),
+    ("model.value_embed", "2", "model.value_embed='2' is not a valid bool (true/false, 1/0, yes/no, on/off)"),
 ])
 def test_bad_block_options_are_one_line_errors(key, value, message):
     with pytest.raises(ConfigError) as e:
@@ -125,3 +126,19 @@ def test_block_options_default_to_todays_model_and_parse_from_set():
     assert (m.norm, m.qk_norm, m.activation, m.zero_init, m.logit_softcap) == ("rmsnorm", True, "relu2", True, 30.0)
     with pytest.raises(ConfigError, match=r"^model.logit_softcap=nan must be >= 0"):
         ModelConfig(logit_softcap=float("nan"))
+
+
+def test_lm_options_need_a_decoder_only_model_and_two_layers_for_skips():
+    """The U-net pairs layers, so one layer is refused; the encoder-decoder of the reverse
+    task has none of the LM's value embeddings, skips or gates."""
+    with pytest.raises(ConfigError) as e:
+        make_config("lm", "cpu-quick", {"model.unet_skips": "true", "model.n_layer": "1"})
+    assert str(e.value) == ("model.unet_skips=true pairs the first half's layers with the second's: "
+                            "model.n_layer=1 must be >= 2")
+    for key in ("value_embed", "unet_skips", "attn_gate"):
+        with pytest.raises(ConfigError) as e:
+            make_config("reverse", None, {f"model.{key}": "true"})
+        assert str(e.value) == (f"model.{key}=true is a language-model option (lm runs); the encoder-decoder "
+                                "of the reverse task does not have it")
+    m = make_config("lm", "cpu-quick", {f"model.{k}": "true" for k in ("value_embed", "unet_skips", "attn_gate")})
+    assert (m.model.value_embed, m.model.unet_skips, m.model.attn_gate) == (True, True, True)

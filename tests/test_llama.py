@@ -477,3 +477,15 @@ def test_an_import_holds_the_float32_model_about_once(tmp_path):
     growth = m["peak"] - m["before"]
     assert growth <= 1.3 * float32_bytes, (growth / 1e6, float32_bytes / 1e6)
     assert (tmp_path / "run" / "checkpoints" / "best.safetensors").stat().st_size > float32_bytes
+
+
+@pytest.mark.parametrize("key", ["value_embed", "unet_skips", "attn_gate"])
+def test_export_refuses_the_lm_options_a_llama_does_not_have(key):
+    """A Llama-shaped run with value embeddings, U-net skips or head-wise gates computes
+    what no LlamaForCausalLM does: refused by name."""
+    from scratchformer.config import ModelConfig
+    from scratchformer.errors import UsageError
+    from scratchformer.llama import LLAMA_MODEL, hf_config
+    m = ModelConfig(vocab_size=10, **{k: v for k, v in LLAMA_MODEL.items() if k != key}, **{key: True})
+    with pytest.raises(UsageError, match=f"^the run's model.{key}=True has no Llama counterpart"):
+        hf_config(m, None)

@@ -4,7 +4,8 @@ positions, here pre-LN too), sharing nothing with the package but the parameter 
 and the config's option values. The block options (RMSNorm, QK-norm, exact GELU, ReLU
 squared, SwiGLU, a logit soft-cap, an untied head, no biases or biases on q, k and v
 only, grouped-query attention, a stated head width, rotary positions with their base and
-Llama 3's scaling) are checked one at a time and together (as LLaMA and Qwen2 combine
+Llama 3's scaling; the LM's value embeddings, U-net skips and head-wise attention gates)
+are checked one at a time and together (as LLaMA, Qwen2 and the cpu-record recipe combine
 them), the JAX model in float64 there so that only a wrong formula could differ. The
 parameters are perturbed so that every bias and gain matters."""
 
@@ -47,11 +48,18 @@ OPTIONS = {
                   tie_embeddings=False, rope_theta=100.0, rope_scaling="llama3", rope_original_positions=64),
     "qwen2": dict(norm="rmsnorm", positions="rope", activation="swiglu", n_kv_head=2, fused_qkv=False, bias=False,
                   qkv_bias=True, tie_embeddings=False, rope_theta=1e6, head_dim=12),
+    "value_embed": dict(value_embed=True),
+    "value_embed_gqa": dict(value_embed=True, n_kv_head=2, fused_qkv=False, head_dim=12),
+    "unet_skips": dict(unet_skips=True),
+    "unet_skips_odd": dict(unet_skips=True, n_layer=3),  # the middle layer has no partner
+    "attn_gate": dict(attn_gate=True),
+    "attn_gate_rope": dict(attn_gate=True, positions="rope", n_kv_head=2, fused_qkv=False),
+    "record": dict(value_embed=True, unet_skips=True, attn_gate=True, n_layer=4),
 }
 # Options whose reference, turned off on the same parameters, must give logits further
 # off than the tolerances below (so that the comparison fails if the model ignores them).
 OFF = {"qk_norm": False, "activation": "gelu_tanh", "logit_softcap": 0.0, "qkv_bias": False, "rope_theta": 10000.0,
-       "rope_scaling": ""}
+       "rope_scaling": "", "value_embed": False, "unet_skips": False, "attn_gate": False}
 
 
 def _perturbed(params, seed):
@@ -137,11 +145,23 @@ def attention(q, k, v, allowed, cfg, rotate=False):
     return np.concatenate(out, -1)
 
 
-def self_block(p, x, allowed, cfg, memory=None, memory_allowed=None):
+def gate_heads(y, h, a, cfg):
+    """Qiu et al.'s head-wise gate: head j's output times sigmoid(h . W_g[:, j])."""
+    if not cfg.attn_gate:
+        return y
+    gates = 1 / (1 + np.exp(-(h @ a["head_gate"]["w"])))  # T x H
+    return y * np.repeat(gates, y.shape[-1] // cfg.n_head, axis=-1)
+
+
+def self_block(p, x, allowed, cfg, memory=None, memory_allowed=None, values=None):
+    """values (T x (G K)): the value embedding, added to v times the layer's gain."""
     qkv_bias = cfg.bias or cfg.qkv_bias
     a, h = p["attn"], ln(p["ln1"], x, cfg)
     q, k, v = np.split(lin(a["qkv"], h, qkv_bias), 3, -1) if "qkv" in a else (lin(a[n], h, qkv_bias) for n in "qkv")
-    x = x + lin(a["out"], attention(q, k, v, allowed, cfg, rotate=cfg.positions == "rope"), cfg.bias)
+    if cfg.value_embed:
+        v = v + a["value_gain"][0] * values
+    y = attention(q, k, v, allowed, cfg, rotate=cfg.positions == "rope")
+    x = x + lin(a["out"], gate_heads(y, h, a, cfg), cfg.bias)
     if memory is not None:
         c = p["cross"]
         q = lin(c["q"], ln(p["ln_cross"], x, cfg), qkv_bias)
@@ -181,8 +201,14 @@ def lm_reference(p, ids, cfg):
         x = p["embed"]["tokens"][ids[b]]
         if cfg.positions == "learned":  # (rotary positions turn queries and keys in attention instead)
             x = x + p["embed"]["positions"][:ids.shape[1]]
-        for blk in p["blocks"]:
-            x = self_block(blk, x, causal, cfg)
+        values = p["embed"]["values"][ids[b]] if cfg.value_embed else None
+        outputs = []  # U-net: layer L-1-i adds layer i's output, weighted, to its input
+        n = len(p["blocks"])
+        for i, blk in enumerate(p["blocks"]):
+            if cfg.unet_skips and i >= n - n // 2:
+                x = x + p["skips"][i - (n - n // 2)] * outputs[n - 1 - i]
+            x = self_block(blk, x, causal, cfg, values=values)
+            outputs.append(x)
         out.append(head(p, ln(p["ln_f"], x, cfg), p["embed"]["tokens"], cfg))
     return np.stack(out)
 

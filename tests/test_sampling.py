@@ -111,6 +111,22 @@ def test_cached_equals_uncached_with_grouped_query_attention(n_kv_head):
         assert len(set(a[prompt_len:].tolist())) > 1
 
 
+def test_cached_equals_uncached_with_the_lm_options():
+    """Value embeddings (looked up for the new token only), U-net skips (kept within one
+    step's layers) and head-wise gates (fed by the new token's normed input) give the
+    uncached sampler's tokens; the gates and gains are moved off their start."""
+    cfg = dataclasses.replace(CFG, n_layer=3, value_embed=True, unet_skips=True, attn_gate=True)
+    p = init_lm(jax.random.PRNGKey(0), cfg)
+    leaves, tree = jax.tree.flatten(p)
+    keys = jax.random.split(jax.random.PRNGKey(1), len(leaves))
+    p = jax.tree.unflatten(tree, [a * 4.0 + 0.5 * jax.random.normal(k, a.shape) for a, k in zip(leaves, keys)])
+    for prompt_len, n_new in [(1, 30), (12, 20)]:
+        prompt = np.arange(prompt_len) % 13
+        a = generate(p, cfg, prompt, n_new, seed=3, temperature=0.8)
+        np.testing.assert_array_equal(a, generate(p, cfg, prompt, n_new, seed=3, temperature=0.8, use_cache=False))
+        assert len(set(a[prompt_len:].tolist())) > 1
+
+
 def test_greedy_matches_a_naive_loop(params):
     """Greedy generation = argmax of a plain forward over the sliding window each step."""
     prompt, n_new, t, keep = [1, 2, 3], 15, CFG.block_size, CFG.block_size // 2

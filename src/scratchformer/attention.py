@@ -194,8 +194,19 @@ def cache_slots(cache) -> int:
     return cache[0]["v"].shape[1]
 
 
+def head_gated(p: dict, x_BxTxD, y_BxTxHK, n_head: int):
+    """y, each head's K channels times sigmoid(x W_g) of its head when the layer has a
+    "head_gate" (W_g: D x H; Qiu et al. 2025, a head-wise gate after attention, which
+    lets a head output nearly nothing where softmax must put its weight somewhere)."""
+    if "head_gate" not in p:
+        return y_BxTxHK
+    b, t, _ = y_BxTxHK.shape
+    gate_BxTxH = jax.nn.sigmoid(linear(p["head_gate"], x_BxTxD)).astype(y_BxTxHK.dtype)
+    return (y_BxTxHK.reshape(b, t, n_head, -1) * gate_BxTxH[..., None]).reshape(b, t, -1)
+
+
 def self_attention(p: dict, x_BxTxD, *, n_head: int, mask, cache=None, pos=0, rate=0.0, key=None, train=False,
-                   causal_block: int = 0, rope=None, qk_eps=None, n_kv_head: int | None = None):
+                   causal_block: int = 0, rope=None, qk_eps=None, n_kv_head: int | None = None, values=None):
     """Self-attention with H = n_head query heads and G = n_kv_head (default H) key/value
     heads. With `cache` ({"k": NxKxS, "v": NxSxK}, N = B*G, see models.init_cache) the
     new keys/values are written at slots pos..pos+T-1 and the queries attend over the
@@ -205,26 +216,30 @@ def self_attention(p: dict, x_BxTxD, *, n_head: int, mask, cache=None, pos=0, ra
     rope, a function (x_BxTxHxK, pos) -> x (layers.rotary with its settings), rotates
     queries and keys by their positions pos..pos+T-1, so a cache holds keys already
     rotated at their slots. qk_eps (a float) RMS-normalises each head's queries and keys
-    before that (the cache holds normalised keys).
+    before that (the cache holds normalised keys). values (BxTx(G K)) is added to the
+    values (value embeddings), and a "head_gate" in p gates each head (`head_gated`).
     Returns (y_BxTxD, new_cache, probs_BxHxTxS); probs only where the whole score
     matrix is formed (no cache, no blocks), else None."""
     q, k, v = self_qkv(p, x_BxTxD, n_head, qk_eps, n_kv_head)
+    if values is not None:
+        v = v + _split_heads(values, v.shape[2]).astype(v.dtype)
     if rope is not None:
         q, k = rope(q, pos), rope(k, pos)
     if cache is None:
         k, v = repeat_kv(k, n_head), repeat_kv(v, n_head)
     if cache is None and causal_block:
         y = attend_causal(q, k, v, block=causal_block, rate=rate, key=key, train=train)
-        return linear(p["out"], y), None, None
+        return linear(p["out"], head_gated(p, x_BxTxD, y, n_head)), None, None
     if cache is None:
         y, probs = attend(q, k, v, mask, rate=rate, key=key, train=train)
-        return linear(p["out"], y), None, probs
+        return linear(p["out"], head_gated(p, x_BxTxD, y, n_head)), None, probs
     b, t, g, kw = k.shape
     k_NxKxT = k.transpose(0, 2, 3, 1).reshape(b * g, kw, t).astype(cache["k"].dtype)
     v_NxTxK = v.transpose(0, 2, 1, 3).reshape(b * g, t, kw).astype(cache["v"].dtype)
     cache = {"k": jax.lax.dynamic_update_slice(cache["k"], k_NxKxT, (0, 0, pos)),
              "v": jax.lax.dynamic_update_slice(cache["v"], v_NxTxK, (0, pos, 0))}
-    return linear(p["out"], _attend_cached(q, cache["k"], cache["v"], mask)), cache, None
+    y = _attend_cached(q, cache["k"], cache["v"], mask)
+    return linear(p["out"], head_gated(p, x_BxTxD, y, n_head)), cache, None
 
 
 def cross_attention(p: dict, x_BxTxD, kv, *, n_head: int, mask, rate=0.0, key=None, train=False, qk_eps=None):

@@ -25,6 +25,7 @@ NORMS = ("layernorm", "rmsnorm")
 ACTIVATIONS = ("gelu_tanh", "gelu", "relu2", "swiglu")
 ROPE_SCALINGS = ("", "llama3")  # "": none
 PRODUCTS = ("auto", "float32", "bfloat16")
+LM_ONLY = ("value_embed", "unet_skips", "attn_gate")  # model options of the decoder-only LM alone
 OPTIMIZERS = ("adamw", "muon")  # built by optim.optimizer
 SCHEDULES = ("cosine", "wsd")   # built by optim.schedule
 # The linear layers lora.targets may name (lora.py finds each in a block's params):
@@ -97,6 +98,14 @@ class ModelConfig:
                                # float32; auto: bfloat16 where it is faster (kernels.product_dtype)
     attn_block: int = 128     # causal self-attention in query blocks of this many positions
                               # (skips the masked half) when T is a multiple >= 2x; 0 = off
+    # Language-model options from the small-model speedruns (modded-nanogpt; Tiny Shakespeare's
+    # record, BENCHMARKS.md "Value embeddings, U-net skips, attention gates"):
+    value_embed: bool = False  # a second token table added to every layer's values, times a learned gain
+                               # per layer (value embeddings, modded-nanogpt; value residuals, Zhou et al. 2024)
+    unet_skips: bool = False   # layer L-1-i also reads layer i's output, i < L/2, times a learned weight
+                               # (modded-nanogpt's U-net)
+    attn_gate: bool = False    # each head's attention output times sigmoid(x W_g), x the block's normed input,
+                               # W_g starting at 0 (Qiu et al. 2025, a head-wise gate)
 
     def __post_init__(self):
         check_positive(self, "model", "n_layer", "n_head", "d_model", "d_ff", "block_size")
@@ -127,6 +136,9 @@ class ModelConfig:
               f"model.activation={self.activation!r} is not one of {', '.join(ACTIVATIONS)}")
         check(math.isfinite(self.logit_softcap) and self.logit_softcap >= 0,
               f"model.logit_softcap={self.logit_softcap!r} must be >= 0 (0 turns it off)")
+        check(not self.unet_skips or self.n_layer >= 2,
+              f"model.unet_skips=true pairs the first half's layers with the second's: model.n_layer="
+              f"{self.n_layer} must be >= 2")
 
     def _check_rope(self):
         # Checked whatever model.positions is: a value that would be refused with rope is a mistake anyway.
@@ -280,4 +292,5 @@ class RunConfig:
 def approx_params(m: ModelConfig, stacks: int, vocab: int) -> int:
     attn = 2 * m.d_model * m.head_width * (m.n_head + m.kv_heads)  # q and out; k and v
     per_block = attn + (3 if m.activation == "swiglu" else 2) * m.d_model * m.d_ff
-    return stacks * m.n_layer * per_block + vocab * m.d_model + m.block_size * m.d_model
+    values = vocab * m.head_width * m.kv_heads if m.value_embed else 0
+    return stacks * m.n_layer * per_block + vocab * m.d_model + m.block_size * m.d_model + values

@@ -3,7 +3,8 @@ encoder-decoder. Pre-LN residual blocks (Xiong et al. 2020) throughout. Linear
 layers, LayerNorms and the position add are called through kernels.py, whose FAST
 chooses layers.py's textbook versions or CPU fast paths with the same numbers.
 The "modern block" options of ModelConfig (norm, qk_norm, activation, zero_init,
-logit_softcap; the attention's n_kv_head, head_dim, qkv_bias and rope settings) are
+logit_softcap; the attention's n_kv_head, head_dim, qkv_bias and rope settings; the LM's
+value_embed, unet_skips and attn_gate) are
 looked up here, in NORM_LAYERS, ACTIVATION_FUNCTIONS and `_rope`, and passed down;
 model.products is entered around every function that runs linear layers (`_in_products`).
 
@@ -11,9 +12,10 @@ Shape legend: B batch, T target/time positions, S source positions, D model widt
 V vocabulary, L layers.
 
 Parameter trees are nested dicts with stable keys; those keys are the checkpoint names:
-  LM:     {"embed": {"tokens", "positions"?}, "blocks": [{"ln1","attn","ln2","mlp"}...],
-           "ln_f", "head"?}
-          attn: {"qkv", "out"} (fused) or {"q", "k", "v", "out"}, each linear {"w", "b"?};
+  LM:     {"embed": {"tokens", "positions"?, "values"?}, "blocks": [{"ln1","attn","ln2","mlp"}...],
+           "ln_f", "head"?, "skips"?}
+          attn: {"qkv", "out"} (fused) or {"q", "k", "v", "out"}, each linear {"w", "b"?},
+                + "head_gate" (linear, no bias) and "value_gain" (1 number) with the LM's options;
           mlp: {"fc", "proj"}, or {"gate", "up", "down"} for swiglu.
   EncDec: {"embed": {"tokens"} or {"src","tgt"}, (+"positions"?),
            "encoder": {"blocks": [...], "ln_f"},
@@ -120,7 +122,7 @@ def _init_block(key, cfg: ModelConfig, *, cross: bool) -> dict:
     heads = dict(fused=cfg.fused_qkv, q_width=cfg.n_head * cfg.head_width, kv_width=cfg.kv_heads * cfg.head_width,
                  qkv_bias=cfg.qkv_bias)
     p = {"ln1": init_norm(cfg),
-         "attn": init_self_attention(ka, cfg.d_model, **heads, **kw),
+         "attn": {**init_self_attention(ka, cfg.d_model, **heads, **kw), **_init_lm_attention_extras(cfg)},
          "ln2": init_norm(cfg),
          "mlp": init_feed_forward(km, cfg.d_model, cfg.d_ff, gated=cfg.activation in GATED, **kw)}
     if cross:
@@ -129,19 +131,35 @@ def _init_block(key, cfg: ModelConfig, *, cross: bool) -> dict:
     return p
 
 
+def _init_lm_attention_extras(cfg: ModelConfig) -> dict:
+    """The attention's parameters for model.attn_gate (W_g, D x H, at zero: every gate
+    starts at 1/2, as modded-nanogpt's) and model.value_embed (the layer's gain on the
+    value embedding, starting at 1)."""
+    p = {}
+    if cfg.attn_gate:
+        p["head_gate"] = init_linear(None, cfg.d_model, cfg.n_head, bias=False, std=0.0)
+    if cfg.value_embed:
+        p["value_gain"] = jnp.ones((1,), jnp.float32)
+    return p
+
+
 @_in_products
 def _block(p, x_BxTxD, *, cfg: ModelConfig, mask, key=None, train=False, cache=None, pos=0,
-           cross=None, causal: bool = False):
+           cross=None, causal: bool = False, values=None):
     """One pre-LN block. `cross` = (kv, mask) adds cross-attention. causal=True says
     `mask` is the plain causal mask (no cache), so attention may skip its masked
-    blocks (cfg.attn_block). Returns (x, cache, probs), probs = {"self", "cross"}: the
-    attention weights BxHxTxS (self: None when computed in blocks or over a cache)."""
+    blocks (cfg.attn_block). values: the value embedding BxTx(G K), times the layer's
+    gain. Returns (x, cache, probs), probs = {"self", "cross"}: the attention weights
+    BxHxTxS (self: None when computed in blocks or over a cache)."""
     rate = cfg.dropout
     k_att, k_res1, k_cross, k_res2, k_res3 = _keys(key, 5)
+    if values is not None:
+        values = values * p["attn"]["value_gain"].astype(values.dtype)
     h, cache, self_probs = self_attention(p["attn"], norm(p["ln1"], x_BxTxD, cfg),
                                           n_head=cfg.n_head, mask=mask, cache=cache, pos=pos, rate=rate,
                                           key=k_att, train=train, causal_block=cfg.attn_block if causal else 0,
-                                          rope=_rope(cfg), qk_eps=_qk_eps(cfg), n_kv_head=cfg.kv_heads)
+                                          rope=_rope(cfg), qk_eps=_qk_eps(cfg), n_kv_head=cfg.kv_heads,
+                                          values=values)
     x_BxTxD = x_BxTxD + dropout(k_res1, h, rate, train=train)
     cross_probs = None
     if cross is not None:
@@ -227,20 +245,33 @@ def init_lm(key, cfg: ModelConfig) -> dict:
               "ln_f": init_norm(cfg)}
     if not cfg.tie_embeddings:
         params["head"] = init_linear(kh, cfg.d_model, cfg.vocab_size, bias=False)
+    if cfg.value_embed:  # GPT-2's 0.02, as the token table; fold_in leaves the other tables' keys as they were
+        params["embed"]["values"] = init_embedding(jax.random.fold_in(ke, 1), cfg.vocab_size,
+                                                   cfg.kv_heads * cfg.head_width)
+    if cfg.unet_skips:  # one weight per pair of layers, starting at 1 (modded-nanogpt)
+        params["skips"] = jnp.ones((cfg.n_layer // 2,), jnp.float32)
     return params
 
 
 def _lm_trunk(params, ids_BxT, *, cfg: ModelConfig, train, key, cache, pos, blocked: bool):
     """Embedding, blocks and final norm: (x_BxTxD, new cache, per-layer self-attention
-    probs). blocked: causal attention may run in query blocks (no probs then)."""
+    probs). blocked: causal attention may run in query blocks (no probs then).
+    model.unet_skips: the outputs of the first L // 2 layers are kept, and layer
+    L - 1 - i adds layer i's, times params["skips"][L // 2 - 1 - i], to its input."""
     t = ids_BxT.shape[1]
     k_emb, *k_blocks = _keys(key, cfg.n_layer + 1)
     x = dropout(k_emb, _embed(params["embed"], "tokens", ids_BxT, pos, cfg), cfg.dropout, train=train)
+    values = embed(params["embed"]["values"], ids_BxT, x.dtype) if cfg.value_embed else None
     mask = causal_mask(t) if cache is None else cache_mask(t, cache_slots(cache), pos)
-    new_cache, probs = [], []
+    half = cfg.n_layer // 2 if cfg.unet_skips else 0
+    new_cache, probs, kept = [], [], []
     for i, p in enumerate(params["blocks"]):
+        if half and i >= cfg.n_layer - half:
+            x = x + params["skips"][i - (cfg.n_layer - half)].astype(x.dtype) * kept.pop()
         x, c, pr = _block(p, x, cfg=cfg, mask=mask, key=k_blocks[i], train=train,
-                          cache=None if cache is None else cache[i], pos=pos, causal=blocked)
+                          cache=None if cache is None else cache[i], pos=pos, causal=blocked, values=values)
+        if i < half:
+            kept.append(x)
         new_cache.append(c)
         probs.append(pr["self"])
     return norm(params["ln_f"], x, cfg), new_cache, probs

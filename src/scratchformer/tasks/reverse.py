@@ -8,7 +8,7 @@ from typing import ClassVar
 
 import jax
 
-from ..config import RunConfig, check, check_bounded, check_positive
+from ..config import LM_ONLY, RunConfig, check, check_bounded, check_positive
 from ..data import reverse
 from ..decode import seq2seq_accuracy, seq2seq_decode
 from ..errors import UsageError
@@ -39,9 +39,13 @@ class ReverseData:
 
     def check_run(self, cfg: RunConfig) -> None:
         """What this section needs of the rest of the run's config: room for BOS/EOS, and
-        no LoRA (lora.py adapts a decoder-only model's blocks, not cross-attention)."""
+        no LoRA (lora.py adapts a decoder-only model's blocks, not cross-attention) and
+        none of the LM's own block options (config.LM_ONLY)."""
         check(not cfg.lora.rank, f"lora.rank={cfg.lora.rank}: LoRA adapts language models (lm runs) only; the "
               "encoder-decoder of the reverse task has no adapters")
+        for key in LM_ONLY:
+            check(not getattr(cfg.model, key), f"model.{key}=true is a language-model option (lm runs); the "
+                  "encoder-decoder of the reverse task does not have it")
         need = cfg.data.max_len + 2
         check(cfg.model.block_size >= need, f"model.block_size={cfg.model.block_size} is too small for data.max_len="
               f"{cfg.data.max_len} (needs >= {need}: BOS/EOS)")
