@@ -1,7 +1,8 @@
 """Muon and the Muon + AdamW hybrid against two independent implementations
 (optax.contrib.muon, and the published Newton-Schulz iteration written out in numpy),
 and their properties: singular values near 1, invariance to the gradient's scale, the
-decay mask, AdamW on the other leaves, fused projections split into blocks."""
+decay mask, AdamW on the other leaves, fused projections split into blocks. Polar
+Express's coefficients against numpy written from its paper."""
 
 import jax
 import jax.numpy as jnp
@@ -19,6 +20,7 @@ from scratchformer.optim.muon import (
     muon_mask,
     muon_update,
     newton_schulz,
+    newton_schulz_stack,
     shape_factor,
 )
 
@@ -262,3 +264,81 @@ def test_stacked_newton_schulz_in_bfloat16_products_beats_the_bfloat16_iteration
         step, exact = np.asarray(p - n, np.float64), _per_block(g, path)
         bf16 = _per_block(g, path, dtype=jnp.bfloat16)
         assert 0 < np.linalg.norm(step - exact) < 0.7 * np.linalg.norm(bf16 - exact)
+
+
+# ---------------------------------------------------------------- Polar Express and NorMuon
+# modded-nanogpt's train_gpt.py, polar_express_coeffs (Amsel et al. 2025, arXiv:2505.16932;
+# num_iters=5, safety_factor=2e-2, cushion=2), copied here so that the module's are checked.
+PE_COEFFS = [(8.156554524902461, -22.48329292557795, 15.878769915207462),
+             (4.042929935166739, -2.808917465908714, 0.5000178451051316),
+             (3.8916678022926607, -2.772484153217685, 0.5060648178503393),
+             (3.285753657755655, -2.3681294933425376, 0.46449024233003106),
+             (2.3465413258596377, -1.7097828382687081, 0.42323551169305323)]
+
+
+def reference_polar_express(g):
+    """X_0 = G / (||G||_F (1 + 2e-2) + 1e-6), X_{k+1} = a_k X + b_k (X X^T) X + c_k (X X^T)^2 X,
+    on the wide orientation, in float64 numpy."""
+    x = np.asarray(g, np.float64)
+    tall = x.shape[0] > x.shape[1]
+    x = x.T if tall else x
+    x = x / (np.linalg.norm(x) * (1 + 2e-2) + 1e-6)
+    for a, b, c in PE_COEFFS:
+        m = x @ x.T
+        x = a * x + b * m @ x + c * m @ m @ x
+    return x.T if tall else x
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_polar_express_matches_the_published_iteration(shape):
+    g = jax.random.normal(jax.random.PRNGKey(sum(shape)), shape)
+    ns = jax.jit(newton_schulz, static_argnames=("dtype", "coeffs"))
+    np.testing.assert_allclose(ns(g, coeffs="polar_express"), reference_polar_express(g), rtol=0, atol=2e-5)
+    with float64():
+        g64 = g.astype(jnp.float64)
+        got = ns(g64, dtype=jnp.float64, coeffs="polar_express")
+        np.testing.assert_allclose(got, reference_polar_express(g), rtol=0, atol=1e-12)
+        wide = g64.T if shape[0] > shape[1] else g64  # the stacked path takes wide matrices only
+        stacked = newton_schulz_stack(jnp.stack([wide, -wide[::-1]]), products=jnp.float64, coeffs="polar_express")
+        np.testing.assert_allclose(stacked[0], reference_polar_express(wide), rtol=0, atol=1e-12)
+        np.testing.assert_allclose(stacked[1], -reference_polar_express(wide[::-1]), rtol=0, atol=1e-12)
+
+
+def test_polar_express_lands_closer_to_one_than_jordan():
+    """The singular values of NS(g) for a random 64 x 32 g: Polar Express's per-step
+    quintics put them within about 0.14 of 1, the one fixed quintic only within about 0.32."""
+    g = np.asarray(jax.random.normal(jax.random.PRNGKey(3), (64, 32)), np.float64)
+    off = {c: np.abs(np.linalg.svd(np.asarray(newton_schulz(jnp.asarray(g, jnp.float32), coeffs=c), np.float64),
+                                   compute_uv=False) - 1).max() for c in ("jordan", "polar_express")}
+    assert off["polar_express"] < 0.6 * off["jordan"], off
+
+
+def _muon_before(grads, state, params, *, lr, momentum=0.95, weight_decay=0.0):
+    """muon_update's default step as it was written before the coefficient sets (per
+    matrix, fused qkv in three blocks): the defaults must still trace to this program."""
+    def ns(g):
+        x = g.astype(jnp.float32)
+        tall = x.shape[0] > x.shape[1]
+        x = x.T if tall else x
+        x = (x / (jnp.linalg.norm(x) + 1e-7)).astype(jnp.float32)
+        for _ in range(5):
+            a = x @ x.T
+            x = 3.4445 * x + (-4.7750 * a + 2.0315 * (a @ a)) @ x
+        return (x.T if tall else x).astype(g.dtype)
+
+    mu = jax.tree.map(lambda m, g: momentum * m + (1 - momentum) * g, state.mu, grads)
+    us = jax.tree.map(lambda m, g: momentum * m + (1 - momentum) * g, mu, grads)
+    upd = jax.tree_util.tree_map_with_path(lambda path, u: jnp.concatenate(
+        [shape_factor(*b.shape) * ns(b) for b in jnp.split(u, 3 if "qkv" in jax.tree_util.keystr(path) else 1,
+                                                               axis=1)], axis=1), us)
+    return jax.tree.map(lambda p, o: p - lr * (o + weight_decay * p), params, upd)
+
+
+def test_defaults_are_the_step_from_before_the_variants():
+    """ns_coeffs="jordan" (the config's default) gives the earlier program's numbers bit
+    for bit."""
+    p_m, g_m = _muon_leaves()
+    state = muon_init(p_m)
+    new, _ = jax.jit(lambda g, s, p: muon_update(g, s, p, lr=0.1, weight_decay=0.2))(g_m, state, p_m)
+    old = jax.jit(lambda g, s, p: _muon_before(g, s, p, lr=0.1, weight_decay=0.2))(g_m, state, p_m)
+    jax.tree.map(np.testing.assert_array_equal, new, old)

@@ -20,6 +20,8 @@ References:
   https://kellerjordan.github.io/posts/muon/ (code: github.com/KellerJordan/Muon, and
   the modded-nanogpt speedrun, github.com/KellerJordan/modded-nanogpt).
   J. Liu et al., "Muon is Scalable for LLM Training" (Moonlight), arXiv:2502.16982, 2025.
+  N. Amsel, D. Persson, C. Musco, R. M. Gower, "The Polar Express: Optimal Matrix Sign
+  Methods and Their Application to the Muon Algorithm", arXiv:2505.16932, 2025.
 """
 
 from __future__ import annotations
@@ -32,6 +34,23 @@ import jax.numpy as jnp
 from .adamw import AdamWState, adamw_init, adamw_update
 
 NS_COEFFS = (3.4445, -4.7750, 2.0315)  # (a, b, c) of the reference's quintic iteration
+# Polar Express (Amsel et al. 2025): a quintic of its own at each step, each the best one
+# for where the singular values can be by then, so that they converge to 1 instead of
+# spreading around it. The numbers are modded-nanogpt's (train_gpt.py, polar_express_coeffs,
+# "computed for num_iters=5, safety_factor=2e-2, cushion=2"; nanochat's optim.py has the
+# same), with its normalisation X = g / (||g||_F * (1 + 2e-2) + 1e-6): the margin keeps the
+# spectral norm at most 1, the interval the quintics were fitted on, when rounding moves it.
+POLAR_EXPRESS_COEFFS = (
+    (8.156554524902461, -22.48329292557795, 15.878769915207462),
+    (4.042929935166739, -2.808917465908714, 0.5000178451051316),
+    (3.8916678022926607, -2.772484153217685, 0.5060648178503393),
+    (3.285753657755655, -2.3681294933425376, 0.46449024233003106),
+    (2.3465413258596377, -1.7097828382687081, 0.42323551169305323),
+)
+# optim.muon_coeffs (config.MUON_COEFFS) -> (the (a, b, c) of each step, the last repeated
+# past the end as in the Polar Express paper's code; safety factor; eps) of X <- g / (||g||_F *
+# safety + eps). "jordan": the reference's one quintic and its normalisation.
+NS_SCHEDULES = {"jordan": ((NS_COEFFS,), 1.0, 1e-7), "polar_express": (POLAR_EXPRESS_COEFFS, 1 + 2e-2, 1e-6)}
 # Fused projections orthogonalised block by block: name of the linear -> number of
 # equal column blocks (self-attention's q|k|v, cross-attention's k|v).
 FUSED_BLOCKS = {"qkv": 3, "kv": 2}
@@ -57,29 +76,44 @@ def muon_init(params) -> MuonState:
     return MuonState(jnp.zeros((), jnp.int32), jax.tree.map(jnp.zeros_like, params))
 
 
-def newton_schulz(g_MxN, steps: int = 5, dtype=NS_DTYPE, eps: float = 1e-7):
+def _schedule(coeffs: str, steps: int):
+    """The (a, b, c) of each of `steps` steps of the coefficient set `coeffs`."""
+    table = NS_SCHEDULES[coeffs][0]
+    return [table[min(i, len(table) - 1)] for i in range(steps)]
+
+
+def _normalised(x, norm, coeffs: str, eps):
+    """x / (norm * safety + eps), eps None: the set's own. No product for a safety of 1
+    (jordan), so that its program is the one from before the sets."""
+    _, safety, own_eps = NS_SCHEDULES[coeffs]
+    return x / ((norm if safety == 1 else norm * safety) + (own_eps if eps is None else eps))
+
+
+def newton_schulz(g_MxN, steps: int = 5, dtype=NS_DTYPE, eps: float | None = None, coeffs: str = "jordan"):
     """Approximate U V^T for g = U S V^T (the reference's zeropower_via_newtonschulz5):
 
         X <- g / (||g||_F + eps)                      (singular values into [0, 1])
         X <- a X + (b A + c A^2) X,   A = X X^T       (`steps` times)
 
-    with (a, b, c) = NS_COEFFS, chosen for a steep slope at zero rather than exact
-    convergence: the singular values come out spread around 1 (about 0.7-1.2), not at 1.
+    with (a, b, c) = NS_COEFFS (coeffs="jordan"), chosen for a steep slope at zero rather
+    than exact convergence: the singular values come out spread around 1 (about 0.7-1.2),
+    not at 1. coeffs="polar_express": Polar Express's (a, b, c) of each step and its
+    normalisation, ||g||_F * 1.02 + 1e-6 (NS_SCHEDULES; eps, if given, replaces the set's).
     A tall g is transposed first so that A is the smaller Gram matrix. The iteration
     runs in `dtype` (the reference uses bfloat16 on GPU); the result has g's dtype."""
     x = g_MxN.astype(jnp.promote_types(g_MxN.dtype, jnp.float32))
     tall = x.shape[0] > x.shape[1]
     if tall:
         x = x.T
-    x = (x / (jnp.linalg.norm(x) + eps)).astype(dtype)
-    a, b, c = NS_COEFFS
-    for _ in range(steps):
+    x = _normalised(x, jnp.linalg.norm(x), coeffs, eps).astype(dtype)
+    for a, b, c in _schedule(coeffs, steps):
         a_MxM = x @ x.T
         x = a * x + (b * a_MxM + c * (a_MxM @ a_MxM)) @ x
     return (x.T if tall else x).astype(g_MxN.dtype)
 
 
-def newton_schulz_stack(g_LxMxN, steps: int = 5, products=jnp.bfloat16, eps: float = 1e-7):
+def newton_schulz_stack(g_LxMxN, steps: int = 5, products=jnp.bfloat16, eps: float | None = None,
+                        coeffs: str = "jordan"):
     """`newton_schulz` of each of L wide matrices (M <= N) at once, X in float32 and each
     product's inputs rounded to `products` with float32 sums (float64 inputs and
     products: float64 throughout, for the tests). One batched product per term instead
@@ -91,15 +125,15 @@ def newton_schulz_stack(g_LxMxN, steps: int = 5, products=jnp.bfloat16, eps: flo
     def product(spec, a, b):
         return jnp.einsum(spec, a.astype(products), b.astype(products), preferred_element_type=x.dtype)
 
-    x = x / (jnp.sqrt(jnp.sum(jnp.square(x), axis=(1, 2), keepdims=True)) + eps)
-    a, b, c = NS_COEFFS
-    for _ in range(steps):
+    x = _normalised(x, jnp.sqrt(jnp.sum(jnp.square(x), axis=(1, 2), keepdims=True)), coeffs, eps)
+    for a, b, c in _schedule(coeffs, steps):
         a_LxMxM = product("lmn,lkn->lmk", x, x)
         x = a * x + product("lmk,lkn->lmn", b * a_LxMxM + c * product("lmk,lkj->lmj", a_LxMxM, a_LxMxM), x)
     return x
 
 
-def orthogonalise_stacked(us, blocks, *, steps: int = 5, products=jnp.bfloat16, rms_scale=None, eps: float = 1e-7):
+def orthogonalise_stacked(us, blocks, *, steps: int = 5, products=jnp.bfloat16, rms_scale=None,
+                          eps: float | None = None, coeffs: str = "jordan"):
     """`orthogonalise` of every matrix in the list `us` (with its number of fused
     `blocks`), the blocks of one shape (tall ones transposed) stacked into one
     `newton_schulz_stack`. Returns the list of scaled updates, shaped as `us`."""
@@ -113,7 +147,8 @@ def orthogonalise_stacked(us, blocks, *, steps: int = 5, products=jnp.bfloat16, 
         by_shape.setdefault(p.shape, []).append(j)
     done = {}
     for at in by_shape.values():
-        done.update(zip(at, newton_schulz_stack(jnp.stack([parts[j][2] for j in at]), steps, products, eps)))
+        done.update(zip(at, newton_schulz_stack(jnp.stack([parts[j][2] for j in at]), steps, products, eps,
+                                                coeffs)))
     mine = [[] for _ in us]
     for j, (i, tall, _) in enumerate(parts):
         o = done[j].T if tall else done[j]
@@ -141,30 +176,33 @@ def _blocks(path) -> int:
     return FUSED_BLOCKS.get(names[-2], 1) if len(names) >= 2 else 1
 
 
-def orthogonalise(u_MxN, *, blocks: int = 1, steps: int = 5, dtype=NS_DTYPE, rms_scale=None, eps: float = 1e-7):
+def orthogonalise(u_MxN, *, blocks: int = 1, steps: int = 5, dtype=NS_DTYPE, rms_scale=None,
+                  eps: float | None = None, coeffs: str = "jordan"):
     """Scaled Newton-Schulz of each of `blocks` equal column blocks of u, side by side.
     A fused q|k|v weight (D x 3D) is three D x D blocks, orthogonalised separately as the
     reference does for its separate projections (a whole-matrix U V^T would couple q, k
     and v, and its shape factor would be that of a D x 3D matrix)."""
     parts = jnp.split(u_MxN, blocks, axis=1)
-    return jnp.concatenate([shape_factor(*p.shape, rms_scale) * newton_schulz(p, steps, dtype, eps)
+    return jnp.concatenate([shape_factor(*p.shape, rms_scale) * newton_schulz(p, steps, dtype, eps, coeffs)
                             for p in parts], axis=1)
 
 
 def muon_update(grads, state: MuonState, params, *, lr, momentum: float = 0.95, nesterov: bool = True,
                 ns_steps: int = 5, weight_decay: float = 0.0, mask=None, ns_dtype=NS_DTYPE,
-                rms_scale: float | None = None, ns_eps: float = 1e-7, products=None):
+                rms_scale: float | None = None, ns_eps: float | None = None, products=None,
+                ns_coeffs: str = "jordan"):
     """One Muon step on a tree of 2-D matrices (Jordan et al. 2024):
 
         m <- beta m + (1-beta) g                          (beta = momentum)
         u = beta m + (1-beta) g   (nesterov)   or   u = m
         p <- p - lr * (s * NS(u) + weight_decay * p)      [decay only where mask]
 
-    NS is `newton_schulz`, run per block on a fused projection (a leaf under "qkv" or
-    "kv", see `orthogonalise`); s is `shape_factor` (rms_scale). The defaults are the
-    reference's. products (a dtype): NS by `orthogonalise_stacked` instead, its
-    products' inputs rounded to it (ns_dtype unused). The momentum is its EMA form
-    without bias correction: NS ignores a scalar factor, so torch-style m <- beta m + g gives the same step (optax.contrib.muon's
+    NS is `newton_schulz` with the coefficient set ns_coeffs (and its normalisation's eps,
+    or ns_eps), run per block on a fused projection (a leaf under "qkv" or "kv", see
+    `orthogonalise`); s is `shape_factor` (rms_scale). The defaults are the reference's. products (a dtype): NS by
+    `orthogonalise_stacked` instead, its products' inputs rounded to it (ns_dtype
+    unused). The momentum is its EMA form without bias correction: NS ignores a scalar
+    factor, so torch-style m <- beta m + g gives the same step (optax.contrib.muon's
     Nesterov, which bias-corrects m and g by different factors, does not, from step 2).
     As in optim.adamw_update, the decay is decoupled from the gradient and multiplied by
     the learning rate (the reference's p *= 1 - lr * wd).
@@ -181,15 +219,14 @@ def muon_update(grads, state: MuonState, params, *, lr, momentum: float = 0.95, 
             o = o + weight_decay * p
         return p - lr * o
 
+    paths_us, treedef = jax.tree_util.tree_flatten_with_path(us)
+    flat, blocks = [u for _, u in paths_us], [_blocks(path) for path, _ in paths_us]
+    ns = dict(steps=ns_steps, rms_scale=rms_scale, eps=ns_eps, coeffs=ns_coeffs)
     if products is None:
-        updates = jax.tree_util.tree_map_with_path(
-            lambda path, u: orthogonalise(u, blocks=_blocks(path), steps=ns_steps, dtype=ns_dtype,
-                                          rms_scale=rms_scale, eps=ns_eps), us)
+        outs = [orthogonalise(u, blocks=n, dtype=ns_dtype, **ns) for u, n in zip(flat, blocks)]
     else:
-        paths_us, treedef = jax.tree_util.tree_flatten_with_path(us)
-        outs = orthogonalise_stacked([u for _, u in paths_us], [_blocks(path) for path, _ in paths_us],
-                                     steps=ns_steps, products=products, rms_scale=rms_scale, eps=ns_eps)
-        updates = jax.tree_util.tree_unflatten(treedef, outs)
+        outs = orthogonalise_stacked(flat, blocks, products=products, **ns)
+    updates = jax.tree_util.tree_unflatten(treedef, outs)
     return jax.tree.map(step, params, updates, mask), MuonState(count, mu)
 
 
@@ -223,7 +260,7 @@ def hybrid_update(grads, state: HybridState, params, *, muon_lr, adam_lr, muon_m
     decoupled and multiplied by the leaf's learning rate, where decay_mask is True:
     weight_decay on the AdamW leaves, muon_weight_decay (None: weight_decay) on Muon's.
     muon_kw go to muon_update (momentum, nesterov, ns_steps, ns_dtype, rms_scale, ns_eps,
-    products).
+    products, ns_coeffs).
     The masks are trees of Python bools (static under jit): `muon_mask(params)` and
     optim.decay_mask(params)."""
     if decay_mask is None:
