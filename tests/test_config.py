@@ -27,6 +27,7 @@ def run_configs(draw):
             "optim.name": draw(st.sampled_from(["adamw", "muon"])),
             "optim.schedule": draw(st.sampled_from(["cosine", "wsd"])),
             "optim.muon_coeffs": draw(st.sampled_from(["jordan", "polar_express"])),
+            "optim.normuon_beta2": draw(st.sampled_from([0.0, 0.95])),
             "model.norm": draw(st.sampled_from(["layernorm", "rmsnorm"])),
             "model.qk_norm": draw(st.booleans()),
             "model.activation": draw(st.sampled_from(["gelu_tanh", "gelu", "relu2", "swiglu"])),

@@ -2,7 +2,7 @@
 (optax.contrib.muon, and the published Newton-Schulz iteration written out in numpy),
 and their properties: singular values near 1, invariance to the gradient's scale, the
 decay mask, AdamW on the other leaves, fused projections split into blocks. Polar
-Express's coefficients against numpy written from its paper."""
+Express's coefficients and NorMuon against numpy written from their papers."""
 
 import jax
 import jax.numpy as jnp
@@ -313,9 +313,75 @@ def test_polar_express_lands_closer_to_one_than_jordan():
     assert off["polar_express"] < 0.6 * off["jordan"], off
 
 
+def reference_normuon(params, grads, *, lr, beta, beta2, zeropower):
+    """Muon with NorMuon (Li et al. 2025, Algorithm 1, with modded-nanogpt's rescale to
+    the orthogonalised update's norm) over steps of `grads`, float64 numpy, one matrix per
+    block (a fused qkv: three). y = x @ w, so a neuron is a column of w. Returns (params,
+    second moments)."""
+    p = {k: np.asarray(v, np.float64) for k, v in params.items()}
+    m = {k: np.zeros_like(v) for k, v in p.items()}
+    v = {k: np.zeros(x.shape[1]) for k, x in p.items()}
+    for g in grads:
+        for k in p:
+            n = 3 if "qkv" in k else 1
+            gk = np.asarray(g[k], np.float64)
+            m[k] = beta * m[k] + (1 - beta) * gk
+            o = np.concatenate([zeropower(b) for b in np.split(beta * m[k] + (1 - beta) * gk, n, axis=1)], axis=1)
+            v[k] = beta2 * v[k] + (1 - beta2) * np.mean(o ** 2, axis=0)
+            steps = []
+            for ob, vb in zip(np.split(o, n, axis=1), np.split(v[k], n)):
+                hat = ob / np.sqrt(vb)
+                hat *= np.linalg.norm(ob) / np.linalg.norm(hat)
+                steps.append(max(1, ob.shape[1] / ob.shape[0]) ** 0.5 * hat)
+            p[k] = p[k] - lr * np.concatenate(steps, axis=1)
+    return p, v
+
+
+@pytest.mark.parametrize("coeffs", ["jordan", "polar_express"])
+@pytest.mark.parametrize("products", [None, jnp.float64], ids=["per-matrix", "stacked"])
+def test_normuon_two_steps_match_the_paper(coeffs, products):
+    """Two steps (the second moment's EMA then matters) on a model's leaves: the fused qkv
+    (three blocks), out (square), fc (wide), proj (tall), in float64."""
+    zeropower = {"jordan": reference_zeropower, "polar_express": reference_polar_express}[coeffs]
+    with float64():
+        p_m, _ = _muon_leaves(jnp.float64)
+        grads = [_grad(p_m, i) for i in range(2)]
+        state, params = muon_init(p_m, normuon=True), p_m
+        for g in grads:
+            params, state = muon_update(g, state, params, lr=0.1, momentum=0.9, ns_dtype=jnp.float64,
+                                        products=products, ns_coeffs=coeffs, normuon_beta2=0.8)
+        flat = {jax.tree_util.keystr(k): x for k, x in jax.tree_util.tree_leaves_with_path(p_m)}
+        flat_g = [{jax.tree_util.keystr(k): x for k, x in jax.tree_util.tree_leaves_with_path(g)} for g in grads]
+        want_p, want_v = reference_normuon(flat, flat_g, lr=0.1, beta=0.9, beta2=0.8, zeropower=zeropower)
+        got_p = dict(zip(flat, jax.tree.leaves(params)))
+        got_v = dict(zip(flat, jax.tree.leaves(state.nu)))
+        assert len(got_p) == 4 and all(got_v[k].shape == (x.shape[1],) for k, x in got_p.items())
+        for k in flat:
+            np.testing.assert_allclose(got_v[k], want_v[k], rtol=1e-9, atol=0)
+            np.testing.assert_allclose(got_p[k], want_p[k], rtol=0, atol=1e-10)
+            assert np.abs(got_p[k] - flat[k]).max() > 1e-2
+
+
+def test_normuon_evens_out_the_neurons_not_the_inputs():
+    """At the first step nu = (1-beta2) mean_i o_ij^2, so every column (neuron: y = x @ w)
+    of the update gets the same norm, and the rows do not; the whole update keeps plain
+    Muon's norm."""
+    params = {"w": jax.random.normal(jax.random.PRNGKey(0), (24, 64))}
+    g = {"w": jax.random.normal(jax.random.PRNGKey(1), (24, 64)) * jnp.linspace(0.1, 3.0, 64)}
+    step = lambda **kw: (params["w"] - muon_update(g, muon_init(params, normuon=True), params, lr=1.0,
+                                                   momentum=0.0, **kw)[0]["w"])
+    normed, plain = np.asarray(step(normuon_beta2=0.5), np.float64), np.asarray(step(), np.float64)
+    cols, rows = np.linalg.norm(normed, axis=0), np.linalg.norm(normed, axis=1)
+    np.testing.assert_allclose(cols, cols.mean(), rtol=1e-4)
+    assert rows.std() > 10 * cols.std()
+    plain_cols = np.linalg.norm(plain, axis=0)
+    assert plain_cols.std() > 0.1 * plain_cols.mean()  # there was something to even out
+    np.testing.assert_allclose(np.linalg.norm(normed), np.linalg.norm(plain), rtol=1e-5)
+
+
 def _muon_before(grads, state, params, *, lr, momentum=0.95, weight_decay=0.0):
-    """muon_update's default step as it was written before the coefficient sets (per
-    matrix, fused qkv in three blocks): the defaults must still trace to this program."""
+    """muon_update's default step as it was written before the coefficient sets and NorMuon
+    (per matrix, fused qkv in three blocks): the defaults must still trace to this program."""
     def ns(g):
         x = g.astype(jnp.float32)
         tall = x.shape[0] > x.shape[1]
@@ -335,10 +401,15 @@ def _muon_before(grads, state, params, *, lr, momentum=0.95, weight_decay=0.0):
 
 
 def test_defaults_are_the_step_from_before_the_variants():
-    """ns_coeffs="jordan" (the config's default) gives the earlier program's numbers bit
-    for bit."""
+    """ns_coeffs="jordan" and normuon_beta2=0 (the config's defaults) give the earlier
+    program's numbers bit for bit, and a state without second-moment leaves (the
+    checkpoint names of earlier Muon runs)."""
     p_m, g_m = _muon_leaves()
     state = muon_init(p_m)
-    new, _ = jax.jit(lambda g, s, p: muon_update(g, s, p, lr=0.1, weight_decay=0.2))(g_m, state, p_m)
+    assert state.nu is None and len(jax.tree.leaves(state)) == 1 + len(jax.tree.leaves(p_m))
+    new, st = jax.jit(lambda g, s, p: muon_update(g, s, p, lr=0.1, weight_decay=0.2))(g_m, state, p_m)
     old = jax.jit(lambda g, s, p: _muon_before(g, s, p, lr=0.1, weight_decay=0.2))(g_m, state, p_m)
     jax.tree.map(np.testing.assert_array_equal, new, old)
+    assert st.nu is None
+    with pytest.raises(ValueError, match="muon_init\\(params, normuon=True\\)"):
+        muon_update(g_m, state, p_m, lr=0.1, normuon_beta2=0.9)

@@ -60,19 +60,23 @@ def test_muon_is_the_hybrid_with_its_own_rate_momentum_and_decay():
     _same(got, want)
 
 
-def test_muon_coeffs_reach_the_hybrid():
-    """optim.muon_coeffs goes to hybrid_update."""
-    o, params, grads = _setup(**{"optim.name": "muon", "optim.muon_coeffs": "polar_express"})
+def test_muon_coeffs_and_normuon_reach_the_hybrid():
+    """optim.muon_coeffs and optim.normuon_beta2 go to hybrid_update, and NorMuon's second
+    moment is in the state only where it is on."""
+    o, params, grads = _setup(**{"optim.name": "muon", "optim.muon_coeffs": "polar_express",
+                                 "optim.normuon_beta2": 0.9})
     opt, mask = optimizer(o, params), muon_mask(params)
     state = opt.init(params)
-    _same(state, hybrid_init(params, mask))
+    _same(state, hybrid_init(params, mask, normuon=True))
+    assert len(jax.tree.leaves(state.muon.nu)) == sum(jax.tree.leaves(mask))
     got = jax.jit(opt.update)(grads, state, params, 2e-3)
     want = jax.jit(lambda g, s, p: hybrid_update(
         g, s, p, muon_lr=2e-3 * (o.muon_lr / o.lr), adam_lr=2e-3, muon_mask=mask, decay_mask=decay_mask(params),
         b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay, muon_weight_decay=o.muon_weight_decay,
-        momentum=o.muon_momentum, ns_coeffs="polar_express"))(grads, state, params)
+        momentum=o.muon_momentum, ns_coeffs="polar_express", normuon_beta2=0.9))(grads, state, params)
     _same(got, want)
     plain = optimizer(_setup(**{"optim.name": "muon"})[0], params)
+    assert plain.init(params).muon.nu is None
     plain_params = jax.jit(plain.update)(grads, plain.init(params), params, 2e-3)[0]
     assert any(np.abs(a - b).max() > 0 for a, b in zip(jax.tree.leaves(got[0]), jax.tree.leaves(plain_params)))
 
@@ -98,6 +102,8 @@ def test_zero_gradient_moves_each_group_by_its_own_decay():
     ("optim.muon_momentum", 1.0, "optim.muon_momentum=1.0 must be in [0, 1)"),
     ("optim.muon_weight_decay", -0.1, "optim.muon_weight_decay=-0.1 must be >= 0"),
     ("optim.muon_coeffs", "newton", "optim.muon_coeffs='newton' is not one of jordan, polar_express"),
+    ("optim.normuon_beta2", 1.0, "optim.normuon_beta2=1.0 must be in [0, 1) (0 turns NorMuon off)"),
+    ("optim.normuon_beta2", -0.5, "optim.normuon_beta2=-0.5 must be in [0, 1) (0 turns NorMuon off)"),
     ("optim.decay_fraction", 0.0, "optim.decay_fraction=0.0 must be in (0, 1]"),
     ("optim.decay_fraction", 1.5, "optim.decay_fraction=1.5 must be in (0, 1]"),
 ])

@@ -175,6 +175,7 @@ class OptimConfig:
     muon_momentum: float = 0.95
     muon_weight_decay: float = 0.0
     muon_coeffs: str = "jordan"  # Newton-Schulz's (a, b, c): jordan (one quintic) or polar_express (one per step)
+    normuon_beta2: float = 0.0   # > 0: NorMuon, each neuron's Muon update over the RMS of its recent ones; 0 = off
 
     def __post_init__(self):
         check(self.name in OPTIMIZERS, f"optim.name={self.name!r} is not one of {', '.join(OPTIMIZERS)}")
@@ -194,6 +195,8 @@ class OptimConfig:
             check(0 <= v < 1, f"optim.{n}={v!r} must be in [0, 1)")
         check(self.eps > 0, f"optim.eps={self.eps!r} must be > 0")
         check(self.clip_norm >= 0, f"optim.clip_norm={self.clip_norm!r} must be >= 0 (0 disables)")
+        check(0 <= self.normuon_beta2 < 1,
+              f"optim.normuon_beta2={self.normuon_beta2!r} must be in [0, 1) (0 turns NorMuon off)")
 
 
 @dataclass(frozen=True)
