@@ -26,6 +26,8 @@ def run_configs(draw):
             "optim.lr": draw(st.sampled_from([1e-3, 3e-3])), "train.seed": draw(st.integers(0, 2**32 - 1)),
             "optim.name": draw(st.sampled_from(["adamw", "muon"])),
             "optim.schedule": draw(st.sampled_from(["cosine", "wsd"])),
+            "optim.muon_coeffs": draw(st.sampled_from(["jordan", "polar_express"])),
+            "optim.normuon_beta2": draw(st.sampled_from([0.0, 0.95])),
             "model.norm": draw(st.sampled_from(["layernorm", "rmsnorm"])),
             "model.qk_norm": draw(st.booleans()),
             "model.activation": draw(st.sampled_from(["gelu_tanh", "gelu", "relu2", "swiglu"])),

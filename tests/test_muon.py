@@ -1,7 +1,8 @@
 """Muon and the Muon + AdamW hybrid against two independent implementations
 (optax.contrib.muon, and the published Newton-Schulz iteration written out in numpy),
 and their properties: singular values near 1, invariance to the gradient's scale, the
-decay mask, AdamW on the other leaves, fused projections split into blocks."""
+decay mask, AdamW on the other leaves, fused projections split into blocks. Polar
+Express's coefficients and NorMuon against numpy written from their papers."""
 
 import jax
 import jax.numpy as jnp
@@ -19,6 +20,7 @@ from scratchformer.optim.muon import (
     muon_mask,
     muon_update,
     newton_schulz,
+    newton_schulz_stack,
     shape_factor,
 )
 
@@ -262,3 +264,152 @@ def test_stacked_newton_schulz_in_bfloat16_products_beats_the_bfloat16_iteration
         step, exact = np.asarray(p - n, np.float64), _per_block(g, path)
         bf16 = _per_block(g, path, dtype=jnp.bfloat16)
         assert 0 < np.linalg.norm(step - exact) < 0.7 * np.linalg.norm(bf16 - exact)
+
+
+# ---------------------------------------------------------------- Polar Express and NorMuon
+# modded-nanogpt's train_gpt.py, polar_express_coeffs (Amsel et al. 2025, arXiv:2505.16932;
+# num_iters=5, safety_factor=2e-2, cushion=2), copied here so that the module's are checked.
+PE_COEFFS = [(8.156554524902461, -22.48329292557795, 15.878769915207462),
+             (4.042929935166739, -2.808917465908714, 0.5000178451051316),
+             (3.8916678022926607, -2.772484153217685, 0.5060648178503393),
+             (3.285753657755655, -2.3681294933425376, 0.46449024233003106),
+             (2.3465413258596377, -1.7097828382687081, 0.42323551169305323)]
+
+
+def reference_polar_express(g):
+    """X_0 = G / (||G||_F (1 + 2e-2) + 1e-6), X_{k+1} = a_k X + b_k (X X^T) X + c_k (X X^T)^2 X,
+    on the wide orientation, in float64 numpy."""
+    x = np.asarray(g, np.float64)
+    tall = x.shape[0] > x.shape[1]
+    x = x.T if tall else x
+    x = x / (np.linalg.norm(x) * (1 + 2e-2) + 1e-6)
+    for a, b, c in PE_COEFFS:
+        m = x @ x.T
+        x = a * x + b * m @ x + c * m @ m @ x
+    return x.T if tall else x
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_polar_express_matches_the_published_iteration(shape):
+    g = jax.random.normal(jax.random.PRNGKey(sum(shape)), shape)
+    ns = jax.jit(newton_schulz, static_argnames=("dtype", "coeffs"))
+    np.testing.assert_allclose(ns(g, coeffs="polar_express"), reference_polar_express(g), rtol=0, atol=2e-5)
+    with float64():
+        g64 = g.astype(jnp.float64)
+        got = ns(g64, dtype=jnp.float64, coeffs="polar_express")
+        np.testing.assert_allclose(got, reference_polar_express(g), rtol=0, atol=1e-12)
+        wide = g64.T if shape[0] > shape[1] else g64  # the stacked path takes wide matrices only
+        stacked = newton_schulz_stack(jnp.stack([wide, -wide[::-1]]), products=jnp.float64, coeffs="polar_express")
+        np.testing.assert_allclose(stacked[0], reference_polar_express(wide), rtol=0, atol=1e-12)
+        np.testing.assert_allclose(stacked[1], -reference_polar_express(wide[::-1]), rtol=0, atol=1e-12)
+
+
+def test_polar_express_lands_closer_to_one_than_jordan():
+    """The singular values of NS(g) for a random 64 x 32 g: Polar Express's per-step
+    quintics put them within about 0.14 of 1, the one fixed quintic only within about 0.32."""
+    g = np.asarray(jax.random.normal(jax.random.PRNGKey(3), (64, 32)), np.float64)
+    off = {c: np.abs(np.linalg.svd(np.asarray(newton_schulz(jnp.asarray(g, jnp.float32), coeffs=c), np.float64),
+                                   compute_uv=False) - 1).max() for c in ("jordan", "polar_express")}
+    assert off["polar_express"] < 0.6 * off["jordan"], off
+
+
+def reference_normuon(params, grads, *, lr, beta, beta2, zeropower):
+    """Muon with NorMuon (Li et al. 2025, Algorithm 1, with modded-nanogpt's rescale to
+    the orthogonalised update's norm) over steps of `grads`, float64 numpy, one matrix per
+    block (a fused qkv: three). y = x @ w, so a neuron is a column of w. Returns (params,
+    second moments)."""
+    p = {k: np.asarray(v, np.float64) for k, v in params.items()}
+    m = {k: np.zeros_like(v) for k, v in p.items()}
+    v = {k: np.zeros(x.shape[1]) for k, x in p.items()}
+    for g in grads:
+        for k in p:
+            n = 3 if "qkv" in k else 1
+            gk = np.asarray(g[k], np.float64)
+            m[k] = beta * m[k] + (1 - beta) * gk
+            o = np.concatenate([zeropower(b) for b in np.split(beta * m[k] + (1 - beta) * gk, n, axis=1)], axis=1)
+            v[k] = beta2 * v[k] + (1 - beta2) * np.mean(o ** 2, axis=0)
+            steps = []
+            for ob, vb in zip(np.split(o, n, axis=1), np.split(v[k], n)):
+                hat = ob / np.sqrt(vb)
+                hat *= np.linalg.norm(ob) / np.linalg.norm(hat)
+                steps.append(max(1, ob.shape[1] / ob.shape[0]) ** 0.5 * hat)
+            p[k] = p[k] - lr * np.concatenate(steps, axis=1)
+    return p, v
+
+
+@pytest.mark.parametrize("coeffs", ["jordan", "polar_express"])
+@pytest.mark.parametrize("products", [None, jnp.float64], ids=["per-matrix", "stacked"])
+def test_normuon_two_steps_match_the_paper(coeffs, products):
+    """Two steps (the second moment's EMA then matters) on a model's leaves: the fused qkv
+    (three blocks), out (square), fc (wide), proj (tall), in float64."""
+    zeropower = {"jordan": reference_zeropower, "polar_express": reference_polar_express}[coeffs]
+    with float64():
+        p_m, _ = _muon_leaves(jnp.float64)
+        grads = [_grad(p_m, i) for i in range(2)]
+        state, params = muon_init(p_m, normuon=True), p_m
+        for g in grads:
+            params, state = muon_update(g, state, params, lr=0.1, momentum=0.9, ns_dtype=jnp.float64,
+                                        products=products, ns_coeffs=coeffs, normuon_beta2=0.8)
+        flat = {jax.tree_util.keystr(k): x for k, x in jax.tree_util.tree_leaves_with_path(p_m)}
+        flat_g = [{jax.tree_util.keystr(k): x for k, x in jax.tree_util.tree_leaves_with_path(g)} for g in grads]
+        want_p, want_v = reference_normuon(flat, flat_g, lr=0.1, beta=0.9, beta2=0.8, zeropower=zeropower)
+        got_p = dict(zip(flat, jax.tree.leaves(params)))
+        got_v = dict(zip(flat, jax.tree.leaves(state.nu)))
+        assert len(got_p) == 4 and all(got_v[k].shape == (x.shape[1],) for k, x in got_p.items())
+        for k in flat:
+            np.testing.assert_allclose(got_v[k], want_v[k], rtol=1e-9, atol=0)
+            np.testing.assert_allclose(got_p[k], want_p[k], rtol=0, atol=1e-10)
+            assert np.abs(got_p[k] - flat[k]).max() > 1e-2
+
+
+def test_normuon_evens_out_the_neurons_not_the_inputs():
+    """At the first step nu = (1-beta2) mean_i o_ij^2, so every column (neuron: y = x @ w)
+    of the update gets the same norm, and the rows do not; the whole update keeps plain
+    Muon's norm."""
+    params = {"w": jax.random.normal(jax.random.PRNGKey(0), (24, 64))}
+    g = {"w": jax.random.normal(jax.random.PRNGKey(1), (24, 64)) * jnp.linspace(0.1, 3.0, 64)}
+    step = lambda **kw: (params["w"] - muon_update(g, muon_init(params, normuon=True), params, lr=1.0,
+                                                   momentum=0.0, **kw)[0]["w"])
+    normed, plain = np.asarray(step(normuon_beta2=0.5), np.float64), np.asarray(step(), np.float64)
+    cols, rows = np.linalg.norm(normed, axis=0), np.linalg.norm(normed, axis=1)
+    np.testing.assert_allclose(cols, cols.mean(), rtol=1e-4)
+    assert rows.std() > 10 * cols.std()
+    plain_cols = np.linalg.norm(plain, axis=0)
+    assert plain_cols.std() > 0.1 * plain_cols.mean()  # there was something to even out
+    np.testing.assert_allclose(np.linalg.norm(normed), np.linalg.norm(plain), rtol=1e-5)
+
+
+def _muon_before(grads, state, params, *, lr, momentum=0.95, weight_decay=0.0):
+    """muon_update's default step as it was written before the coefficient sets and NorMuon
+    (per matrix, fused qkv in three blocks): the defaults must still trace to this program."""
+    def ns(g):
+        x = g.astype(jnp.float32)
+        tall = x.shape[0] > x.shape[1]
+        x = x.T if tall else x
+        x = (x / (jnp.linalg.norm(x) + 1e-7)).astype(jnp.float32)
+        for _ in range(5):
+            a = x @ x.T
+            x = 3.4445 * x + (-4.7750 * a + 2.0315 * (a @ a)) @ x
+        return (x.T if tall else x).astype(g.dtype)
+
+    mu = jax.tree.map(lambda m, g: momentum * m + (1 - momentum) * g, state.mu, grads)
+    us = jax.tree.map(lambda m, g: momentum * m + (1 - momentum) * g, mu, grads)
+    upd = jax.tree_util.tree_map_with_path(lambda path, u: jnp.concatenate(
+        [shape_factor(*b.shape) * ns(b) for b in jnp.split(u, 3 if "qkv" in jax.tree_util.keystr(path) else 1,
+                                                               axis=1)], axis=1), us)
+    return jax.tree.map(lambda p, o: p - lr * (o + weight_decay * p), params, upd)
+
+
+def test_defaults_are_the_step_from_before_the_variants():
+    """ns_coeffs="jordan" and normuon_beta2=0 (the config's defaults) give the earlier
+    program's numbers bit for bit, and a state without second-moment leaves (the
+    checkpoint names of earlier Muon runs)."""
+    p_m, g_m = _muon_leaves()
+    state = muon_init(p_m)
+    assert state.nu is None and len(jax.tree.leaves(state)) == 1 + len(jax.tree.leaves(p_m))
+    new, st = jax.jit(lambda g, s, p: muon_update(g, s, p, lr=0.1, weight_decay=0.2))(g_m, state, p_m)
+    old = jax.jit(lambda g, s, p: _muon_before(g, s, p, lr=0.1, weight_decay=0.2))(g_m, state, p_m)
+    jax.tree.map(np.testing.assert_array_equal, new, old)
+    assert st.nu is None
+    with pytest.raises(ValueError, match="muon_init\\(params, normuon=True\\)"):
+        muon_update(g_m, state, p_m, lr=0.1, normuon_beta2=0.9)

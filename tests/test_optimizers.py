@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from scratchformer import config, optim
+from scratchformer.optim import muon
 from scratchformer.config import ConfigError
 from scratchformer.models import init_lm
 from scratchformer.optim import optimizer
@@ -59,6 +60,27 @@ def test_muon_is_the_hybrid_with_its_own_rate_momentum_and_decay():
     _same(got, want)
 
 
+def test_muon_coeffs_and_normuon_reach_the_hybrid():
+    """optim.muon_coeffs and optim.normuon_beta2 go to hybrid_update, and NorMuon's second
+    moment is in the state only where it is on."""
+    o, params, grads = _setup(**{"optim.name": "muon", "optim.muon_coeffs": "polar_express",
+                                 "optim.normuon_beta2": 0.9})
+    opt, mask = optimizer(o, params), muon_mask(params)
+    state = opt.init(params)
+    _same(state, hybrid_init(params, mask, normuon=True))
+    assert len(jax.tree.leaves(state.muon.nu)) == sum(jax.tree.leaves(mask))
+    got = jax.jit(opt.update)(grads, state, params, 2e-3)
+    want = jax.jit(lambda g, s, p: hybrid_update(
+        g, s, p, muon_lr=2e-3 * (o.muon_lr / o.lr), adam_lr=2e-3, muon_mask=mask, decay_mask=decay_mask(params),
+        b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay, muon_weight_decay=o.muon_weight_decay,
+        momentum=o.muon_momentum, ns_coeffs="polar_express", normuon_beta2=0.9))(grads, state, params)
+    _same(got, want)
+    plain = optimizer(_setup(**{"optim.name": "muon"})[0], params)
+    assert plain.init(params).muon.nu is None
+    plain_params = jax.jit(plain.update)(grads, plain.init(params), params, 2e-3)[0]
+    assert any(np.abs(a - b).max() > 0 for a, b in zip(jax.tree.leaves(got[0]), jax.tree.leaves(plain_params)))
+
+
 def test_zero_gradient_moves_each_group_by_its_own_decay():
     """NS(0) = 0 and AdamW's m^/(sqrt(v^)+eps) = 0: a leaf moves only by lr_group * wd_group * p."""
     o, params, _ = _setup(**{"optim.name": "muon", "optim.muon_lr": 0.04, "optim.weight_decay": 0.1,
@@ -79,6 +101,9 @@ def test_zero_gradient_moves_each_group_by_its_own_decay():
     ("optim.muon_lr", 0.0, "optim.muon_lr=0.0 must be > 0"),
     ("optim.muon_momentum", 1.0, "optim.muon_momentum=1.0 must be in [0, 1)"),
     ("optim.muon_weight_decay", -0.1, "optim.muon_weight_decay=-0.1 must be >= 0"),
+    ("optim.muon_coeffs", "newton", "optim.muon_coeffs='newton' is not one of jordan, polar_express"),
+    ("optim.normuon_beta2", 1.0, "optim.normuon_beta2=1.0 must be in [0, 1) (0 turns NorMuon off)"),
+    ("optim.normuon_beta2", -0.5, "optim.normuon_beta2=-0.5 must be in [0, 1) (0 turns NorMuon off)"),
     ("optim.decay_fraction", 0.0, "optim.decay_fraction=0.0 must be in (0, 1]"),
     ("optim.decay_fraction", 1.5, "optim.decay_fraction=1.5 must be in (0, 1]"),
 ])
@@ -92,3 +117,4 @@ def test_every_name_config_accepts_is_built():
     """config.py's tuples of names and optim's builders agree, both ways."""
     assert set(optim._BUILD_OPTIMIZER) == set(config.OPTIMIZERS)
     assert set(optim._BUILD_SCHEDULE) == set(config.SCHEDULES)
+    assert set(muon.NS_SCHEDULES) == set(config.MUON_COEFFS)

@@ -27,6 +27,7 @@ ROPE_SCALINGS = ("", "llama3")  # "": none
 PRODUCTS = ("auto", "float32", "bfloat16")
 LM_ONLY = ("value_embed", "unet_skips", "attn_gate")  # model options of the decoder-only LM alone
 OPTIMIZERS = ("adamw", "muon")  # built by optim.optimizer
+MUON_COEFFS = ("jordan", "polar_express")  # Newton-Schulz coefficient sets, optim/muon.py's NS_SCHEDULES
 SCHEDULES = ("cosine", "wsd")   # built by optim.schedule
 # The linear layers lora.targets may name (lora.py finds each in a block's params):
 # attention's query, key, value and output projections (q, k, v: column blocks of the
@@ -185,10 +186,14 @@ class OptimConfig:
     muon_lr: float = 0.02       # Muon's peak rate (Jordan et al.'s reference); the schedule scales it as lr
     muon_momentum: float = 0.95
     muon_weight_decay: float = 0.0
+    muon_coeffs: str = "jordan"  # Newton-Schulz's (a, b, c): jordan (one quintic) or polar_express (one per step)
+    normuon_beta2: float = 0.0   # > 0: NorMuon, each neuron's Muon update over the RMS of its recent ones; 0 = off
 
     def __post_init__(self):
         check(self.name in OPTIMIZERS, f"optim.name={self.name!r} is not one of {', '.join(OPTIMIZERS)}")
         check(self.schedule in SCHEDULES, f"optim.schedule={self.schedule!r} is not one of {', '.join(SCHEDULES)}")
+        check(self.muon_coeffs in MUON_COEFFS,
+              f"optim.muon_coeffs={self.muon_coeffs!r} is not one of {', '.join(MUON_COEFFS)}")
         check(math.isfinite(self.lr) and self.lr > 0, f"optim.lr={self.lr!r} must be > 0")
         check(math.isfinite(self.muon_lr) and self.muon_lr > 0, f"optim.muon_lr={self.muon_lr!r} must be > 0")
         check(0 <= self.min_lr <= self.lr, f"optim.min_lr={self.min_lr!r} must be in [0, optim.lr={self.lr!r}]")
@@ -202,6 +207,8 @@ class OptimConfig:
             check(0 <= v < 1, f"optim.{n}={v!r} must be in [0, 1)")
         check(self.eps > 0, f"optim.eps={self.eps!r} must be > 0")
         check(self.clip_norm >= 0, f"optim.clip_norm={self.clip_norm!r} must be >= 0 (0 disables)")
+        check(0 <= self.normuon_beta2 < 1,
+              f"optim.normuon_beta2={self.normuon_beta2!r} must be in [0, 1) (0 turns NorMuon off)")
 
 
 @dataclass(frozen=True)

@@ -41,9 +41,10 @@ def adamw(o: OptimConfig, params, products=None) -> Optimizer:
 
 
 def muon_adamw(o: OptimConfig, params, products=None) -> Optimizer:
-    """muon.hybrid_update: Muon (optim.muon_lr, muon_momentum, muon_weight_decay; the
-    reference's Nesterov, 5 Newton-Schulz steps and shape factor) on the hidden matrices
-    (muon.muon_mask), AdamW (optim.lr, b1, b2, eps, weight_decay) on every other leaf.
+    """muon.hybrid_update: Muon (optim.muon_lr, muon_momentum, muon_weight_decay,
+    muon_coeffs, and NorMuon where normuon_beta2 > 0; the reference's Nesterov, 5
+    Newton-Schulz steps and shape factor) on the hidden matrices (muon.muon_mask), AdamW
+    (optim.lr, b1, b2, eps, weight_decay) on every other leaf.
     The state is a muon.HybridState, holding None at the other optimizer's leaves.
     products: the dtype of the Newton-Schulz products' inputs (model.products), or None."""
     on_muon = muon_mask(params)
@@ -53,8 +54,9 @@ def muon_adamw(o: OptimConfig, params, products=None) -> Optimizer:
     def update(grads, state, params, lr):
         return hybrid_update(grads, state, params, muon_lr=lr * ratio, adam_lr=lr, muon_mask=on_muon,
                              decay_mask=decay, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay,
-                             muon_weight_decay=o.muon_weight_decay, momentum=o.muon_momentum, products=products)
-    return Optimizer(lambda p: hybrid_init(p, on_muon), update)
+                             muon_weight_decay=o.muon_weight_decay, momentum=o.muon_momentum, products=products,
+                             ns_coeffs=o.muon_coeffs, normuon_beta2=o.normuon_beta2)
+    return Optimizer(lambda p: hybrid_init(p, on_muon, normuon=o.normuon_beta2 > 0), update)
 
 
 _BUILD_OPTIMIZER = {"adamw": adamw, "muon": muon_adamw}  # keys: config.OPTIMIZERS
