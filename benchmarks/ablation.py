@@ -65,6 +65,8 @@ ON_PRESET = {
     "unet_skips": ["model.unet_skips=true"],
     "attn_gate": ["model.attn_gate=true"],
     "lm_options": ["model.value_embed=true", "model.unet_skips=true", "model.attn_gate=true"],
+    "polar_express": ["optim.muon_coeffs=polar_express"],  # Muon's variants (optim/muon.py)
+    "normuon": ["optim.normuon_beta2=0.95"],
     # the block options and schedule of NEW and EXTRAS that the Muon presets leave off
     "rmsnorm": NEW["rmsnorm"], "relu2": NEW["relu2"], "zero_init": NEW["zero_init"],
     "untied": NEW["untied"], "softcap": NEW["softcap"], "wsd": EXTRAS["new+wsd"],
@@ -129,7 +131,7 @@ def read_run(name: str, seed: int, run_dir: Path, log: Path, *, cmd, wall, load,
     reached = {}
     for thr in thresholds:
         hit = next((s for s in sorted(evals) if evals[s] is not None and evals[s] <= thr), None)
-        reached[f"{thr:.2f}"] = None if hit is None else {"step": hit, "s": seconds.get(hit, hit * train_s / steps)}
+        reached[f"{thr:g}"] = None if hit is None else {"step": hit, "s": seconds.get(hit, hit * train_s / steps)}
     return {"recipe": name, "seed": seed, "val_loss": summary["val_loss"], "best_periodic_val_loss":
             summary["best_periodic_val_loss"], "train_time_s": train_s, "ms_per_step": 1000 * train_s / steps,
             "steps": steps, "wall_s": wall, "load_before": load[0], "load_after": load[1], "reached": reached,
@@ -160,7 +162,7 @@ def table(runs: list[dict], order: list[str], thresholds) -> str:
     head = ["recipe", "seeds", "val loss mean", "sd", "p", "median (min-max)", "train s", "ms/step"]
     base = [r["val_loss"] for r in runs if r["recipe"] == order[0]]
     for thr in thresholds:
-        head.append(f"<= {thr:.2f}: step / s (n)")
+        head.append(f"<= {thr:g}: step / s (n)")
     lines = ["| " + " | ".join(head) + " |", "| " + " | ".join(["---"] + ["---:"] * (len(head) - 1)) + " |"]
     for name in order:
         rs = [r for r in runs if r["recipe"] == name]
@@ -173,7 +175,7 @@ def table(runs: list[dict], order: list[str], thresholds) -> str:
                  f"{median(vals):.4f} ({min(vals):.4f}-{max(vals):.4f})",
                  fmt(median([r["train_time_s"] for r in rs]), ".1f"), fmt(median([r["ms_per_step"] for r in rs]), ".1f")]
         for thr in thresholds:
-            hits = [r["reached"][f"{thr:.2f}"] for r in rs if r["reached"][f"{thr:.2f}"]]
+            hits = [r["reached"][f"{thr:g}"] for r in rs if r["reached"][f"{thr:g}"]]
             if not hits:
                 cells.append(f"- (0/{len(rs)})")
             else:

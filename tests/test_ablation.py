@@ -37,8 +37,8 @@ def test_own_recipe_reads_the_first_step_at_each_loss(tmp_path):
     saved = json.loads(out.read_text())
     assert saved["recipes"] == {"mine": ["optim.name=muon", "train.steps=500"]}
     (run,) = saved["runs"]
-    # 1.50: first at step 250 (7.25 s from the log); 1.47: at 375 (1.4699), not 500 (1.48, above)
-    assert run["reached"] == {"1.50": {"step": 250, "s": 7.25}, "1.47": {"step": 375, "s": 11.0}}
+    # 1.5: first at step 250 (7.25 s from the log); 1.47: at 375 (1.4699), not 500 (1.48, above)
+    assert run["reached"] == {"1.5": {"step": 250, "s": 7.25}, "1.47": {"step": 375, "s": 11.0}}
     assert run["ms_per_step"] == 40.0 and "| mine | 1 | 1.4621" in done.stdout
 
 
