@@ -6,8 +6,8 @@ random windows drawn from a numpy array each step, zero_grad(set_to_none=True)).
 On a CPU nanoGPT runs eager (`--compile=False` in its README's CPU command) and in
 float32 (autocast is off for device 'cpu'); `--compile` tries torch.compile too.
 
-Not part of the package; needs torch (`pip install torch==2.13.0` in its own
-environment). Two modes.
+Not part of the package; needs torch (the `dev` extra installs it, as the tests'
+oracle). Two modes.
 
 Timing (the default): fixed shapes on random tokens; prints one JSON object with the
 same fields as `scratchformer bench --json`'s "train" rows, and torch's own 2048^2

@@ -196,10 +196,9 @@ def orthogonalise(u_MxN, *, blocks: int = 1, steps: int = 5, dtype=NS_DTYPE, rms
     and v, and its shape factor would be that of a D x 3D matrix). scale=False: without
     the shape factor (NorMuon's statistics are of the unscaled update)."""
     parts = jnp.split(u_MxN, blocks, axis=1)
-    if not scale:
-        return jnp.concatenate([newton_schulz(p, steps, dtype, eps, coeffs) for p in parts], axis=1)
-    return jnp.concatenate([shape_factor(*p.shape, rms_scale) * newton_schulz(p, steps, dtype, eps, coeffs)
-                            for p in parts], axis=1)
+    factors = [shape_factor(*p.shape, rms_scale) if scale else 1.0 for p in parts]
+    return jnp.concatenate([f * newton_schulz(p, steps, dtype, eps, coeffs) for f, p in zip(factors, parts)],
+                           axis=1)
 
 
 def normuon(o_MxN, nu_N, beta2: float, blocks: int = 1):
