@@ -34,6 +34,19 @@ def test_cached_equals_uncached(params, prompt_len, n_new, temperature, top_k, t
     assert len(a) == prompt_len + n_new and (a[:prompt_len] == prompt).all()
 
 
+def test_decoding_weights_made_once_give_the_same_tokens(params):
+    """A layout made by decoding_weights and passed to several calls samples what each
+    call's own conversion does, and it is the transposed layout (not the training one)."""
+    layout = decode.decoding_weights(params)
+    assert any("w_t" in str(path) for path, _ in jax.tree_util.tree_leaves_with_path(layout))
+    for prompt, seed in (([1, 2, 3], 0), ([4], 5)):
+        a = generate(params, CFG, prompt, 20, seed=seed, layout=layout)
+        np.testing.assert_array_equal(a, generate(params, CFG, prompt, 20, seed=seed))
+    # and ignored without the cache, which has no one-token steps
+    np.testing.assert_array_equal(generate(params, CFG, [1, 2], 10, use_cache=False, layout=layout),
+                                  generate(params, CFG, [1, 2], 10, use_cache=False))
+
+
 @pytest.mark.parametrize("n_filled,n_steps", [(1, 0), (1, 5), (3, 300), (255, 1), (256, 1), (257, 10),
                                               (1, 8191), (5000, 3192), (8192, 0)])
 def test_cache_sizes_hold_the_prefill_and_every_step(n_filled, n_steps):

@@ -97,9 +97,17 @@ def cache_sizes(n_filled: int, n_steps: int) -> list[int]:
     return sizes
 
 
+@jax.jit
+def decoding_weights(params) -> dict:
+    """The block weights as the cached sampler's one-token steps read them
+    (kernels.decoding_layout). `generate` converts them in every call unless given them:
+    a caller sampling more than once makes them once and passes them as `layout`."""
+    return decoding_layout(params["blocks"])
+
+
 @partial(jax.jit, static_argnames=("cfg", "n_prompt", "n_new", "temperature", "top_k", "top_p", "use_cache"))
-def _generate(params, tokens_L, key, *, cfg: ModelConfig, n_prompt: int, n_new: int, temperature: float,
-              top_k: int, top_p: float, use_cache: bool):
+def _generate(params, tokens_L, key, layout=None, *, cfg: ModelConfig, n_prompt: int, n_new: int,
+              temperature: float, top_k: int, top_p: float, use_cache: bool):
     big_t = cfg.block_size
     keep = max(1, big_t // 2)
     # Room for a full window read past the last token.
@@ -142,10 +150,10 @@ def _generate(params, tokens_L, key, *, cfg: ModelConfig, n_prompt: int, n_new: 
     # next token triggers a re-prefill of the last `keep` tokens. Laying the loop out
     # that way (no lax.cond inside it) keeps XLA from copying the cache every token.
     # One-token steps multiply by each weight matrix as a matrix-vector product, for
-    # which kernels.py may store the weights in another layout: converted once here,
-    # before the loops. The (re-)prefills are ordinary matrix products and keep the
-    # training layout.
-    step_params = {**params, "blocks": decoding_layout(params["blocks"])}
+    # which kernels.py may store the weights in another layout: `layout` when the caller
+    # made it once (decoding_weights), else converted here, before the loops. The
+    # (re-)prefills are ordinary matrix products and keep the training layout.
+    step_params = {**params, "blocks": decoding_layout(params["blocks"]) if layout is None else layout}
 
     def single(i, carry):
         buf, s, logits, cache = carry
@@ -188,8 +196,9 @@ def _generate(params, tokens_L, key, *, cfg: ModelConfig, n_prompt: int, n_new: 
 
 
 def generate(params, cfg: ModelConfig, prompt_ids, n_new: int, *, seed: int = 0, temperature: float = 0.8,
-             top_k: int = 0, top_p: float = 1.0, use_cache: bool = True) -> np.ndarray:
-    """Prompt ids (at least one) followed by n_new generated ids, as numpy."""
+             top_k: int = 0, top_p: float = 1.0, use_cache: bool = True, layout=None) -> np.ndarray:
+    """Prompt ids (at least one) followed by n_new generated ids, as numpy. `layout`:
+    decoding_weights(params), to reuse over several calls (with the cache only)."""
     prompt = np.asarray(prompt_ids, np.int32)
     if prompt.ndim != 1 or len(prompt) == 0:
         raise ValueError("the prompt must hold at least one token")
@@ -200,13 +209,14 @@ def generate(params, cfg: ModelConfig, prompt_ids, n_new: int, *, seed: int = 0,
     # that a sample too long for memory (its ids, 4 bytes per token, are held three times:
     # the input, the loop's buffer and the output) is an error first.
     tokens = jax.ShapeDtypeStruct((len(prompt) + n_new,), jnp.int32)
-    run = _generate.lower(params, tokens, key, cfg=cfg, n_prompt=len(prompt), n_new=n_new,
+    layout = layout if use_cache else None
+    run = _generate.lower(params, tokens, key, layout, cfg=cfg, n_prompt=len(prompt), n_new=n_new,
                           temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
                           use_cache=use_cache).compile()
     check_fits(run, jax.local_devices()[:1], what=f"sampling {n_new:,} tokens",
-               advice="ask for fewer tokens", allocated=tree_bytes(params))
+               advice="ask for fewer tokens", allocated=tree_bytes(params) + tree_bytes(layout or {}))
     tokens = jnp.concatenate([jnp.asarray(prompt), jnp.zeros((n_new,), jnp.int32)])
-    return np.asarray(run(params, tokens, key))
+    return np.asarray(run(params, tokens, key, layout))
 
 
 # ---------------------------------------------------------------- encoder-decoder
