@@ -65,6 +65,7 @@ ON_PRESET = {
     "unet_skips": ["model.unet_skips=true"],
     "attn_gate": ["model.attn_gate=true"],
     "lm_options": ["model.value_embed=true", "model.unet_skips=true", "model.attn_gate=true"],
+    "bigram_embed": ["model.bigram_embed=true"],
     "polar_express": ["optim.muon_coeffs=polar_express"],  # Muon's variants (optim/muon.py)
     "normuon": ["optim.normuon_beta2=0.95"],
     # the block options and schedule of NEW and EXTRAS that the Muon presets leave off

@@ -2,6 +2,7 @@
 back through `train --config` into the same config, whatever preset is given on top.
 Bad values of the model's block options are one-line errors naming the value."""
 
+import dataclasses
 import json
 
 import pytest
@@ -137,10 +138,16 @@ def test_lm_options_need_a_decoder_only_model_and_two_layers_for_skips():
         make_config("lm", "cpu-quick", {"model.unet_skips": "true", "model.n_layer": "1"})
     assert str(e.value) == ("model.unet_skips=true pairs the first half's layers with the second's: "
                             "model.n_layer=1 must be >= 2")
-    for key in ("value_embed", "unet_skips", "attn_gate"):
+    for key in ("value_embed", "unet_skips", "attn_gate", "bigram_embed"):
         with pytest.raises(ConfigError) as e:
             make_config("reverse", None, {f"model.{key}": "true"})
         assert str(e.value) == (f"model.{key}=true is a language-model option (lm runs); the encoder-decoder "
                                 "of the reverse task does not have it")
     m = make_config("lm", "cpu-quick", {f"model.{k}": "true" for k in ("value_embed", "unet_skips", "attn_gate")})
     assert (m.model.value_embed, m.model.unet_skips, m.model.attn_gate) == (True, True, True)
+    big = make_config("lm", "cpu-quick", {"model.bigram_embed": "true"})
+    assert dataclasses.replace(big, model=dataclasses.replace(big.model, vocab_size=65)).model.bigram_embed
+    with pytest.raises(ConfigError) as e:  # the vocabulary comes from the data: a BPE corpus's is too large
+        dataclasses.replace(big, model=dataclasses.replace(big.model, vocab_size=8192))
+    assert str(e.value) == ("model.bigram_embed=true keeps (V + 1) x V rows, one per pair of symbols: the "
+                            "vocabulary's 8,192 symbols are over 1,024 (a character vocabulary fits); turn it off")

@@ -405,7 +405,7 @@ def test_bad_uses_of_an_imported_run(small_run, tmp_path, capsys):
     (dict(n_kv_head=2, fused_qkv=False), "model.n_kv_head=2"), (dict(head_dim=16), "model.head_dim=16"),
     (dict(activation="swiglu"), "model.activation='swiglu'"), (dict(bias=False, qkv_bias=True), "model.bias=False"),
     (dict(value_embed=True), "model.value_embed=True"), (dict(unet_skips=True), "model.unet_skips=True"),
-    (dict(attn_gate=True), "model.attn_gate=True"),
+    (dict(attn_gate=True), "model.attn_gate=True"), (dict(bigram_embed=True), "model.bigram_embed=True"),
 ])
 def test_export_refuses_what_gpt2_does_not_have(over, named):
     """GPT-2 has one key/value head per query head, heads d_model / n_head wide, a GELU

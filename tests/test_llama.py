@@ -479,7 +479,7 @@ def test_an_import_holds_the_float32_model_about_once(tmp_path):
     assert (tmp_path / "run" / "checkpoints" / "best.safetensors").stat().st_size > float32_bytes
 
 
-@pytest.mark.parametrize("key", ["value_embed", "unet_skips", "attn_gate"])
+@pytest.mark.parametrize("key", ["value_embed", "unet_skips", "attn_gate", "bigram_embed"])
 def test_export_refuses_the_lm_options_a_llama_does_not_have(key):
     """A Llama-shaped run with value embeddings, U-net skips or head-wise gates computes
     what no LlamaForCausalLM does: refused by name."""

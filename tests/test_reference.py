@@ -55,11 +55,14 @@ OPTIONS = {
     "attn_gate": dict(attn_gate=True),
     "attn_gate_rope": dict(attn_gate=True, positions="rope", n_kv_head=2, fused_qkv=False),
     "record": dict(value_embed=True, unet_skips=True, attn_gate=True, n_layer=4),
+    "bigram_embed": dict(bigram_embed=True),
+    "bigram_embed_rope": dict(bigram_embed=True, positions="rope", value_embed=True),
 }
 # Options whose reference, turned off on the same parameters, must give logits further
 # off than the tolerances below (so that the comparison fails if the model ignores them).
 OFF = {"qk_norm": False, "activation": "gelu_tanh", "logit_softcap": 0.0, "qkv_bias": False, "rope_theta": 10000.0,
-       "rope_scaling": "", "value_embed": False, "unet_skips": False, "attn_gate": False}
+       "rope_scaling": "", "value_embed": False, "unet_skips": False, "attn_gate": False,
+       "bigram_embed": False}
 
 
 def _perturbed(params, seed):
@@ -201,6 +204,9 @@ def lm_reference(p, ids, cfg):
         x = p["embed"]["tokens"][ids[b]]
         if cfg.positions == "learned":  # (rotary positions turn queries and keys in attention instead)
             x = x + p["embed"]["positions"][:ids.shape[1]]
+        if cfg.bigram_embed:  # row (previous, current); the first token's previous is "none", row V
+            prev = [cfg.vocab_size] + list(ids[b][:-1])
+            x = x + np.stack([p["embed"]["bigrams"][a * cfg.vocab_size + c] for a, c in zip(prev, ids[b])])
         values = p["embed"]["values"][ids[b]] if cfg.value_embed else None
         outputs = []  # U-net: layer L-1-i adds layer i's output, weighted, to its input
         n = len(p["blocks"])

@@ -140,6 +140,26 @@ def test_cached_equals_uncached_with_the_lm_options():
         assert len(set(a[prompt_len:].tolist())) > 1
 
 
+def test_bigram_embedding_cached_equals_uncached_and_starts_as_the_model_without():
+    """model.bigram_embed: each cached step pairs its token with the one before it (in the
+    window: a step never starts one), every prefill and the uncached window start from the
+    "no previous symbol" row, so both samplers give the same tokens, past the block size
+    too. Its table starts at zero, where the logits are those of the model without it."""
+    cfg = dataclasses.replace(CFG, bigram_embed=True)
+    p0 = init_lm(jax.random.PRNGKey(0), cfg)
+    ids = jnp.asarray([[3, 1, 4, 1, 5, 9, 2, 6]])
+    base = {**p0, "embed": {k: v for k, v in p0["embed"].items() if k != "bigrams"}}
+    np.testing.assert_array_equal(lm_forward(p0, ids, cfg=cfg)[0], lm_forward(base, ids, cfg=CFG)[0])
+    p = {**p0, "embed": {**p0["embed"], "bigrams": jax.random.normal(jax.random.PRNGKey(1), p0["embed"]["bigrams"].shape)}}
+    for prompt_len, n_new in [(1, 30), (12, 20)]:
+        prompt = np.arange(prompt_len) % 13
+        a = generate(p, cfg, prompt, n_new, seed=3, temperature=0.8)
+        np.testing.assert_array_equal(a, generate(p, cfg, prompt, n_new, seed=3, temperature=0.8, use_cache=False))
+        assert len(set(a[prompt_len:].tolist())) > 1
+    # the pair table matters: the same weights without it sample other tokens
+    assert (generate(p, cfg, [1], 30, seed=3) != generate(base, CFG, [1], 30, seed=3)).any()
+
+
 def test_greedy_matches_a_naive_loop(params):
     """Greedy generation = argmax of a plain forward over the sliding window each step."""
     prompt, n_new, t, keep = [1, 2, 3], 15, CFG.block_size, CFG.block_size // 2

@@ -25,7 +25,8 @@ NORMS = ("layernorm", "rmsnorm")
 ACTIVATIONS = ("gelu_tanh", "gelu", "relu2", "swiglu")
 ROPE_SCALINGS = ("", "llama3")  # "": none
 PRODUCTS = ("auto", "float32", "bfloat16")
-LM_ONLY = ("value_embed", "unet_skips", "attn_gate")  # model options of the decoder-only LM alone
+MAX_BIGRAM_VOCAB = 1024  # model.bigram_embed's table has (V + 1) x V rows
+LM_ONLY = ("value_embed", "unet_skips", "attn_gate", "bigram_embed")  # model options of the decoder-only LM alone
 OPTIMIZERS = ("adamw", "muon")  # built by optim.optimizer
 MUON_COEFFS = ("jordan", "polar_express")  # Newton-Schulz coefficient sets, optim/muon.py's NS_SCHEDULES
 SCHEDULES = ("cosine", "wsd")   # built by optim.schedule
@@ -107,6 +108,8 @@ class ModelConfig:
                                # (modded-nanogpt's U-net)
     attn_gate: bool = False    # each head's attention output times sigmoid(x W_g), x the block's normed input,
                                # W_g starting at 0 (Qiu et al. 2025, a head-wise gate)
+    bigram_embed: bool = False  # a row per (previous, current) symbol pair added to the token embedding,
+                                # starting at zero; for character vocabularies (<= MAX_BIGRAM_VOCAB)
 
     def __post_init__(self):
         check_positive(self, "model", "n_layer", "n_head", "d_model", "d_ff", "block_size")
@@ -288,7 +291,11 @@ class RunConfig:
                   "LoRA's adapters train with optim.name=adamw (Muon orthogonalises the update of a whole "
                   "matrix, not of the two thin factors of a low-rank one)")
         self.data.check_run(self)
-        n = approx_params(self.model, self.data.stacks, self.data.max_vocab(self))
+        vocab = self.data.max_vocab(self)
+        check(not self.model.bigram_embed or vocab <= MAX_BIGRAM_VOCAB,
+              f"model.bigram_embed=true keeps (V + 1) x V rows, one per pair of symbols: the vocabulary's "
+              f"{vocab:,} symbols are over {MAX_BIGRAM_VOCAB:,} (a character vocabulary fits); turn it off")
+        n = approx_params(self.model, self.data.stacks, vocab)
         check(n <= MAX_PARAMS, f"the model would have ~{n:.3g} parameters, over the limit {MAX_PARAMS:.3g}")
 
     def to_dict(self) -> dict:
@@ -300,4 +307,5 @@ def approx_params(m: ModelConfig, stacks: int, vocab: int) -> int:
     attn = 2 * m.d_model * m.head_width * (m.n_head + m.kv_heads)  # q and out; k and v
     per_block = attn + (3 if m.activation == "swiglu" else 2) * m.d_model * m.d_ff
     values = vocab * m.head_width * m.kv_heads if m.value_embed else 0
-    return stacks * m.n_layer * per_block + vocab * m.d_model + m.block_size * m.d_model + values
+    bigrams = (vocab + 1) * vocab * m.d_model if m.bigram_embed else 0
+    return stacks * m.n_layer * per_block + vocab * m.d_model + m.block_size * m.d_model + values + bigrams

@@ -158,7 +158,9 @@ def _generate(params, tokens_L, key, layout=None, *, cfg: ModelConfig, n_prompt:
     def single(i, carry):
         buf, s, logits, cache = carry
         buf, tok = sample_at(buf, i, logits)
-        out, cache = lm_forward(step_params, tok[None, None], cfg=cfg, cache=cache, pos=n_prompt + i - s)
+        # The token before `tok` is in the window: a step never starts one (bigram_embed's pair).
+        out, cache = lm_forward(step_params, tok[None, None], cfg=cfg, cache=cache, pos=n_prompt + i - s,
+                                prev=buf[n_prompt + i - 1][None])
         return buf, s, out[0, 0], cache
 
     def slide(i, carry):

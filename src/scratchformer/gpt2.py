@@ -53,7 +53,8 @@ REQUIRED = {  # settings of other architectures built on GPT2Config that our mod
 }
 # A run exports as GPT-2 only with GPT-2's own choices for these (the rest map to config.json).
 GPT2_MODEL = {"positions": "learned", "norm": "layernorm", "qk_norm": False, "bias": True, "logit_softcap": 0.0,
-              "n_kv_head": 0, "head_dim": 0, "value_embed": False, "unet_skips": False, "attn_gate": False}
+              "n_kv_head": 0, "head_dim": 0, "value_embed": False, "unet_skips": False, "attn_gate": False,
+              "bigram_embed": False}
 
 
 # ---------------------------------------------------------------- config.json <-> ModelConfig

@@ -54,7 +54,8 @@ KNOWN = IGNORED | {
 }
 # A run exports as a Llama only with these choices (the rest map to config.json).
 LLAMA_MODEL = {"norm": "rmsnorm", "positions": "rope", "activation": "swiglu", "bias": False, "qk_norm": False,
-               "logit_softcap": 0.0, "fused_qkv": False, "value_embed": False, "unet_skips": False, "attn_gate": False}
+               "logit_softcap": 0.0, "fused_qkv": False, "value_embed": False, "unet_skips": False, "attn_gate": False,
+               "bigram_embed": False}
 
 
 # ---------------------------------------------------------------- config.json <-> ModelConfig

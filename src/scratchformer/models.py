@@ -4,7 +4,7 @@ layers, LayerNorms and the position add are called through kernels.py, whose FAS
 chooses layers.py's textbook versions or CPU fast paths with the same numbers.
 The "modern block" options of ModelConfig (norm, qk_norm, activation, zero_init,
 logit_softcap; the attention's n_kv_head, head_dim, qkv_bias and rope settings; the LM's
-value_embed, unet_skips and attn_gate) are
+value_embed, unet_skips, attn_gate and bigram_embed) are
 looked up here, in NORM_LAYERS, ACTIVATION_FUNCTIONS and `_rope`, and passed down;
 model.products is entered around every function that runs linear layers (`_in_products`).
 
@@ -12,7 +12,7 @@ Shape legend: B batch, T target/time positions, S source positions, D model widt
 V vocabulary, L layers.
 
 Parameter trees are nested dicts with stable keys; those keys are the checkpoint names:
-  LM:     {"embed": {"tokens", "positions"?, "values"?}, "blocks": [{"ln1","attn","ln2","mlp"}...],
+  LM:     {"embed": {"tokens", "positions"?, "values"?, "bigrams"?}, "blocks": [{"ln1","attn","ln2","mlp"}...],
            "ln_f", "head"?, "skips"?}
           attn: {"qkv", "out"} (fused) or {"q", "k", "v", "out"}, each linear {"w", "b"?},
                 + "head_gate" (linear, no bias) and "value_gain" (1 number) with the LM's options;
@@ -250,17 +250,32 @@ def init_lm(key, cfg: ModelConfig) -> dict:
                                                    cfg.kv_heads * cfg.head_width)
     if cfg.unet_skips:  # one weight per pair of layers, starting at 1 (modded-nanogpt)
         params["skips"] = jnp.ones((cfg.n_layer // 2,), jnp.float32)
+    if cfg.bigram_embed:  # at zero: the untrained model is the one without the table
+        params["embed"]["bigrams"] = jnp.zeros(((cfg.vocab_size + 1) * cfg.vocab_size, cfg.d_model), jnp.float32)
     return params
 
 
-def _lm_trunk(params, ids_BxT, *, cfg: ModelConfig, train, key, cache, pos, blocked: bool):
+def bigram_ids(ids_BxT, prev_B, vocab: int):
+    """Row of each token's (previous, current) pair in model.bigram_embed's table:
+    previous * V + current, the previous symbol of the first token being `prev_B` or, where
+    None (a window's start, in training, evaluation and every prefill alike), V."""
+    first = jnp.full(ids_BxT.shape[:1], vocab, ids_BxT.dtype) if prev_B is None else prev_B.astype(ids_BxT.dtype)
+    prev_BxT = jnp.concatenate([first[:, None], ids_BxT[:, :-1]], axis=1)
+    return prev_BxT * vocab + ids_BxT
+
+
+def _lm_trunk(params, ids_BxT, *, cfg: ModelConfig, train, key, cache, pos, blocked: bool, prev=None):
     """Embedding, blocks and final norm: (x_BxTxD, new cache, per-layer self-attention
-    probs). blocked: causal attention may run in query blocks (no probs then).
+    probs). blocked: causal attention may run in query blocks (no probs then). prev: the
+    ids before the first of ids_BxT (model.bigram_embed; see bigram_ids).
     model.unet_skips: the outputs of the first L // 2 layers are kept, and layer
     L - 1 - i adds layer i's, times params["skips"][L // 2 - 1 - i], to its input."""
     t = ids_BxT.shape[1]
     k_emb, *k_blocks = _keys(key, cfg.n_layer + 1)
-    x = dropout(k_emb, _embed(params["embed"], "tokens", ids_BxT, pos, cfg), cfg.dropout, train=train)
+    x = _embed(params["embed"], "tokens", ids_BxT, pos, cfg)
+    if cfg.bigram_embed:
+        x = x + embed(params["embed"]["bigrams"], bigram_ids(ids_BxT, prev, cfg.vocab_size), x.dtype)
+    x = dropout(k_emb, x, cfg.dropout, train=train)
     values = embed(params["embed"]["values"], ids_BxT, x.dtype) if cfg.value_embed else None
     mask = causal_mask(t) if cache is None else cache_mask(t, cache_slots(cache), pos)
     half = cfg.n_layer // 2 if cfg.unet_skips else 0
@@ -277,16 +292,18 @@ def _lm_trunk(params, ids_BxT, *, cfg: ModelConfig, train, key, cache, pos, bloc
     return norm(params["ln_f"], x, cfg), new_cache, probs
 
 
-def lm_forward(params, ids_BxT, *, cfg: ModelConfig, train=False, key=None, cache=None, pos=0, at=None):
+def lm_forward(params, ids_BxT, *, cfg: ModelConfig, train=False, key=None, cache=None, pos=0, at=None, prev=None):
     """Logits BxTxV for tokens at positions pos..pos+T-1.
 
     Without a cache the sequence attends causally to itself (pos must be 0). With a
     cache (from `init_cache`, S slots) the T tokens are written at slots pos.. and
     attend to every earlier slot. `at` (an index into T, may be traced): the logits of
     that one token only, Bx1xV, for a sampler (the head's T x D x V product is the
-    largest of a forward pass at a large vocabulary). Returns (logits, new_cache)."""
+    largest of a forward pass at a large vocabulary). `prev` (B ids, may be traced): the
+    tokens before ids_BxT's first, which model.bigram_embed pairs it with; None at a
+    window's start. Returns (logits, new_cache)."""
     x, new_cache, _ = _lm_trunk(params, ids_BxT, cfg=cfg, train=train, key=key, cache=cache, pos=pos,
-                                blocked=cache is None)
+                                blocked=cache is None, prev=prev)
     if at is not None:
         x = jax.lax.dynamic_slice_in_dim(x, at, 1, axis=1)
     return _head(params, "tokens", x, cfg), (None if cache is None else new_cache)
