@@ -101,7 +101,7 @@ class ModelConfig:
     attn_block: int = 128     # causal self-attention in query blocks of this many positions
                               # (skips the masked half) when T is a multiple >= 2x; 0 = off
     # Language-model options from the small-model speedruns (modded-nanogpt; Tiny Shakespeare's
-    # record, BENCHMARKS.md "Value embeddings, U-net skips, attention gates, NorMuon, Polar Express"):
+    # record, BENCHMARKS.md "Value embeddings, U-net skips, attention gates, NorMuon, Polar Express, bigrams"):
     value_embed: bool = False  # a second token table added to every layer's values, times a learned gain
                                # per layer (value embeddings, modded-nanogpt; value residuals, Zhou et al. 2024)
     unet_skips: bool = False   # layer L-1-i also reads layer i's output, i < L/2, times a learned weight
