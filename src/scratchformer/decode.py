@@ -153,7 +153,7 @@ def _generate(params, tokens_L, key, layout=None, *, cfg: ModelConfig, n_prompt:
     # which kernels.py may store the weights in another layout: `layout` when the caller
     # made it once (decoding_weights), else converted here, before the loops. The
     # (re-)prefills are ordinary matrix products and keep the training layout.
-    step_params = {**params, "blocks": decoding_layout(params["blocks"]) if layout is None else layout}
+    step_params = {**params, "blocks": decoding_weights(params) if layout is None else layout}
 
     def single(i, carry):
         buf, s, logits, cache = carry
@@ -216,7 +216,7 @@ def generate(params, cfg: ModelConfig, prompt_ids, n_new: int, *, seed: int = 0,
                           temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
                           use_cache=use_cache).compile()
     check_fits(run, jax.local_devices()[:1], what=f"sampling {n_new:,} tokens",
-               advice="ask for fewer tokens", allocated=tree_bytes(params) + tree_bytes(layout or {}))
+               advice="ask for fewer tokens", allocated=tree_bytes(params) + tree_bytes(layout))
     tokens = jnp.concatenate([jnp.asarray(prompt), jnp.zeros((n_new,), jnp.int32)])
     return np.asarray(run(params, tokens, key, layout))
 
