@@ -35,18 +35,22 @@ from .layers import at_least_f32
 _PRODUCTS = None
 
 
-def has_amx() -> bool:
-    """Whether this CPU has AMX tiles for bfloat16 (Linux's amx_bf16 flag)."""
-    return "amx_bf16" in machine.cpu_flags()
+def has_bf16_products() -> bool:
+    """Whether this CPU multiplies bfloat16 in hardware: AMX tiles (Linux's amx_bf16 flag)
+    or AVX-512's BF16 dot products (avx512_bf16). XLA's CPU backend runs a bfloat16
+    product with a float32 result faster than a float32 product on both, and slower
+    without either (BENCHMARKS.md, "bfloat16 products (`model.products`)")."""
+    flags = machine.cpu_flags()
+    return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
 def product_dtype(setting: str, backend: str | None = None):
     """The dtype model.products names (None: the activations' own). "auto" is bfloat16
-    on a CPU with AMX, where the presets' steps are faster so (BENCHMARKS.md, "bfloat16
-    products (`model.products`)"), and None elsewhere."""
+    on a CPU with bfloat16 instructions (`has_bf16_products`), where the presets' steps
+    are faster so, and None elsewhere."""
     if setting == "auto":
         backend = backend or jax.default_backend()
-        return jnp.dtype(jnp.bfloat16) if backend == "cpu" and has_amx() else None
+        return jnp.dtype(jnp.bfloat16) if backend == "cpu" and has_bf16_products() else None
     return None if setting == "float32" else jnp.dtype(setting)
 
 
@@ -85,8 +89,8 @@ def _matmul_fwd(x, w, dtype):
 
 
 def _matmul_bwd(dtype, res, g):
-    # XLA's CPU backend runs a bfloat16 product in AMX only when neither operand is
-    # transposed; these two are computed in float32 there, still from the rounded
+    # XLA's CPU backend runs a bfloat16 product in AMX or AVX-512 BF16 only when neither
+    # operand is transposed; these two are computed in float32 there, still from the rounded
     # inputs (BENCHMARKS.md, "bfloat16 products (`model.products`)").
     x, w = res
     out, g_in = g.dtype, rounded(g, dtype)

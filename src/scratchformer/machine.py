@@ -14,8 +14,8 @@ import functools
 import os
 import platform
 
-# The extensions named in `describe`, most capable first: AMX tiles for bfloat16 (what
-# model.products=auto looks for), AVX-512, AVX2.
+# The extensions named in `describe`, most capable first: AMX tiles for bfloat16, AVX-512,
+# AVX2. (model.products=auto looks for bfloat16 instructions itself: kernels.has_bf16_products.)
 _EXTENSIONS = (("amx_bf16", "AMX"), ("avx512f", "AVX-512"), ("avx2", "AVX2"))
 
 

@@ -225,5 +225,5 @@ def cpu_note(cfg: RunConfig, preset: str, backend: str | None = None) -> str | N
                 f"~{6 * t.steps / 3600:.0f} hours (the cpu preset is sized for a CPU)")
     if cfg.model.dtype == "bfloat16":
         return ("model.dtype=bfloat16 is slower than float32 on a CPU; it is meant for GPUs (model.products="
-                "bfloat16 rounds only the matrix products' inputs: faster on a CPU with AMX)")
+                "bfloat16 rounds only the matrix products' inputs: faster on a CPU with bfloat16 instructions)")
     return None

@@ -58,7 +58,7 @@ NS_SCHEDULES = {"jordan": ((NS_COEFFS,), 1.0, 1e-7), "polar_express": (POLAR_EXP
 FUSED_BLOCKS = {"qkv": 3, "kv": 2}
 # Newton-Schulz in float32 by default: on XLA's CPU backend a bfloat16 iteration is no
 # faster and leaves the result much further from U V^T. With model.products=bfloat16 (the
-# CPU presets on a CPU with AMX) the iteration keeps X in float32 and rounds only the
+# CPU presets on a CPU with bfloat16 instructions) the iteration keeps X in float32 and rounds only the
 # products' inputs, for every matrix of a shape at once (`newton_schulz_stack`;
 # BENCHMARKS.md, "Newton-Schulz: stacked by shape, not on the Gram matrix").
 NS_DTYPE = jnp.float32
@@ -127,7 +127,7 @@ def newton_schulz_stack(g_LxMxN, steps: int = 5, products=jnp.bfloat16, eps: flo
     """`newton_schulz` of each of L wide matrices (M <= N) at once, X in float32 and each
     product's inputs rounded to `products` with float32 sums (float64 inputs and
     products: float64 throughout, for the tests). One batched product per term instead
-    of one per matrix: on XLA's CPU backend with AMX that is faster than the float32
+    of one per matrix: on XLA's CPU backend with AMX or AVX-512 BF16 that is faster than the float32
     iteration one matrix at a time, and batched float32 products are slower
     (BENCHMARKS.md, "Newton-Schulz: stacked by shape, not on the Gram matrix")."""
     x = g_LxMxN.astype(jnp.promote_types(g_LxMxN.dtype, jnp.float32))  # float64 stays (tests)
