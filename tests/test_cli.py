@@ -444,7 +444,7 @@ def bad_input_files(tmp_path_factory, lm_run, rev_run, corpus):
     (tmp / "latin1.txt").write_bytes("café au lait ".encode("latin-1") * 50)
     (tmp / "short.txt").write_text("to be or not")
     (tmp / "one.txt").write_text("t")
-    (tmp / "two-windows.txt").write_text("abcdefghij" * 8)  # 56 training characters: 2 windows of 16
+    (tmp / "two-windows.txt").write_text("abcdefghij" * 8)  # 56 training characters: 2 windows of 16, none of 32
     (tmp / "foreign.txt").write_text("the lazy dog. Zwei Straße " * 3)
     (tmp / "nockpt").mkdir()
     (tmp / "started").mkdir()  # a run just started: its config, no metrics logged yet
@@ -653,10 +653,10 @@ BAD_INPUTS = [
     _case("set-of-the-other-tasks-key",
           lambda f: ([*f.lm, "--set", "data.max_len=7"],
                      "data.max_len is a setting of the reverse task; the lm task does not use it")),
-    _case("epoch-order-batch-over-the-texts-windows",
+    _case("epoch-order-with-no-whole-window",
           lambda f: (["train", "lm", "--data", f.tmp / "two-windows.txt", "--set", "data.order=epoch",
-                      "--set", "model.block_size=16", "--set", "train.batch_size=8", "--set", "data.val_fraction=0.3"],
-                     "data.order=epoch: train.batch_size=8 is more than the 2 windows of model.block_size=16")),
+                      "--set", "model.block_size=32", "--set", "train.batch_size=8", "--set", "data.val_fraction=0.3"],
+                     "data.order=epoch: the training split's 56 tokens hold no window of model.block_size=32 tokens")),
     _case("unknown-data-order",
           lambda f: ([*f.lm, "--set", "data.order=sequential"], "data.order='sequential' is not one of random, epoch")),
     _case("set-of-the-other-tasks-key-reverse",

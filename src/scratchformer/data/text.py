@@ -211,7 +211,7 @@ def epoch_windows(n_tokens: int, block: int) -> int:
 
 def epoch_starts(rng, step, n_tokens: int, *, block: int, batch: int):
     """Where step's B windows start under data.order=epoch (a pure function of the run's
-    key and the step, so a resumed run reads the same). Needs batch <= epoch_windows and
+    key and the step, so a resumed run reads the same). Needs epoch_windows >= 1 and
     epoch_windows * batch < 2**31 (int32), which LMTask checks."""
     n = epoch_windows(n_tokens, block)
     q, r = step // n, step % n
@@ -222,6 +222,8 @@ def epoch_starts(rng, step, n_tokens: int, *, block: int, batch: int):
         k_perm, k_shift = jax.random.split(jax.random.fold_in(jax.random.fold_in(rng, ORDER_STREAM), e))
         return jax.random.randint(k_shift, (), 0, block) + jax.random.permutation(k_perm, n) * block
 
+    if batch > n:  # a short text: a batch spans several epochs, each row drawn from its own
+        return jax.vmap(lambda e, p: order(e)[p])(epoch, pos)
     first, second = order(epoch[0]), order(epoch[0] + 1)  # B <= n: a batch spans at most two epochs
     return jnp.where(epoch == epoch[0], first[pos], second[pos])
 
