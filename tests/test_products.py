@@ -98,11 +98,11 @@ def test_model_gradients_fast_and_textbook_agree_under_products(monkeypatch):
         assert float(jnp.abs(a - b).max()) <= 0.02 * float(jnp.abs(b).max()) + 1e-6
 
 
-def test_auto_is_bfloat16_on_a_cpu_with_amx_only(monkeypatch):
-    monkeypatch.setattr(kernels, "has_amx", lambda: True)
+def test_auto_is_bfloat16_on_a_cpu_with_bfloat16_instructions_only(monkeypatch):
+    monkeypatch.setattr(kernels, "has_bf16_products", lambda: True)
     assert kernels.product_dtype("auto", "cpu") == BF16
     assert kernels.product_dtype("auto", "gpu") is None
-    monkeypatch.setattr(kernels, "has_amx", lambda: False)
+    monkeypatch.setattr(kernels, "has_bf16_products", lambda: False)
     assert kernels.product_dtype("auto", "cpu") is None
     assert kernels.product_dtype("float32") is None
     assert kernels.product_dtype("bfloat16", "gpu") == BF16
@@ -111,6 +111,7 @@ def test_auto_is_bfloat16_on_a_cpu_with_amx_only(monkeypatch):
 def test_cpu_presets_choose_by_machine():
     for preset in ("cpu-quick", "cpu-quick-classic", "cpu", "cpu-classic", "gpt2-finetune"):
         assert make_config("lm", preset).model.products == "auto"
+    assert make_config("lm", "cpu-record").model.products == "float32"  # the last thousandths over speed
     assert ModelConfig().products == "float32"  # imports and tests: exact float32 unless asked
 
 

@@ -97,38 +97,43 @@ CPU_CLASSIC = {  # AdamW on GPT-2's block, the seed's `cpu` preset: tuned on a 2
     "model.n_layer": 4, "model.n_head": 4, "model.d_model": 192, "model.d_ff": 768,
     "model.block_size": 128, "model.dropout": 0.0,
     "model.attn_block": 64,  # two query blocks at T=128: a little faster per step on a CPU ("Query-block attention")
-    "model.products": "auto",  # bfloat16 products on a CPU with AMX (kernels.product_dtype)
+    "model.products": "auto",  # bfloat16 products on a CPU with bfloat16 instructions (kernels.product_dtype)
     "optim.lr": 3e-3, "optim.min_lr": 1e-4, "optim.warmup_steps": 100,
     "train.batch_size": 32, "train.steps": 2500, "train.eval_every": 500,
     "train.checkpoint_every": 500, "train.steps_per_call": 20,
 }
 CPU = {**CPU_CLASSIC, "optim.name": "muon", "optim.muon_weight_decay": 0.2, "train.ema": 0.98, "train.steps": 1500}
 PRESETS = {
-    # A low validation loss within ~30 s on a 2-core CPU: the classic settings with Muon on
+    # A low validation loss within ~40 s on a 2-core CPU: the classic settings with Muon on
     # the hidden matrices (of the block options, the change that paid), weight decay on Muon's
     # matrices and the weights' moving average evaluated, at width 96 (3 heads of 32): its
-    # steps are so much shorter than width 128's that 1,200 of them end as low as 1,000 at
-    # width 128, in less time. Zero-initialised output projections lowered the loss at this
-    # shape at no cost a step and keep the GPT-2 block (exportable). (BENCHMARKS.md, "Muon
-    # against AdamW", "`cpu-quick`: width 96, 1,200 steps", "Block options: RMSNorm, QK-norm,
-    # ReLU^2, zero-init, untied head, softcap")
+    # steps are so much shorter than width 128's that more of them end lower in less time.
+    # Zero-initialised output projections lowered the loss at this shape at no cost a step
+    # and keep the GPT-2 block (exportable). 1,400 steps since bfloat16 products made them
+    # fit; NorMuon lowered the loss there. (BENCHMARKS.md, "Muon against AdamW", "`cpu-quick`:
+    # width 96, 1,400 steps, NorMuon", "Block options: RMSNorm, QK-norm, ReLU^2, zero-init,
+    # untied head, softcap")
     "cpu-quick": {**CPU_QUICK_CLASSIC, "model.d_model": 96, "model.d_ff": 384, "model.n_head": 3,
                   "model.zero_init": True, "optim.name": "muon", "optim.muon_weight_decay": 0.1,
-                  "train.ema": 0.99, "train.steps": 1200},
+                  "optim.normuon_beta2": 0.95, "train.ema": 0.99, "train.steps": 1400},
     "cpu-quick-classic": CPU_QUICK_CLASSIC,
     FINETUNE_PRESET: FINETUNE,
     # The default with --lora R: the fine-tune's settings at the LoRA paper's rate for
     # GPT-2 (Hu et al. 2021, Table 11: 2e-4). Adapters whose B starts at zero move the
     # model far less per step than full fine-tuning's rate would: at 3e-5 they barely do.
     LORA_PRESET: {**FINETUNE, "optim.lr": 2e-4, "optim.min_lr": 2e-4},
+    # The demo: `cpu-record`'s recipe cut to 1,250 steps, about 7 minutes on the AVX-512
+    # EPYC (BENCHMARKS.md, "`cpu`: the record's recipe in 1,250 steps").
+    "cpu": {**CPU, "data.order": "epoch", "train.steps": 1250},
     # Muon on the classic settings for 1,500 steps: AdamW ends higher in more steps, and
     # Muon overfits past 1,500; its matrices decayed at 0.2, the regularisation that holds
-    # the overfitting off, and the moving average evaluated. (BENCHMARKS.md, "Muon against
-    # AdamW", "Weight decay on Muon's matrices", "The moving average of the weights")
-    "cpu": CPU,
-    # `cpu` reading every window once an epoch, reshuffled: lower at every seed in the same
-    # steps (BENCHMARKS.md, "Data order: every window once an epoch").
-    "cpu-record": {**CPU, "data.order": "epoch"},
+    # the overfitting off, and the moving average evaluated; every window read once an
+    # epoch, reshuffled: lower at every seed in the same steps. (BENCHMARKS.md, "Muon
+    # against AdamW", "Weight decay on Muon's matrices", "The moving average of the
+    # weights", "Data order: every window once an epoch"). Float32 products wherever the
+    # CPU has bfloat16 ones: their rounding cost up to 0.005 of the last few thousandths
+    # ("`cpu`: the record's recipe in 1,250 steps").
+    "cpu-record": {**CPU, "data.order": "epoch", "model.products": "float32"},
     "cpu-classic": CPU_CLASSIC,
     # nanoGPT's shakespeare_char GPU settings, but 2,500 steps (not 5,000) and bf16: the
     # validation loss bottoms out before 2,500 steps and then overfits, and bf16 trains
@@ -198,13 +203,14 @@ class LMTask(DrawnOnDevice):
 
     @staticmethod
     def _check_epochs(cfg: RunConfig, n_tokens: int) -> None:
-        """data.order=epoch needs a batch of at most one epoch's windows (a batch spans two
-        epochs at most), and their product within int32 (text.epoch_starts)."""
-        n, batch = text.epoch_windows(n_tokens, cfg.model.block_size), cfg.train.batch_size
-        if batch > n:
-            raise DataError(f"data.order=epoch: train.batch_size={batch} is more than the {n} windows of "
-                            f"model.block_size={cfg.model.block_size} tokens the training split holds; use "
-                            "data.order=random, a smaller batch or more text")
+        """data.order=epoch needs a window at every shift below the block (2 x block tokens),
+        and windows x batch within int32 (text.epoch_starts)."""
+        block, batch = cfg.model.block_size, cfg.train.batch_size
+        n = text.epoch_windows(n_tokens, block)
+        if n < 1:
+            raise DataError(f"data.order=epoch: the training split's {n_tokens} tokens hold no window of "
+                            f"model.block_size={block} tokens at every shift (that needs {2 * block}); use "
+                            "data.order=random, a smaller block or more text")
         if n * batch >= 2**31:
             raise DataError(f"data.order=epoch: {n:,} windows an epoch x train.batch_size={batch} passes 2**31; "
                             "use data.order=random or a smaller batch")
