@@ -38,7 +38,7 @@ LM_TINY = ["--set", "model.n_layer=1", "--set", "model.d_model=32", "--set", "mo
            "--set", "optim.warmup_steps=5", "--set", "train.eval_every=20", "--set", "train.checkpoint_every=20",
            "--set", "data.eval_windows=8"]
 # The presets' model.products=auto as the first line names it on this machine: "float32",
-# or "float32 with bfloat16 products" on a CPU with AMX.
+# or "float32 with bfloat16 products" on a CPU with bfloat16 instructions (AMX, AVX-512 BF16).
 AUTO = precision(ModelConfig(products="auto"))
 REV_TINY = ["--set", "model.n_layer=1", "--set", "model.d_model=32", "--set", "data.max_len=6",
             "--set", "model.block_size=8", "--set", "data.eval_size=200", "--set", "train.batch_size=16",

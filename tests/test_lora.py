@@ -21,7 +21,7 @@ from scratchformer import checkpoint as ckpt
 from scratchformer import lora
 from scratchformer.checkpoint import flatten
 from scratchformer.cli import main
-from scratchformer.config import LoraConfig
+from scratchformer.config import LoraConfig, ModelConfig
 from scratchformer.data.text import CharTokenizer
 from scratchformer.errors import ConfigError
 from scratchformer.gpt2 import save_weights_run
@@ -29,6 +29,7 @@ from scratchformer.kernels import linear
 from scratchformer.layers import LowRank
 from scratchformer.loop import dry_run
 from scratchformer.models import init_lm, lm_forward
+from scratchformer.records import precision
 from scratchformer.runconfig import make_config
 from scratchformer.runs import load
 from scratchformer.start import training_start
@@ -209,9 +210,9 @@ def reference(corpus, source, tmp_path_factory):
     ref = tmp_path_factory.mktemp("ref") / "run"
     r = run_cli("train", "lm", "--init-from", source, "--data", corpus, "--out", ref, *ARGS)
     assert r.returncode == 0, r.stderr
-    said = r.stderr.replace(" with bfloat16 products", "")  # the preset's products=auto, on a CPU with them
-    assert "parameters (1 layers x 32, 2 heads, context 16, float32), frozen; LoRA trains 896 in rank-4 " \
-           "adapters on q, v, fc;" in said, r.stderr
+    auto = precision(ModelConfig(products="auto"))  # the LoRA preset's products, as named on this machine
+    assert f"parameters (1 layers x 32, 2 heads, context 16, {auto}), frozen; LoRA trains 896 in rank-4 " \
+           "adapters on q, v, fc;" in r.stderr, r.stderr
     return ref
 
 

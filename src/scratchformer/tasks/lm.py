@@ -130,9 +130,9 @@ PRESETS = {
     # the overfitting off, and the moving average evaluated; every window read once an
     # epoch, reshuffled: lower at every seed in the same steps. (BENCHMARKS.md, "Muon
     # against AdamW", "Weight decay on Muon's matrices", "The moving average of the
-    # weights", "Data order: every window once an epoch"). Float32 products wherever the
-    # CPU has bfloat16 ones: their rounding cost up to 0.005 of the last few thousandths
-    # ("`cpu`: the record's recipe in 1,250 steps").
+    # weights", "Data order: every window once an epoch"). Float32 products even where the
+    # CPU has bfloat16 ones: their rounding raised seed 0 by 0.005 at 1,500 steps, a mean
+    # at the 1.44 line (BENCHMARKS.md, "`cpu`: the record's recipe in 1,250 steps").
     "cpu-record": {**CPU, "data.order": "epoch", "model.products": "float32"},
     "cpu-classic": CPU_CLASSIC,
     # nanoGPT's shakespeare_char GPU settings, but 2,500 steps (not 5,000) and bf16: the
