@@ -21,6 +21,7 @@ from scratchformer.optim.muon import (
     muon_update,
     newton_schulz,
     newton_schulz_stack,
+    orthogonalise_stacked,
     shape_factor,
 )
 
@@ -264,6 +265,17 @@ def test_stacked_newton_schulz_in_bfloat16_products_beats_the_bfloat16_iteration
         step, exact = np.asarray(p - n, np.float64), _per_block(g, path)
         bf16 = _per_block(g, path, dtype=jnp.bfloat16)
         assert 0 < np.linalg.norm(step - exact) < 0.7 * np.linalg.norm(bf16 - exact)
+
+
+def test_a_lone_tall_matrix_orthogonalises_in_bfloat16_products():
+    """A matrix of a shape no other has, taller than wide and as large as a preset's (a
+    one-layer model's MLP output; a multi-token prediction module's 2D x D projection):
+    XLA's CPU backend once folded its transpose into a bfloat16 product it cannot run.
+    The update is the float32 iteration's, to bfloat16's rounding."""
+    u = jax.random.normal(jax.random.PRNGKey(0), (192, 96))
+    got = jax.jit(lambda u: orthogonalise_stacked([u], [1], products=jnp.bfloat16))(u)[0]
+    want = shape_factor(192, 96) * np.asarray(newton_schulz(u.T, dtype=jnp.float32)).T
+    assert np.linalg.norm(np.asarray(got) - want) < 0.05 * np.linalg.norm(want)
 
 
 # ---------------------------------------------------------------- Polar Express and NorMuon

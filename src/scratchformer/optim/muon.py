@@ -158,8 +158,13 @@ def orthogonalise_stacked(us, blocks, *, steps: int = 5, products=jnp.bfloat16, 
         by_shape.setdefault(p.shape, []).append(j)
     done = {}
     for at in by_shape.values():
-        done.update(zip(at, newton_schulz_stack(jnp.stack([parts[j][2] for j in at]), steps, products, eps,
-                                                coeffs)))
+        stack = jnp.stack([parts[j][2] for j in at])
+        if len(at) == 1:  # two or more are copied into a new array; one is a reshape of its own
+            # The barrier keeps a lone tall matrix's transpose out of the first product: XLA's
+            # CPU backend folds it in, then has no bfloat16 product of that form ("Unsupported
+            # element type for DotThunk").
+            stack = jax.lax.optimization_barrier(stack)
+        done.update(zip(at, newton_schulz_stack(stack, steps, products, eps, coeffs)))
     mine = [[] for _ in us]
     for j, (i, tall, _) in enumerate(parts):
         o = done[j].T if tall else done[j]
