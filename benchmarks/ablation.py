@@ -68,6 +68,7 @@ ON_PRESET = {
     "bigram_embed": ["model.bigram_embed=true"],
     "polar_express": ["optim.muon_coeffs=polar_express"],  # Muon's variants (optim/muon.py)
     "normuon": ["optim.normuon_beta2=0.95"],
+    "mtp": ["model.mtp_depth=1"],  # multi-token prediction: one module, DeepSeek-V3's weight 0.3
     # the block options and schedule of NEW and EXTRAS that the Muon presets leave off
     "rmsnorm": NEW["rmsnorm"], "relu2": NEW["relu2"], "zero_init": NEW["zero_init"],
     "untied": NEW["untied"], "softcap": NEW["softcap"], "wsd": EXTRAS["new+wsd"],

@@ -85,6 +85,9 @@ def test_a_config_json_reads_back_as_the_same_config(tmp_path_factory, drawn, da
                                          "model.rope_low_freq_factor=1.0"),
     ("model.rope_original_positions", "0", "model.rope_original_positions=0 must be > 0"),
     ("model.value_embed", "2", "model.value_embed='2' is not a valid bool (true/false, 1/0, yes/no, on/off)"),
+    ("model.mtp_depth", "64", "model.mtp_depth=64 must be in [0, model.block_size=64)"),
+    ("model.mtp_depth", "-1", "model.mtp_depth=-1 must be in [0, model.block_size=64)"),
+    ("model.mtp_weight", "-0.5", "model.mtp_weight=-0.5 must be >= 0"),
 ])
 def test_bad_block_options_are_one_line_errors(key, value, message):
     with pytest.raises(ConfigError) as e:
@@ -138,10 +141,11 @@ def test_lm_options_need_a_decoder_only_model_and_two_layers_for_skips():
         make_config("lm", "cpu-quick", {"model.unet_skips": "true", "model.n_layer": "1"})
     assert str(e.value) == ("model.unet_skips=true pairs the first half's layers with the second's: "
                             "model.n_layer=1 must be >= 2")
-    for key in ("value_embed", "unet_skips", "attn_gate", "bigram_embed"):
+    for key, value in [("value_embed", "true"), ("unet_skips", "true"), ("attn_gate", "true"),
+                       ("bigram_embed", "true"), ("mtp_depth", "2")]:
         with pytest.raises(ConfigError) as e:
-            make_config("reverse", None, {f"model.{key}": "true"})
-        assert str(e.value) == (f"model.{key}=true is a language-model option (lm runs); the encoder-decoder "
+            make_config("reverse", None, {f"model.{key}": value})
+        assert str(e.value) == (f"model.{key}={value} is a language-model option (lm runs); the encoder-decoder "
                                 "of the reverse task does not have it")
     m = make_config("lm", "cpu-quick", {f"model.{k}": "true" for k in ("value_embed", "unet_skips", "attn_gate")})
     assert (m.model.value_embed, m.model.unet_skips, m.model.attn_gate) == (True, True, True)

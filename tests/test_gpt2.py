@@ -205,16 +205,18 @@ def test_export_loads_in_transformers_with_the_same_logits(imported, tmp_path):
 
 
 def test_a_trained_run_exports_to_transformers(tmp_path, bpe_files, capsys):
-    """A run of ours (trained a few steps, untied head, separate q/k/v matrices) loads in
-    transformers and gives our logits."""
+    """A run of ours (trained a few steps, untied head, separate q/k/v matrices, a
+    multi-token prediction module, which only training uses) loads in transformers and
+    gives our logits."""
     data, src = tmp_path / "tokens", bpe_files[0]
     code, _, err = cli(capsys, "prepare", src / "text.txt", "--out", data, "--tokenizer", "bpe", "--gpt2",
                        src / "vocab.json", src / "merges.txt")
     assert code == 0, err
     code, _, err = cli(capsys, "train", "lm", "--data", data, "--out", tmp_path / "run", "--preset", "cpu-quick",
                        "--steps", "4", "--set", "optim.warmup_steps=1", "--set", "model.tie_embeddings=false",
-                       "--set", "model.fused_qkv=false", "--no-progress")
+                       "--set", "model.fused_qkv=false", "--set", "model.mtp_depth=1", "--no-progress")
     assert code == 0, err
+    assert " of them in a multi-token prediction module that only training uses; " in err
     assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "hf")]) == 0
     task, params = ours(tmp_path / "run")
     back = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "hf").eval()

@@ -4,8 +4,8 @@ positions, here pre-LN too), sharing nothing with the package but the parameter 
 and the config's option values. The block options (RMSNorm, QK-norm, exact GELU, ReLU
 squared, SwiGLU, a logit soft-cap, an untied head, no biases or biases on q, k and v
 only, grouped-query attention, a stated head width, rotary positions with their base and
-Llama 3's scaling; the LM's value embeddings, U-net skips and head-wise attention gates)
-are checked one at a time and together (as LLaMA, Qwen2 and the cpu-record recipe combine
+Llama 3's scaling; the LM's value embeddings, U-net skips and head-wise attention gates;
+training's multi-token prediction) are checked one at a time and together (as LLaMA, Qwen2 and the cpu-record recipe combine
 them), the JAX model in float64 there so that only a wrong formula could differ. The
 parameters are perturbed so that every bias and gain matters."""
 
@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from scratchformer.config import ModelConfig
+from scratchformer.loss import lm_loss
 from scratchformer.models import PAD_ID, encdec_forward, init_encdec, init_lm, lm_forward
 
 from conftest import float64
@@ -198,6 +199,11 @@ LM_IDS = np.asarray(jax.random.randint(jax.random.PRNGKey(2), (3, 12), 0, 13))
 
 
 def lm_reference(p, ids, cfg):
+    return np.stack([head(p, h, p["embed"]["tokens"], cfg) for h in lm_hidden(p, ids, cfg)])
+
+
+def lm_hidden(p, ids, cfg):
+    """The final norm's output, B x T x D."""
     causal = np.tril(np.ones((ids.shape[1], ids.shape[1]), bool))
     out = []
     for b in range(len(ids)):
@@ -215,7 +221,7 @@ def lm_reference(p, ids, cfg):
                 x = x + p["skips"][i - (n - n // 2)] * outputs[n - 1 - i]
             x = self_block(blk, x, causal, cfg, values=values)
             outputs.append(x)
-        out.append(head(p, ln(p["ln_f"], x, cfg), p["embed"]["tokens"], cfg))
+        out.append(ln(p["ln_f"], x, cfg))
     return np.stack(out)
 
 
@@ -246,6 +252,64 @@ def test_lm_block_options_match_the_numpy_reference(name):
     _assert_options_matter(lambda p, c: lm_reference(p, LM_IDS, c), p, cfg, want)
     if cfg.logit_softcap:
         assert np.abs(want).max() > 0.8 * cfg.logit_softcap  # the cap bends the logits, not only scales them
+
+
+def log_softmax(z):
+    z = z - z.max(-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+
+def mtp_loss_reference(p, ids, cfg):
+    """Training's loss sum with DeepSeek-V3's multi-token prediction (sec. 2.2) for windows
+    ids[:, :-1] -> ids[:, 1:]: module k at position i projects [norm(h_i); norm(E[t_{i+k}])]
+    (h: the module before it, the trunk's normed output for k = 1), runs a block, and
+    predicts t_{i+k+1} through its own norm and the shared head, at every i whose target
+    is in the window; its token losses are added times mtp_weight / mtp_depth."""
+    inputs, targets = ids[:, :-1], ids[:, 1:]
+    t, table = inputs.shape[1], p["embed"]["tokens"]
+    causal, plain = np.tril(np.ones((t, t), bool)), dataclasses.replace(cfg, value_embed=False)
+    total = 0.0
+    for b in range(len(ids)):
+        h = lm_hidden(p, inputs[b:b + 1], cfg)[0]
+        total -= log_softmax(head(p, h, table, cfg))[np.arange(t), targets[b]].sum()
+        for k, m in enumerate(p["mtp"]["blocks"], 1):
+            ahead = np.concatenate([targets[b, k - 1:], np.zeros(k - 1, int)])  # t_{i+k}; past the window: 0
+            x = np.concatenate([ln(m["ln_h"], h, cfg), ln(m["ln_e"], table[ahead], cfg)], -1) @ m["proj"]["w"]
+            h = self_block(m, x, causal, plain)
+            logp = log_softmax(head(p, ln(m["ln_f"], h, cfg), table, cfg))
+            total -= cfg.mtp_weight / cfg.mtp_depth * logp[np.arange(t - k), targets[b, k:]].sum()
+    return total
+
+
+MTP_IDS = np.asarray(jax.random.randint(jax.random.PRNGKey(5), (2, 13), 0, 13))
+
+
+@pytest.mark.parametrize("name,over", [
+    ("one", dict(mtp_depth=1)),
+    ("two", dict(mtp_depth=2, mtp_weight=0.5)),
+    ("record", dict(mtp_depth=2, norm="rmsnorm", positions="rope", value_embed=True, unet_skips=True,
+                    attn_gate=True, tie_embeddings=False, activation="relu2")),
+])
+def test_multi_token_prediction_loss_matches_the_numpy_reference(name, over):
+    """The training loss with model.mtp_depth modules; evaluation's loss and the logits are
+    the model's without them (whatever their weights)."""
+    cfg = dataclasses.replace(LM_CFG, dtype="float64", **over)
+    batch = {"inputs": jnp.asarray(MTP_IDS[:, :-1]), "targets": jnp.asarray(MTP_IDS[:, 1:])}
+    with float64():
+        params = jax.tree.map(lambda a: a.astype(jnp.float64), _perturbed(init_lm(jax.random.PRNGKey(0), cfg), 1))
+        s, w = lm_loss(params, batch, cfg=cfg, train=True)
+        plain, _ = lm_loss(params, batch, cfg=cfg)
+        other = {**params, "mtp": _perturbed(params["mtp"], 7)}
+        logits, _ = lm_forward(params, batch["inputs"], cfg=cfg)
+        other_logits, _ = lm_forward(other, batch["inputs"], cfg=cfg)
+    p = _np(params)
+    want = mtp_loss_reference(p, MTP_IDS, cfg)
+    assert float(w) == MTP_IDS[:, 1:].size
+    np.testing.assert_allclose(float(s), want, rtol=1e-9)
+    np.testing.assert_allclose(float(plain), mtp_loss_reference(p, MTP_IDS, dataclasses.replace(cfg, mtp_weight=0.0)),
+                               rtol=1e-9)
+    assert abs(float(s) - float(plain)) > 1e-3 * abs(want)  # the modules' losses count
+    np.testing.assert_array_equal(np.asarray(logits), np.asarray(other_logits))
 
 
 ED_CFG = ModelConfig(n_layer=2, n_head=2, d_model=16, d_ff=48, block_size=9, vocab_size=11, positions="sinusoidal")

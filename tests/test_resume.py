@@ -176,14 +176,16 @@ def test_ctrl_c_and_sigterm_save_and_resume_is_exact(corpus, tmp_path, reference
     _assert_same_run(out, reference)
 
 
-NORMUON = ["--set", "optim.muon_coeffs=polar_express", "--set", "optim.normuon_beta2=0.9"]
+# NorMuon, and a multi-token prediction module (its matrices Muon's too)
+NORMUON = ["--set", "optim.muon_coeffs=polar_express", "--set", "optim.normuon_beta2=0.9", "--set",
+           "model.mtp_depth=1"]
 
 
-@pytest.mark.parametrize("variant", [[], NORMUON], ids=["muon", "normuon"])
+@pytest.mark.parametrize("variant", [[], NORMUON], ids=["muon", "normuon_mtp"])
 def test_muon_run_with_ema_stopped_and_resumed_is_exact(corpus, tmp_path, variant):
     """optim.name=muon under the wsd schedule, with a moving average of the weights: its
     state (Muon momentum on the blocks' matrices, AdamW moments elsewhere, None at the
-    other's leaves; NorMuon's second moments where it is on) and the average are
+    other's leaves; NorMuon's second moments and the prediction module's where they are on) and the average are
     checkpointed whole, and a run stopped by SIGTERM and resumed ends identical to an
     uninterrupted one."""
     args = [*ARGS, "--set", "optim.name=muon", "--set", "optim.schedule=wsd", "--set", "train.ema=0.9", *variant]
@@ -205,6 +207,7 @@ def test_muon_run_with_ema_stopped_and_resumed_is_exact(corpus, tmp_path, varian
             "ema.embed.tokens"} <= tensors.keys()
     nu = tensors.get("opt_state.muon.nu.blocks.0.mlp.fc.w")  # NorMuon's: one per neuron of the 32 x 64 matrix
     assert nu.shape == (64,) if variant else nu is None
+    assert ("opt_state.muon.mu.mtp.blocks.0.proj.w" in tensors) == bool(variant)
     r = run_cli("train", "lm", "--data", corpus, "--out", out, *args, "--resume")
     assert r.returncode == 0, r.stderr
     assert f"; trained steps {step}-200 in " in r.stdout, r.stdout

@@ -26,7 +26,7 @@ ACTIVATIONS = ("gelu_tanh", "gelu", "relu2", "swiglu")
 ROPE_SCALINGS = ("", "llama3")  # "": none
 PRODUCTS = ("auto", "float32", "bfloat16")
 MAX_BIGRAM_VOCAB = 1024  # model.bigram_embed's table has (V + 1) x V rows
-LM_ONLY = ("value_embed", "unet_skips", "attn_gate", "bigram_embed")  # model options of the decoder-only LM alone
+LM_ONLY = ("value_embed", "unet_skips", "attn_gate", "bigram_embed", "mtp_depth")  # the decoder-only LM's alone
 OPTIMIZERS = ("adamw", "muon")  # built by optim.optimizer
 MUON_COEFFS = ("jordan", "polar_express")  # Newton-Schulz coefficient sets, optim/muon.py's NS_SCHEDULES
 SCHEDULES = ("cosine", "wsd")   # built by optim.schedule
@@ -41,7 +41,7 @@ MAX = {
     "n_layer": 256, "n_head": 1024, "head_dim": 4096, "d_model": 65536, "d_ff": 262144,
     "block_size": 131072, "vocab_size": 1 << 20, "batch_size": 1 << 20,
     "steps": 1 << 31, "grad_accum": 4096, "steps_per_call": 4096,
-    "max_len": 4096, "eval_size": 1 << 24, "rank": 65536,
+    "max_len": 4096, "eval_size": 1 << 24, "rank": 65536, "mtp_depth": 16,
 }
 MAX_PARAMS = 1 << 34  # ~17e9 parameters
 SECTIONS = ("model", "optim", "train", "lora", "data")
@@ -110,6 +110,10 @@ class ModelConfig:
                                # W_g starting at 0 (Qiu et al. 2025, a head-wise gate)
     bigram_embed: bool = False  # a row per (previous, current) symbol pair added to the token embedding,
                                 # starting at zero; for character vocabularies (<= MAX_BIGRAM_VOCAB)
+    mtp_depth: int = 0        # multi-token prediction in training (DeepSeek-V3): k = 1..mtp_depth modules, module k
+                              # a block reading module k-1's output and token i+k, predicting token i+k+1
+    mtp_weight: float = 0.3   # their losses' weight: loss + mtp_weight / mtp_depth * (sum of theirs); the
+                              # training loss printed includes it, evaluation and sampling never use the modules
 
     def __post_init__(self):
         check_positive(self, "model", "n_layer", "n_head", "d_model", "d_ff", "block_size")
@@ -140,6 +144,11 @@ class ModelConfig:
               f"model.activation={self.activation!r} is not one of {', '.join(ACTIVATIONS)}")
         check(math.isfinite(self.logit_softcap) and self.logit_softcap >= 0,
               f"model.logit_softcap={self.logit_softcap!r} must be >= 0 (0 turns it off)")
+        check(0 <= self.mtp_depth < self.block_size,
+              f"model.mtp_depth={self.mtp_depth} must be in [0, model.block_size={self.block_size})")
+        check_bounded(self, "model", "mtp_depth")
+        check(math.isfinite(self.mtp_weight) and self.mtp_weight >= 0,
+              f"model.mtp_weight={self.mtp_weight!r} must be >= 0")
         check(not self.unet_skips or self.n_layer >= 2,
               f"model.unet_skips=true pairs the first half's layers with the second's: model.n_layer="
               f"{self.n_layer} must be >= 2")
@@ -308,4 +317,6 @@ def approx_params(m: ModelConfig, stacks: int, vocab: int) -> int:
     per_block = attn + (3 if m.activation == "swiglu" else 2) * m.d_model * m.d_ff
     values = vocab * m.head_width * m.kv_heads if m.value_embed else 0
     bigrams = (vocab + 1) * vocab * m.d_model if m.bigram_embed else 0
-    return stacks * m.n_layer * per_block + vocab * m.d_model + m.block_size * m.d_model + values + bigrams
+    mtp = m.mtp_depth * (per_block + 2 * m.d_model * m.d_model)
+    return (stacks * m.n_layer * per_block + vocab * m.d_model + m.block_size * m.d_model + values + bigrams
+            + mtp)

@@ -22,7 +22,7 @@ from .tasks import task_class
 
 # Model keys a fine-tune may set for itself: they change no weight's shape (a shorter
 # block_size keeps the first rows of a learned position table, as nanoGPT's crop_block_size).
-FREE = ("dropout", "block_size", "dtype", "products", "attn_block")
+FREE = ("dropout", "block_size", "dtype", "products", "attn_block", "mtp_weight")
 
 
 def source(path, task: str, *, option: str = "init_from"):

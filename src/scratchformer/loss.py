@@ -11,7 +11,7 @@ import jax.numpy as jnp
 
 from .config import ModelConfig
 from .layers import at_least_f32
-from .models import PAD_ID, encdec_forward, lm_forward
+from .models import PAD_ID, ahead, encdec_forward, lm_forward, lm_forward_mtp
 
 
 def cross_entropy(logits_BxTxV, targets_BxT, weights_BxT, label_smoothing: float = 0.0):
@@ -28,10 +28,21 @@ def cross_entropy(logits_BxTxV, targets_BxT, weights_BxT, label_smoothing: float
 
 
 def lm_loss(params, batch, *, cfg: ModelConfig, train=False, key=None, label_smoothing=0.0):
-    """batch: {"inputs": BxT, "targets": BxT, "weights"?: BxT}; without weights every target counts."""
-    logits, _ = lm_forward(params, batch["inputs"], cfg=cfg, train=train, key=key)
-    weights = batch["weights"] if "weights" in batch else jnp.ones(batch["targets"].shape)
-    return cross_entropy(logits, batch["targets"], weights, label_smoothing)
+    """batch: {"inputs": BxT, "targets": BxT, "weights"?: BxT}; without weights every target counts.
+    In training with model.mtp_depth = D modules, module k's token losses (summed over the
+    positions whose token i+k+1 is in the window, each with that target's weight) are added
+    to the sum times model.mtp_weight / D; the weights' sum stays the next tokens'."""
+    targets = batch["targets"]
+    weights = batch["weights"] if "weights" in batch else jnp.ones(targets.shape)
+    if not (train and cfg.mtp_depth):
+        logits, _ = lm_forward(params, batch["inputs"], cfg=cfg, train=train, key=key)
+        return cross_entropy(logits, targets, weights, label_smoothing)
+    logits, more = lm_forward_mtp(params, batch["inputs"], targets, cfg=cfg, train=train, key=key)
+    s, w = cross_entropy(logits, targets, weights, label_smoothing)
+    for k, logits_k in enumerate(more, 1):
+        s_k, _ = cross_entropy(logits_k, ahead(targets, k), ahead(weights, k), label_smoothing)
+        s = s + cfg.mtp_weight / cfg.mtp_depth * s_k
+    return s, w
 
 
 def seq2seq_loss(params, batch, *, cfg: ModelConfig, train=False, key=None, label_smoothing=0.0):

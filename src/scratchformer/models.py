@@ -4,7 +4,7 @@ layers, LayerNorms and the position add are called through kernels.py, whose FAS
 chooses layers.py's textbook versions or CPU fast paths with the same numbers.
 The "modern block" options of ModelConfig (norm, qk_norm, activation, zero_init,
 logit_softcap; the attention's n_kv_head, head_dim, qkv_bias and rope settings; the LM's
-value_embed, unet_skips, attn_gate and bigram_embed) are
+value_embed, unet_skips, attn_gate and bigram_embed; its training-only mtp_depth) are
 looked up here, in NORM_LAYERS, ACTIVATION_FUNCTIONS and `_rope`, and passed down;
 model.products is entered around every function that runs linear layers (`_in_products`).
 
@@ -13,7 +13,7 @@ V vocabulary, L layers.
 
 Parameter trees are nested dicts with stable keys; those keys are the checkpoint names:
   LM:     {"embed": {"tokens", "positions"?, "values"?, "bigrams"?}, "blocks": [{"ln1","attn","ln2","mlp"}...],
-           "ln_f", "head"?, "skips"?}
+           "ln_f", "head"?, "skips"?, "mtp"?: {"blocks": [{"ln_h","ln_e","proj", block's keys, "ln_f"}...]}}
           attn: {"qkv", "out"} (fused) or {"q", "k", "v", "out"}, each linear {"w", "b"?},
                 + "head_gate" (linear, no bias) and "value_gain" (1 number) with the LM's options;
           mlp: {"fc", "proj"}, or {"gate", "up", "down"} for swiglu.
@@ -25,6 +25,7 @@ Parameter trees are nested dicts with stable keys; those keys are the checkpoint
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import math
@@ -252,6 +253,8 @@ def init_lm(key, cfg: ModelConfig) -> dict:
         params["skips"] = jnp.ones((cfg.n_layer // 2,), jnp.float32)
     if cfg.bigram_embed:  # at zero: the untrained model is the one without the table
         params["embed"]["bigrams"] = jnp.zeros(((cfg.vocab_size + 1) * cfg.vocab_size, cfg.d_model), jnp.float32)
+    if cfg.mtp_depth:
+        params["mtp"] = init_mtp(jax.random.fold_in(kb, 1), cfg)
     return params
 
 
@@ -307,6 +310,48 @@ def lm_forward(params, ids_BxT, *, cfg: ModelConfig, train=False, key=None, cach
     if at is not None:
         x = jax.lax.dynamic_slice_in_dim(x, at, 1, axis=1)
     return _head(params, "tokens", x, cfg), (None if cache is None else new_cache)
+
+
+def _mtp_block_cfg(cfg: ModelConfig) -> ModelConfig:
+    # A module's block has no value embedding to add (the trunk's table feeds the trunk).
+    return dataclasses.replace(cfg, value_embed=False)
+
+
+def init_mtp(key, cfg: ModelConfig) -> dict:
+    """The model.mtp_depth multi-token prediction modules (DeepSeek-V3, sec. 2.2): each
+    norms its two inputs, projects them side by side (2D -> D), runs a block of the
+    trunk's kind and has a final norm of its own; the token table and head are the
+    trunk's. Under "blocks", so that Muon trains their matrices as the trunk's."""
+    modules = []
+    for k in jax.random.split(key, cfg.mtp_depth):
+        kp, kb = jax.random.split(k)
+        modules.append({"ln_h": init_norm(cfg), "ln_e": init_norm(cfg),
+                        "proj": init_linear(kp, 2 * cfg.d_model, cfg.d_model, bias=False),
+                        **_init_block(kb, _mtp_block_cfg(cfg), cross=False), "ln_f": init_norm(cfg)})
+    return {"blocks": modules}
+
+
+def ahead(ids_BxT, k: int):
+    """ids_BxT moved k places to the left, the last k positions 0 (past the window)."""
+    return jnp.pad(ids_BxT[:, k:], ((0, 0), (0, k))) if k else ids_BxT
+
+
+@_in_products
+def lm_forward_mtp(params, ids_BxT, next_BxT, *, cfg: ModelConfig, train=False, key=None):
+    """Training's forward pass with model.mtp_depth modules: (lm_forward's logits BxTxV,
+    [module k's logits BxTxV for k = 1..mtp_depth]). next_BxT: each position's next token
+    (the targets). Module k at position i reads module k-1's output there (the trunk's,
+    normed, for k = 1) and the embedding of token i+k, and predicts token i+k+1; for
+    i + k >= T that token is past the window (the loss gives those positions no weight)."""
+    k_trunk, *k_mtp = _keys(key, cfg.mtp_depth + 1)
+    h, _, _ = _lm_trunk(params, ids_BxT, cfg=cfg, train=train, key=k_trunk, cache=None, pos=0, blocked=True)
+    logits, inner, mask = [_head(params, "tokens", h, cfg)], _mtp_block_cfg(cfg), causal_mask(ids_BxT.shape[1])
+    for k, (p, key_k) in enumerate(zip(params["mtp"]["blocks"], k_mtp), 1):
+        e = embed(params["embed"]["tokens"], ahead(next_BxT, k - 1), h.dtype)
+        x = linear(p["proj"], jnp.concatenate([norm(p["ln_h"], h, cfg), norm(p["ln_e"], e, cfg)], axis=-1))
+        h, _, _ = _block(p, x, cfg=inner, mask=mask, key=key_k, train=train, causal=True)
+        logits.append(_head(params, "tokens", norm(p["ln_f"], h, cfg), cfg))
+    return logits[0], logits[1:]
 
 
 def lm_attention(params, ids_BxT, *, cfg: ModelConfig):

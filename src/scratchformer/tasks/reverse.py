@@ -44,7 +44,8 @@ class ReverseData:
         check(not cfg.lora.rank, f"lora.rank={cfg.lora.rank}: LoRA adapts language models (lm runs) only; the "
               "encoder-decoder of the reverse task has no adapters")
         for key in LM_ONLY:
-            check(not getattr(cfg.model, key), f"model.{key}=true is a language-model option (lm runs); the "
+            value = getattr(cfg.model, key)
+            check(not value, f"model.{key}={str(value).lower()} is a language-model option (lm runs); the "
                   "encoder-decoder of the reverse task does not have it")
         need = cfg.data.max_len + 2
         check(cfg.model.block_size >= need, f"model.block_size={cfg.model.block_size} is too small for data.max_len="
