@@ -269,7 +269,7 @@ def test_stacked_newton_schulz_in_bfloat16_products_beats_the_bfloat16_iteration
 
 def test_a_lone_tall_matrix_orthogonalises_in_bfloat16_products():
     """A matrix of a shape no other has, taller than wide and as large as a preset's (a
-    one-layer model's MLP output; a multi-token prediction module's 2D x D projection):
+    multi-token prediction module's 2D x D projection):
     XLA's CPU backend once folded its transpose into a bfloat16 product it cannot run.
     The update is the float32 iteration's, to bfloat16's rounding."""
     u = jax.random.normal(jax.random.PRNGKey(0), (192, 96))

@@ -165,7 +165,9 @@ def test_epoch_order_reads_every_window_once_an_epoch(n, block, batch, seed):
         assert shift < block and epoch.max() + block <= n - 1  # every window within the text
         assert sorted(epoch.tolist()) == list(range(shift, shift + windows * block, block))
         orders.append(epoch.tolist())
-    assert windows < 3 or orders[0] != orders[1] != orders[2]
+    # A new order each epoch: a repeat has chance ~1 / windows! (1 in 24 at 4 windows), so it
+    # is asked only where that is negligible.
+    assert windows < 8 or orders[0] != orders[1] != orders[2]
 
 
 def test_epoch_order_at_a_late_step_is_the_epochs_order():
