@@ -110,8 +110,8 @@ class ModelConfig:
                                # W_g starting at 0 (Qiu et al. 2025, a head-wise gate)
     bigram_embed: bool = False  # a row per (previous, current) symbol pair added to the token embedding,
                                 # starting at zero; for character vocabularies (<= MAX_BIGRAM_VOCAB)
-    mtp_depth: int = 0        # multi-token prediction in training (DeepSeek-V3): k = 1..mtp_depth modules, module k
-                              # a block reading module k-1's output and token i+k, predicting token i+k+1
+    mtp_depth: int = 0        # multi-token prediction in training (DeepSeek-V3; BENCHMARKS.md "Multi-token prediction"):
+                              # module k, a block reading module k-1's output and token i+k, predicts token i+k+1
     mtp_weight: float = 0.3   # their losses' weight: loss + mtp_weight / mtp_depth * (sum of theirs); the
                               # training loss printed includes it, evaluation and sampling never use the modules
 
