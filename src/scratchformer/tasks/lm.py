@@ -134,7 +134,7 @@ PRESETS = {
     # weights", "Data order: every window once an epoch"). Float32 products even where the
     # CPU has bfloat16 ones: their rounding raised seed 0 by 0.005 at 1,500 steps, a mean
     # at the 1.44 line (BENCHMARKS.md, "`cpu`: the record's recipe in 1,250 steps"). One
-    # multi-token prediction module: 0.011 lower at every seed, a step 1.2x as long, the
+    # multi-token prediction module: 0.011 lower at every seed, a step 1.2-1.3x as long, the
     # whole command about 13 minutes (BENCHMARKS.md, "Multi-token prediction").
     "cpu-record": {**CPU, "data.order": "epoch", "model.products": "float32", "model.mtp_depth": 1},
     "cpu-classic": CPU_CLASSIC,
