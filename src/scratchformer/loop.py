@@ -36,7 +36,7 @@ class Plan(NamedTuple):
     k: int           # steps per call
     n_params: int    # of the model
     n_trained: int   # of what trains: the model's, or a LoRA run's adapters'
-    n_mtp: int = 0   # of the model's, in its multi-token prediction modules (training's alone)
+    n_mtp: int       # of the model's, in its multi-token prediction modules (training's alone)
 
 
 def plan(task, *, fsdp: bool = False) -> Plan:
@@ -53,7 +53,7 @@ def plan(task, *, fsdp: bool = False) -> Plan:
     n, trained = (sum(x.size for x in jax.tree.leaves(t)) for t in (model, template.params))
     check_fits(call, mesh.local_devices, what=footprint(cfg, n, fsdp, mesh.size), advice=_advice(fsdp, mesh.size),
                allocated=_allocated(data))
-    n_mtp = sum(x.size for x in jax.tree.leaves(model.get("mtp", {}))) if isinstance(model, dict) else 0
+    n_mtp = sum(x.size for x in jax.tree.leaves(model.get("mtp", {})))
     return Plan(call, shardings, data, mesh, k, n, trained, n_mtp)
 
 

@@ -146,7 +146,8 @@ def header(task, plan, need: int | None, out_dir) -> str:
     heads = f"{m.n_head} heads" + (f" over {m.kv_heads} key/value heads" if m.kv_heads != m.n_head else "")
     adapters = (f", frozen; LoRA trains {plan.n_trained:,} in rank-{lo.rank} adapters on "
                 f"{', '.join(lo.target_names)}" if lo.rank else "")
-    modules = "a multi-token prediction module" if m.mtp_depth == 1 else f"{m.mtp_depth} multi-token prediction modules"
+    modules = ("a multi-token prediction module" if m.mtp_depth == 1 else
+               f"{m.mtp_depth} multi-token prediction modules")
     mtp = f", {plan.n_mtp:,} of them in {modules} that only training uses" if plan.n_mtp else ""
     return (f"{cfg.task}: {plan.n_params:,} parameters ({shape} x {m.d_model}, {heads}, context "
             f"{m.block_size}, {precision(m)}){mtp}{adapters}; {t.steps:,} steps of {per_step}{memory}; "
