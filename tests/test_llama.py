@@ -206,6 +206,21 @@ def test_greedy_generation_matches_transformers(imported, use_cache):
     got = generate(params, task.cfg.model, prompt, n, temperature=0.0, use_cache=use_cache)
     assert len(want) == len(prompt) + n
     assert list(got) == list(want)
+    # ended by an EOS: the id whose first draw comes last
+    eos, at = latest_first_draw(want, len(prompt))
+    with torch.no_grad():
+        want = model.generate(torch.tensor(prompt)[None], max_new_tokens=n, do_sample=False, pad_token_id=0,
+                              eos_token_id=eos)[0].numpy()
+    got = generate(params, task.cfg.model, prompt, n, temperature=0.0, use_cache=use_cache, stop=eos)
+    assert len(want) == at + 1 and list(got) == list(want)
+
+
+def latest_first_draw(ids, start: int) -> tuple[int, int]:
+    """The id of ids[start:] whose first appearance comes last, and where that is."""
+    firsts = {}
+    for i, t in enumerate(ids[start:].tolist(), start):
+        firsts.setdefault(t, i)
+    return max(firsts.items(), key=lambda kv: kv[1])
 
 
 def test_sample_prints_transformers_tokens_without_the_bos(imported, capsys):
@@ -215,9 +230,32 @@ def test_sample_prints_transformers_tokens_without_the_bos(imported, capsys):
     with torch.no_grad():
         want = model.generate(torch.tensor(prompt)[None], max_new_tokens=50, do_sample=False, pad_token_id=0)[0]
     for extra in ([], ["--no-cache"]):
-        code, out, err = cli(capsys, "sample", run, "--prompt", PROMPT, "--tokens", "50", "--temperature", "0", *extra)
+        code, out, err = cli(capsys, "sample", run, "--prompt", PROMPT, "--tokens", "50", "--temperature", "0",
+                             "--ignore-eos", *extra)
         assert code == 0, err
         assert out == task.tokenizer.decode(want.numpy()) + "\n" and out.startswith(PROMPT)
+
+
+def test_a_sample_ends_at_the_models_eos(small_run, tmp_path, capsys):
+    """sample stops where the model draws its EOS, as transformers' generate does, and
+    leaves the EOS out of the text, saying so on stderr; --ignore-eos goes on to --tokens.
+    (The model's EOS is made a token this random model draws, late in a greedy sample.)"""
+    task, params = ours(small_run[0])
+    prompt = task.tokenizer.encode(PROMPT)
+    whole = generate(params, task.cfg.model, prompt, 50, temperature=0.0)
+    eos, at = latest_first_draw(whole, len(prompt))
+    folder = shutil.copytree(small_run[2], tmp_path / "hf")
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    (folder / "tokenizer_config.json").write_text(json.dumps({**config, "eos_token": task.tokenizer.token(eos)}))
+    assert main(["import", "llama", str(folder), "--out", str(tmp_path / "run")]) == 0
+    assert ours(tmp_path / "run")[0].tokenizer.eos_id == eos
+    capsys.readouterr()
+    args = ("sample", tmp_path / "run", "--prompt", PROMPT, "--tokens", "50", "--temperature", "0")
+    code, out, err = cli(capsys, *args)
+    assert code == 0 and out == task.tokenizer.decode(whole[:at]) + "\n", err
+    assert f"after {at + 1 - len(prompt)} of 50 tokens" in err and "--ignore-eos" in err
+    code, out, err = cli(capsys, *args, "--ignore-eos")
+    assert code == 0 and out == task.tokenizer.decode(whole) + "\n" and not err
 
 
 def test_eval_data_gives_transformers_loss_on_the_text(imported, tmp_path, capsys):

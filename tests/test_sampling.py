@@ -34,6 +34,36 @@ def test_cached_equals_uncached(params, prompt_len, n_new, temperature, top_k, t
     assert len(a) == prompt_len + n_new and (a[:prompt_len] == prompt).all()
 
 
+def first_draws(ids, start: int) -> dict[int, int]:
+    """Each id of ids[start:] and where it first comes."""
+    firsts = {}
+    for i, t in enumerate(ids[start:].tolist(), start):
+        firsts.setdefault(t, i)
+    return firsts
+
+
+@pytest.mark.parametrize("prompt_len,n_new", [(1, 30), (5, 4), (12, 20), (1, 200)])
+@pytest.mark.parametrize("use_cache", [True, False], ids=["kv-cache", "no-cache"])
+def test_a_stop_id_cuts_the_sample_after_its_first_draw(params, prompt_len, n_new, use_cache):
+    """generate(stop=id) is the sample without a stop cut after that id's first draw
+    (token i's noise is its own): stopped at the first token, at the id drawn first the
+    latest (past the block size of 8 that is after re-prefills; 200 tokens end in a
+    period of their own), or never, for an id that is not drawn."""
+    prompt = np.arange(prompt_len) % 13
+    kw = dict(seed=3, temperature=1.0, use_cache=use_cache)
+    whole = generate(params, CFG, prompt, n_new, **kw)
+    firsts = first_draws(whole, prompt_len)
+    latest = max(firsts, key=firsts.get)
+    if n_new > 12:
+        assert firsts[latest] > prompt_len + CFG.block_size  # the stop comes after the window slid
+    for stop in {int(whole[prompt_len]), latest}:
+        np.testing.assert_array_equal(generate(params, CFG, prompt, n_new, stop=stop, **kw),
+                                      whole[: firsts[stop] + 1])
+    undrawn = sorted(set(range(13)) - set(firsts))
+    if undrawn:
+        np.testing.assert_array_equal(generate(params, CFG, prompt, n_new, stop=undrawn[0], **kw), whole)
+
+
 def test_decoding_weights_made_once_give_the_same_tokens(params):
     """A layout made by decoding_weights and passed to several calls samples what each
     call's own conversion does, and it is the transposed layout (not the training one)."""

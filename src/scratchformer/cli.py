@@ -102,6 +102,8 @@ COMMANDS = {
         ("--top-p", "lm: nucleus mass (1 = off, the default)", dict(type=_number(float, 0, 1, open_low=True))),
         ("--seed", "lm: the sampling noise's seed (default 0)", dict(type=int)),
         ("--no-cache", "lm: full forward pass per token (slow; for checking)", TASK_FLAG),
+        ("--ignore-eos", "lm: go on to --tokens past the model's end of text (its EOS, <|endoftext|>), "
+                         "where a sample otherwise ends", TASK_FLAG),
         ("--input", "reverse: space-separated symbols, e.g. '7 3 9 1'", {}),
         ("--beam", f"reverse: beam width, 1 (greedy, the default) to {MAX_BEAM}", dict(type=BEAM))]),
     "plot": ("loss.png and attention.png in a run folder, or several runs' losses on one figure and a table", [
@@ -173,7 +175,7 @@ def cmd_eval(a) -> int:
 
 def cmd_sample(a) -> int:
     task, params, _ = runs.load(a.dir)
-    names = ("prompt", "tokens", "temperature", "top_k", "top_p", "seed", "no_cache", "input", "beam")
+    names = ("prompt", "tokens", "temperature", "top_k", "top_p", "seed", "no_cache", "ignore_eos", "input", "beam")
     out, note = task.sample(params, **task_options(task, {k: getattr(a, k) for k in names}, "sample_options"))
     sys.stdout.write(out + "\n")
     if note:

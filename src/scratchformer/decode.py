@@ -105,9 +105,13 @@ def decoding_weights(params) -> dict:
     return decoding_layout(params["blocks"])
 
 
-@partial(jax.jit, static_argnames=("cfg", "n_prompt", "n_new", "temperature", "top_k", "top_p", "use_cache"))
+@partial(jax.jit, static_argnames=("cfg", "n_prompt", "n_new", "temperature", "top_k", "top_p", "use_cache",
+                                   "stop"))
 def _generate(params, tokens_L, key, layout=None, *, cfg: ModelConfig, n_prompt: int, n_new: int,
-              temperature: float, top_k: int, top_p: float, use_cache: bool):
+              temperature: float, top_k: int, top_p: float, use_cache: bool, stop: int | None = None):
+    """(buffer of the prompt and n_new ids, the number of them generated): n_new, or fewer
+    when the `stop` id was drawn, which ends the sample (the ids after it are left over).
+    Each loop carries that count last, as `ended`."""
     big_t = cfg.block_size
     keep = max(1, big_t // 2)
     # Room for a full window read past the last token.
@@ -129,21 +133,32 @@ def _generate(params, tokens_L, key, layout=None, *, cfg: ModelConfig, n_prompt:
 
     s0 = max(0, n_prompt - big_t)
 
-    def sample_at(buf, i, logits):
-        """Draw the token of step i (position n_prompt + i) and write it into buf."""
+    def sample_at(buf, i, logits, ended):
+        """Draw the token of step i (position n_prompt + i) and write it into buf; the
+        stop id ends the sample after it (no step runs once `ended` is below n_new)."""
         tok = sample_token(key, i, logits, temperature=temperature, top_k=top_k, top_p=top_p)
-        return buf.at[n_prompt + i].set(tok), tok
+        if stop is not None:
+            ended = jnp.where(tok == stop, i + 1, ended)
+        return buf.at[n_prompt + i].set(tok), tok, ended
+
+    def steps(lo, hi, body, carry):
+        """fori_loop(lo, hi, body, carry), left early once the stop id is drawn."""
+        if stop is None:  # the loop as it always was: no condition to read each token
+            return jax.lax.fori_loop(lo, hi, body, carry)
+        out = jax.lax.while_loop(lambda c: (c[0] < hi) & (c[1][-1] == n_new), lambda c: (c[0] + 1, body(*c)),
+                                 (jnp.asarray(lo, jnp.int32), carry))
+        return out[1]
 
     if not use_cache:
         def body(i, carry):
-            buf, s, logits = carry
-            buf, _ = sample_at(buf, i, logits)
+            buf, s, logits, ended = carry
+            buf, _, ended = sample_at(buf, i, logits, ended)
             n = n_prompt + i + 1
             s = jnp.where(n - s > big_t, n - keep, s)  # the sliding-window rule
-            return buf, s, full(buf, s, n)
+            return buf, s, full(buf, s, n), ended
 
-        buf, _, _ = jax.lax.fori_loop(0, n_new, body, (buf, jnp.int32(s0), full(buf, s0, n_prompt)))
-        return buf[: n_prompt + n_new]
+        buf, _, _, ended = steps(0, n_new, body, (buf, jnp.int32(s0), full(buf, s0, n_prompt), jnp.int32(n_new)))
+        return buf[: n_prompt + n_new], ended
 
     # With the cache the same rule has a static schedule: after a (re-)prefill that
     # leaves `filled` tokens in the cache, T - filled single-token steps fit, then the
@@ -156,24 +171,24 @@ def _generate(params, tokens_L, key, layout=None, *, cfg: ModelConfig, n_prompt:
     step_params = {**params, "blocks": decoding_weights(params) if layout is None else layout}
 
     def single(i, carry):
-        buf, s, logits, cache = carry
-        buf, tok = sample_at(buf, i, logits)
+        buf, s, logits, cache, ended = carry
+        buf, tok, ended = sample_at(buf, i, logits, ended)
         # The token before `tok` is in the window: a step never starts one (bigram_embed's pair).
         out, cache = lm_forward(step_params, tok[None, None], cfg=cfg, cache=cache, pos=n_prompt + i - s,
                                 prev=buf[n_prompt + i - 1][None])
-        return buf, s, out[0, 0], cache
+        return buf, s, out[0, 0], cache, ended
 
     def slide(i, carry):
-        buf, _, logits, _ = carry
-        buf, _ = sample_at(buf, i, logits)
+        buf, _, logits, _, ended = carry
+        buf, _, ended = sample_at(buf, i, logits, ended)
         s = n_prompt + i + 1 - keep
         logits, cache = prefill(buf, s, keep)
-        return buf, s, logits, cache
+        return buf, s, logits, cache, ended
 
     def period(j, carry, start, length):
         i = start + j * (1 + length)
         carry = slide(i, carry)
-        return jax.lax.fori_loop(i + 1, i + 1 + length, single, carry)
+        return steps(i + 1, i + 1 + length, single, carry)
 
     # Until the window first fills, the cache grows in steps (cache_sizes): a token's
     # attention reads the slots of its step's size, not the whole block, whose reads at
@@ -181,26 +196,30 @@ def _generate(params, tokens_L, key, layout=None, *, cfg: ModelConfig, n_prompt:
     first = min(n_new, big_t - (n_prompt - s0))        # single steps until the cache is full
     sizes = cache_sizes(n_prompt - s0, first)
     logits0, cache0 = prefill(buf, s0, n_prompt - s0, sizes[0])
-    carry, done = (buf, jnp.int32(s0), logits0, cache0), 0
+    carry, done = (buf, jnp.int32(s0), logits0, cache0, jnp.int32(n_new)), 0
     for k, size in enumerate(sizes):
         if k:
-            carry = (*carry[:3], grow_cache(carry[3], size))
+            carry = (*carry[:3], grow_cache(carry[3], size), carry[4])
         end = min(first, size - (n_prompt - s0))       # step i writes slot n_prompt - s0 + i
-        carry, done = jax.lax.fori_loop(done, end, single, carry), end
+        carry, done = steps(done, end, single, carry), end
     per = big_t - keep                                 # single steps after each re-prefill
     n_periods, rest = divmod(n_new - first, 1 + per)
     if n_periods:  # traced only where it runs: its re-prefills make caches of the whole block
-        carry = jax.lax.fori_loop(0, n_periods, partial(period, start=first, length=per), carry)
-    if rest:
-        carry = period(0, carry, first + n_periods * (1 + per), rest - 1)
-    buf = carry[0]
-    return buf[: n_prompt + n_new]
+        carry = steps(0, n_periods, partial(period, start=first, length=per), carry)
+    if rest:  # a loop of one period where the sample may have ended: no re-prefill after it
+        last = partial(period, start=first + n_periods * (1 + per), length=rest - 1)
+        carry = last(0, carry) if stop is None else steps(0, 1, last, carry)
+    return carry[0][: n_prompt + n_new], carry[4]
 
 
 def generate(params, cfg: ModelConfig, prompt_ids, n_new: int, *, seed: int = 0, temperature: float = 0.8,
-             top_k: int = 0, top_p: float = 1.0, use_cache: bool = True, layout=None) -> np.ndarray:
-    """Prompt ids (at least one) followed by n_new generated ids, as numpy. `layout`:
-    decoding_weights(params), to reuse over several calls (with the cache only)."""
+             top_k: int = 0, top_p: float = 1.0, use_cache: bool = True, layout=None,
+             stop: int | None = None) -> np.ndarray:
+    """Prompt ids (at least one) followed by n_new generated ids, as numpy; with `stop`
+    (an id: the tokenizer's end of text), fewer where that id is drawn, the ids ending
+    with it, as transformers' generate(eos_token_id=stop). Token i is the same with a
+    stop or without: the ids are those of the longer sample cut after the first stop.
+    `layout`: decoding_weights(params), to reuse over several calls (with the cache only)."""
     prompt = np.asarray(prompt_ids, np.int32)
     if prompt.ndim != 1 or len(prompt) == 0:
         raise ValueError("the prompt must hold at least one token")
@@ -214,11 +233,12 @@ def generate(params, cfg: ModelConfig, prompt_ids, n_new: int, *, seed: int = 0,
     layout = layout if use_cache else None
     run = _generate.lower(params, tokens, key, layout, cfg=cfg, n_prompt=len(prompt), n_new=n_new,
                           temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
-                          use_cache=use_cache).compile()
+                          use_cache=use_cache, stop=None if stop is None else int(stop)).compile()
     check_fits(run, jax.local_devices()[:1], what=f"sampling {n_new:,} tokens",
                advice="ask for fewer tokens", allocated=tree_bytes(params) + tree_bytes(layout))
     tokens = jnp.concatenate([jnp.asarray(prompt), jnp.zeros((n_new,), jnp.int32)])
-    return np.asarray(run(params, tokens, key, layout))
+    ids, n_out = run(params, tokens, key, layout)
+    return np.asarray(ids)[: len(prompt) + int(n_out)]
 
 
 # ---------------------------------------------------------------- encoder-decoder

@@ -126,3 +126,11 @@ def tokenizer_from_json(text: str, source: str = "tokenizer.json"):
     if isinstance(d, dict) and d.get("kind") == HFTokenizer.kind:
         return HFTokenizer.from_saved(d, source)
     return BpeTokenizer.from_json(text, source)
+
+
+def end_of_text(tok) -> int | None:
+    """The id that ends a text: a model's own EOS, <|endoftext|> for a BPE that has it; None
+    for characters. Token files put it between documents; a sample stops where it is drawn."""
+    if tok.kind == HFTokenizer.kind:
+        return tok.eos_id
+    return tok.id_of(END_OF_TEXT) if tok.kind == BpeTokenizer.kind else None

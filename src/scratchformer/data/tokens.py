@@ -22,7 +22,7 @@ import numpy as np
 from ..errors import DataError
 from ..files import atomic_folder, missing_parents
 from ..progress import counter
-from .bpe import END_OF_TEXT, BpeTokenizer, tokenizer_from_json
+from .bpe import BpeTokenizer, end_of_text, tokenizer_from_json
 from .text import CharTokenizer, sha256_file
 
 FORMAT = 1
@@ -123,12 +123,8 @@ def prepare(paths, out, *, tokenizer: str = "char", vocab_size: int | None = Non
 def _separator(tok) -> list[int]:
     """The ids written between two files (documents): GPT-2's <|endoftext|> for a BPE that
     has it, a model's own EOS (where its tokenizer does not end each text with one already)."""
-    if tok.kind == "bpe":
-        eot = tok.id_of(END_OF_TEXT)
-        return [] if eot is None else [eot]
-    if tok.kind == "hf" and tok.eos_id is not None and not tok.add_eos:
-        return [tok.eos_id]
-    return []
+    eot = end_of_text(tok)
+    return [] if eot is None or (tok.kind == "hf" and tok.add_eos) else [eot]
 
 
 def _encoded_pieces(tok, path: Path):

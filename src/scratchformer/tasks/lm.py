@@ -16,7 +16,7 @@ import numpy as np
 
 from ..config import RunConfig, check
 from ..data import text
-from ..data.bpe import tokenizer_from_json
+from ..data.bpe import end_of_text, tokenizer_from_json
 from ..data.stream import WindowStream
 from ..data.tokens import TokenFiles
 from ..decode import generate
@@ -176,7 +176,7 @@ class LMTask(DrawnOnDevice):
     finetune_preset = FINETUNE_PRESET  # with --init-from
     lora_preset = LORA_PRESET  # with --init-from and --lora
     sample_options = {"prompt": "\n", "tokens": 500, "temperature": 0.8, "top_k": 0, "top_p": 1.0, "seed": 0,
-                      "no_cache": False}
+                      "no_cache": False, "ignore_eos": False}
     # data: score this text file instead of the validation split; windows: only that many
     # evenly spaced windows of it (0: all), for a validation split too large to score whole
     eval_options = {"data": None, "windows": 0}
@@ -415,8 +415,11 @@ class LMTask(DrawnOnDevice):
                 f"{r['bits_per_byte']:.4f} bits per byte) over {r['val_tokens']} tokens{ema}{step}")
 
     # ------------------------------------------------------------ use
-    def sample(self, params, *, prompt, tokens, temperature, top_k, top_p, seed, no_cache) -> tuple[str, None]:
-        """The prompt and `tokens` generated tokens, as text."""
+    def sample(self, params, *, prompt, tokens, temperature, top_k, top_p, seed, no_cache,
+               ignore_eos) -> tuple[str, str | None]:
+        """The prompt and `tokens` generated tokens, as text; fewer where the model draws its
+        end of text (a model's EOS, a BPE's <|endoftext|>), which ends the sample unshown,
+        as transformers' generate ends there, unless `ignore_eos`. The note says so."""
         vocab = self.cfg.model.vocab_size
         if not 0 <= top_k <= vocab:
             raise UsageError(f"top_k={top_k} must be in [0, {vocab}]")
@@ -437,6 +440,13 @@ class LMTask(DrawnOnDevice):
                              f"(model.block_size={self.cfg.model.block_size:,}); give a shorter one", option="prompt")
         if tokens > MAX_SAMPLE_TOKENS:
             raise UsageError(f"tokens={tokens:,} must be at most {MAX_SAMPLE_TOKENS:,}")
-        out = generate(params, self.cfg.model, ids, tokens, seed=seed,
-                       temperature=temperature, top_k=top_k, top_p=top_p, use_cache=not no_cache)
-        return self.tokenizer.decode(out), None
+        stop = None if ignore_eos else end_of_text(self.tokenizer)
+        out = generate(params, self.cfg.model, ids, tokens, seed=seed, temperature=temperature, top_k=top_k,
+                       top_p=top_p, use_cache=not no_cache, stop=stop)
+        made = len(out) - len(ids)
+        if stop is None or out[-1] != stop:  # made >= 1: out[-1] is a generated token
+            return self.tokenizer.decode(out), None
+        name = self.tokenizer.decode([stop])
+        shown = repr(name) if len(name) <= 30 else repr(name[:24]) + "..."
+        return self.tokenizer.decode(out[:-1]), (f"the sample ended at {shown}, the model's end of text, after "
+                                                 f"{made:,} of {tokens:,} tokens (--ignore-eos goes on past it)")
