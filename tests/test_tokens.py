@@ -128,6 +128,12 @@ def test_attention_plot_labels_one_token_each():
     labels = token_labels(tok, tok.encode(text))
     assert len(labels) == len(tok.encode(text)) < len(text)
     assert "".join(labels) == text.replace(" ", "\u2423").replace("\n", "\u21b5")
+    # a token longer than a label holds (a long word, merged whole) is cut with an ellipsis
+    word = " honorificabilitudinitatibus"
+    long = BpeTokenizer.train([word * 100], 300)
+    ids = long.encode(word * 2)
+    assert len(ids) == 2
+    assert token_labels(long, ids) == ["\u2423honorifica\u2026"] * 2
 
 
 @pytest.mark.parametrize("kind,vocab", [("char", None), ("bpe", 300)])

@@ -141,9 +141,14 @@ def _char_label(c: str) -> str:
     return {" ": "\u2423", "\n": "\u21b5", "\t": "\u2192"}.get(c, c if c.isprintable() else repr(c)[1:-1])
 
 
+LABEL_CHARS = 12  # a longer token's label is cut, so that a long BPE merge leaves the heat maps their room
+
+
 def token_labels(tokenizer, ids) -> list[str]:
-    """One label per token: its own text, spaces and newlines made visible."""
-    return ["".join(_char_label(c) for c in tokenizer.decode([int(i)])) for i in ids]
+    """One label per token: its own text, spaces and newlines made visible, cut to
+    LABEL_CHARS with an ellipsis."""
+    labels = ["".join(_char_label(c) for c in tokenizer.decode([int(i)])) for i in ids]
+    return [s if len(s) <= LABEL_CHARS else s[:LABEL_CHARS - 1] + "\u2026" for s in labels]
 
 
 def lm_snippet(task, params, meta: dict, run_dir, length: int = 40) -> tuple[np.ndarray, str]:
