@@ -1,6 +1,7 @@
 """Decoding, each a whole jit-compiled loop (no Python call per token):
 
-* LM sampling with temperature / top-k / top-p, with or without a KV cache;
+* LM sampling with temperature / top-k / top-p, with or without a KV cache, ended
+  early where a stop id (the end of text) is drawn;
 * encoder-decoder greedy and beam search, with a KV cache for decoder
   self-attention and the encoder's cross-attention keys/values computed once.
 
@@ -143,7 +144,7 @@ def _generate(params, tokens_L, key, layout=None, *, cfg: ModelConfig, n_prompt:
 
     def steps(lo, hi, body, carry):
         """fori_loop(lo, hi, body, carry), left early once the stop id is drawn."""
-        if stop is None:  # the loop as it always was: no condition to read each token
+        if stop is None:  # a counted loop: no condition to read each token
             return jax.lax.fori_loop(lo, hi, body, carry)
         out = jax.lax.while_loop(lambda c: (c[0] < hi) & (c[1][-1] == n_new), lambda c: (c[0] + 1, body(*c)),
                                  (jnp.asarray(lo, jnp.int32), carry))
