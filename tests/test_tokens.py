@@ -136,6 +136,21 @@ def test_attention_plot_labels_one_token_each():
     assert token_labels(long, ids) == ["\u2423honorifica\u2026"] * 2
 
 
+def test_the_end_of_text_is_a_bpes_separator_and_a_models_eos():
+    """Where a sample ends and what token files put between documents: a BPE's
+    <|endoftext|>, a model's own EOS; characters have none."""
+    from scratchformer.data.hf_tokenizer import HFTokenizer
+    from scratchformer.data.text import CharTokenizer
+    trained = BpeTokenizer.train([TEXT], 300)
+    assert bpe.end_of_text(trained) == trained.id_of(END_OF_TEXT) is not None
+    assert tokens._separator(trained) == [trained.id_of(END_OF_TEXT)]
+    assert bpe.end_of_text(CharTokenizer.from_text(TEXT)) is None
+    own = HFTokenizer(trained._tok, bos_id=None, eos_id=7, add_bos=False, add_eos=False)
+    assert bpe.end_of_text(own) == 7 and tokens._separator(own) == [7]
+    adds = HFTokenizer(trained._tok, bos_id=None, eos_id=7, add_bos=False, add_eos=True)
+    assert bpe.end_of_text(adds) == 7 and tokens._separator(adds) == []  # its encode ends each text with it
+
+
 @pytest.mark.parametrize("kind,vocab", [("char", None), ("bpe", 300)])
 def test_prepare_writes_splits_that_decode_to_the_sources(tmp_path, monkeypatch, kind, vocab):
     from scratchformer.data import tokens
