@@ -13,8 +13,9 @@ as many threads as this process has cores (or `--torch-threads`). tokens/s = new
 / the whole call (the prompt's prefill included, for both). Ours has the decoding layout
 of its weights made once before the calls (`decode.decoding_weights`, as transformers'
 model is loaded once; `layout_s`), and is timed again converting them in every call
-(`ours_layout_per_call`). The ratio is the median of the run-by-run ratios, which holds
-when a shared machine's speed drifts between runs.
+(`ours_layout_per_call`), and with a stop id that is never drawn (`ours_with_stop`: the
+loops `sample` runs for a model with an EOS). A ratio is the median of the run-by-run
+ratios, which holds when a shared machine's speed drifts between runs.
 
 Beside them, the machine's weight-streaming floor: the bandwidth of a jitted sum over a
 1 GiB float32 array, divided by the bytes a token reads (every weight once; the head's
@@ -53,6 +54,9 @@ from scratchformer.models import init_lm
 
 GPT2 = ModelConfig(n_layer=12, n_head=12, d_model=768, d_ff=3072, block_size=1024, vocab_size=50257,
                    positions="learned", tie_embeddings=True, bias=True, ln_eps=1e-5, dropout=0.0, products="float32")
+# A stop id no token has: the sampler's loops then read whether the sample ended, as `sample`'s
+# do with a model's EOS, and run to the end (`ours_with_stop`).
+NEVER = -1
 # HuggingFaceTB/SmolLM2-135M's config.json
 SMOLLM2 = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
                num_key_value_heads=3, max_position_embeddings=8192, rms_norm_eps=1e-5, rope_theta=100000.0,
@@ -154,8 +158,9 @@ def main() -> None:
         layout = jax.block_until_ready(decoding_weights(params))  # once, as a model is loaded once
         out["layout_s"] = round(time.perf_counter() - start, 2)
 
-        def ours(layout=layout):
-            return generate(params, cfg, prompt, a.new, temperature=0.0, use_cache=True, layout=layout)[a.prompt:]
+        def ours(layout=layout, stop=None):
+            return generate(params, cfg, prompt, a.new, temperature=0.0, use_cache=True, layout=layout,
+                            stop=stop)[a.prompt:]
 
         def theirs():
             with torch.inference_mode():
@@ -169,12 +174,14 @@ def main() -> None:
         out["ours_first_call_s"] = round(time.perf_counter() - start, 2)  # tracing and compiling included
         tok_theirs = theirs()
         assert (ours(None) == tok_ours).all()  # the layout made in the call: the same tokens
+        assert (ours(stop=NEVER) == tok_ours).all()  # a stop id never drawn: the same tokens
         assert len(tok_ours) == len(tok_theirs) == a.new
         same = tok_ours == tok_theirs
         out["greedy_tokens_agree"] = int(same.sum())
         out["first_disagreement"] = None if same.all() else int(np.argmin(same))
-        rates = {"ours": [], "ours_layout_per_call": [], "theirs": []}
-        fs = (("ours", ours), ("ours_layout_per_call", lambda: ours(None)), ("theirs", theirs))
+        rates = {"ours": [], "ours_layout_per_call": [], "ours_with_stop": [], "theirs": []}
+        fs = (("ours", ours), ("ours_layout_per_call", lambda: ours(None)), ("ours_with_stop", lambda: ours(stop=NEVER)),
+              ("theirs", theirs))
         for r in range(a.runs):
             for name, f in (fs if r % 2 == 0 else fs[::-1]):
                 start = time.perf_counter()
@@ -184,7 +191,11 @@ def main() -> None:
         out.update({"prompt_tokens": a.prompt, "new_tokens": a.new, "runs": a.runs,
                     "ours_tokens_per_s": rates["ours"], "theirs_tokens_per_s": rates["theirs"],
                     "ours_layout_per_call_tokens_per_s": rates["ours_layout_per_call"],
+                    "ours_with_stop_tokens_per_s": rates["ours_with_stop"],
                     "ours_median": med["ours"], "ours_layout_per_call_median": med["ours_layout_per_call"],
+                    "ours_with_stop_median": med["ours_with_stop"],
+                    "ratio_with_stop_over_without": round(statistics.median(
+                        s / o for s, o in zip(rates["ours_with_stop"], rates["ours"])), 3),
                     "theirs_median": med["theirs"],
                     "ratio_ours_over_theirs": round(statistics.median(
                         o / t for o, t in zip(rates["ours"], rates["theirs"])), 3),

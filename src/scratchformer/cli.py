@@ -96,14 +96,14 @@ COMMANDS = {
     "sample": ("generate from a trained run", [
         ("dir", RUN_HELP, DIR),
         ("--prompt", "lm: text to continue (default a newline)", {}),
-        ("--tokens", "lm: tokens to generate (default 500)", dict(type=TOKENS)),
+        ("--tokens", "lm: tokens to generate (default 500), fewer where the model ends its text", dict(type=TOKENS)),
         ("--temperature", "lm: 0 = greedy (default 0.8)", dict(type=_number(float, 0))),
         ("--top-k", "lm: keep the k most likely (0 = all, the default)", dict(type=_number(int, 0))),
         ("--top-p", "lm: nucleus mass (1 = off, the default)", dict(type=_number(float, 0, 1, open_low=True))),
         ("--seed", "lm: the sampling noise's seed (default 0)", dict(type=int)),
         ("--no-cache", "lm: full forward pass per token (slow; for checking)", TASK_FLAG),
-        ("--ignore-eos", "lm: go on to --tokens past the model's end of text (its EOS, <|endoftext|>), "
-                         "where a sample otherwise ends", TASK_FLAG),
+        ("--ignore-eos", "lm: go on past the model's end of text (its EOS, <|endoftext|>) to --tokens",
+         TASK_FLAG),
         ("--input", "reverse: space-separated symbols, e.g. '7 3 9 1'", {}),
         ("--beam", f"reverse: beam width, 1 (greedy, the default) to {MAX_BEAM}", dict(type=BEAM))]),
     "plot": ("loss.png and attention.png in a run folder, or several runs' losses on one figure and a table", [
