@@ -11,7 +11,7 @@
 #      shipped (AdamW, dropout 0.2, 2,500 steps), then Muon with the `cpu` preset's settings
 #      (decay 0.2 on its matrices, the weights' average at 0.98) for 1,500 steps, and the same
 #      with `cpu-record`'s recipe on top (every window once an epoch, one multi-token prediction
-#      module), and with model.products=bfloat16 (Newton-Schulz stacked by shape, bfloat16
+#      module, head-wise attention gates), and with model.products=bfloat16 (Newton-Schulz stacked by shape, bfloat16
 #      products: fewer, larger launches);
 #   3. benchmarks/profile_step.py on the preset and with optim.name=muon, unstacked and
 #      stacked: ms a step untraced (to set against part 1's rate) and where it goes (every
@@ -57,7 +57,7 @@ timeout 60 $PY benchmarks/matmul_rate.py --sizes $N 2>&1 | grep -v Warning
 MUON=optim.name=muon,optim.muon_weight_decay=0.2,train.ema=0.98
 RECIPES=(
   --recipe "muon1500=$MUON,train.steps=1500"
-  --recipe "record1500=$MUON,train.steps=1500,data.order=epoch,model.mtp_depth=1"
+  --recipe "record1500=$MUON,train.steps=1500,data.order=epoch,model.mtp_depth=1,model.attn_gate=true"
   --recipe "muon1500-bf16ns=$MUON,train.steps=1500,model.products=bfloat16"
   --recipe "muon1500-drop0.1=$MUON,train.steps=1500,model.dropout=0.1"
   --recipe "muon1000=$MUON,train.steps=1000"
