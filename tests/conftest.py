@@ -117,3 +117,12 @@ def as_multi_head(params, cfg):
             return tree
         return {n: ({leaf: widen(x) for leaf, x in t.items()} if n in ("k", "v") else walk(t)) for n, t in tree.items()}
     return walk(params), dataclasses.replace(cfg, n_kv_head=0)
+
+
+def latest_first_draw(ids, start: int) -> tuple[int, int]:
+    """The id of ids[start:] whose first appearance comes last, and where that is: a stop id
+    that ends a sample late."""
+    firsts = {}
+    for i, t in enumerate(ids[start:].tolist(), start):
+        firsts.setdefault(t, i)
+    return max(firsts.items(), key=lambda kv: kv[1])

@@ -28,6 +28,8 @@ from scratchformer.data.hf_tokenizer import HFTokenizer
 from scratchformer.decode import generate
 from scratchformer.models import lm_forward
 
+from conftest import latest_first_draw
+
 TEXT = ("the quick brown fox jumps over the lazy dog. " * 40 + "ROMEO: O, she doth teach the torches!\n" * 20)
 EVAL_TEXT = "ROMEO: O, she doth teach the torches to burn bright! \u2603 the lazy dog.\n" * 8  # a snowman: byte fallback
 PROMPT = "ROMEO: O, she"
@@ -213,14 +215,6 @@ def test_greedy_generation_matches_transformers(imported, use_cache):
                               eos_token_id=eos)[0].numpy()
     got = generate(params, task.cfg.model, prompt, n, temperature=0.0, use_cache=use_cache, stop=eos)
     assert len(want) == at + 1 and list(got) == list(want)
-
-
-def latest_first_draw(ids, start: int) -> tuple[int, int]:
-    """The id of ids[start:] whose first appearance comes last, and where that is."""
-    firsts = {}
-    for i, t in enumerate(ids[start:].tolist(), start):
-        firsts.setdefault(t, i)
-    return max(firsts.items(), key=lambda kv: kv[1])
 
 
 def test_sample_prints_transformers_tokens_without_the_bos(imported, capsys):

@@ -13,6 +13,8 @@ from scratchformer import decode
 from scratchformer.decode import _generate, cache_sizes, filter_logits, generate, sample_token
 from scratchformer.models import init_lm, lm_forward
 
+from conftest import latest_first_draw
+
 CFG = ModelConfig(n_layer=2, n_head=2, d_model=32, d_ff=64, block_size=8, vocab_size=13)
 
 
@@ -34,14 +36,6 @@ def test_cached_equals_uncached(params, prompt_len, n_new, temperature, top_k, t
     assert len(a) == prompt_len + n_new and (a[:prompt_len] == prompt).all()
 
 
-def first_draws(ids, start: int) -> dict[int, int]:
-    """Each id of ids[start:] and where it first comes."""
-    firsts = {}
-    for i, t in enumerate(ids[start:].tolist(), start):
-        firsts.setdefault(t, i)
-    return firsts
-
-
 @pytest.mark.parametrize("prompt_len,n_new", [(1, 30), (5, 4), (12, 20), (1, 200)])
 @pytest.mark.parametrize("use_cache", [True, False], ids=["kv-cache", "no-cache"])
 def test_a_stop_id_cuts_the_sample_after_its_first_draw(params, prompt_len, n_new, use_cache):
@@ -52,14 +46,12 @@ def test_a_stop_id_cuts_the_sample_after_its_first_draw(params, prompt_len, n_ne
     prompt = np.arange(prompt_len) % 13
     kw = dict(seed=3, temperature=1.0, use_cache=use_cache)
     whole = generate(params, CFG, prompt, n_new, **kw)
-    firsts = first_draws(whole, prompt_len)
-    latest = max(firsts, key=firsts.get)
+    latest, at = latest_first_draw(whole, prompt_len)
     if n_new > 12:
-        assert firsts[latest] > prompt_len + CFG.block_size  # the stop comes after the window slid
-    for stop in {int(whole[prompt_len]), latest}:
-        np.testing.assert_array_equal(generate(params, CFG, prompt, n_new, stop=stop, **kw),
-                                      whole[: firsts[stop] + 1])
-    undrawn = sorted(set(range(13)) - set(firsts))
+        assert at > prompt_len + CFG.block_size  # the stop comes after the window slid
+    for stop, first in ((int(whole[prompt_len]), prompt_len), (latest, at)):
+        np.testing.assert_array_equal(generate(params, CFG, prompt, n_new, stop=stop, **kw), whole[: first + 1])
+    undrawn = sorted(set(range(13)) - set(whole[prompt_len:].tolist()))
     if undrawn:
         np.testing.assert_array_equal(generate(params, CFG, prompt, n_new, stop=undrawn[0], **kw), whole)
 
