@@ -11,8 +11,8 @@
 #      shipped (AdamW, dropout 0.2, 2,500 steps), then Muon with the `cpu` preset's settings
 #      (decay 0.2 on its matrices, the weights' average at 0.98) for 1,500 steps, and the same
 #      with `cpu-record`'s recipe on top (every window once an epoch, one multi-token prediction
-#      module, head-wise attention gates), and with model.products=bfloat16 (Newton-Schulz stacked by shape, bfloat16
-#      products: fewer, larger launches);
+#      module, head-wise attention gates), and with model.products=bfloat16 (Newton-Schulz
+#      stacked by shape, bfloat16 products: fewer, larger launches);
 #   3. benchmarks/profile_step.py on the preset and with optim.name=muon, unstacked and
 #      stacked: ms a step untraced (to set against part 1's rate) and where it goes (every
 #      kernel's time in ops-*.json), and benchmarks/attention_bench.py at the preset's shape:

@@ -167,6 +167,12 @@ def encode(tokenizer, corpus: str, what) -> np.ndarray:
     return tokenizer.encode(corpus)
 
 
+def _quoted(text: str) -> str:
+    """A piece of the user's or the model's text in a message: repr'd, cut after 30
+    characters when longer than 40."""
+    return repr(text) if len(text) <= 40 else repr(text[:30]) + "..."
+
+
 class LMTask(DrawnOnDevice):
     """Language model on a text, or on token files."""
 
@@ -438,8 +444,7 @@ class LMTask(DrawnOnDevice):
         if len(ids) == 0:
             raise UsageError(f"the prompt {prompt!r} encodes to no tokens")
         if len(ids) > self.cfg.model.block_size:
-            shown = repr(prompt) if len(prompt) <= 40 else repr(prompt[:30]) + "..."
-            raise UsageError(f"{shown} is {len(ids):,} tokens long, longer than the model's context "
+            raise UsageError(f"{_quoted(prompt)} is {len(ids):,} tokens long, longer than the model's context "
                              f"(model.block_size={self.cfg.model.block_size:,}); give a shorter one", option="prompt")
         if tokens > MAX_SAMPLE_TOKENS:
             raise UsageError(f"tokens={tokens:,} must be at most {MAX_SAMPLE_TOKENS:,}")
@@ -449,7 +454,6 @@ class LMTask(DrawnOnDevice):
         made = len(out) - len(ids)
         if stop is None or out[-1] != stop:  # made >= 1: out[-1] is a generated token
             return self.tokenizer.decode(out), None
-        name = self.tokenizer.decode([stop])
-        shown = repr(name) if len(name) <= 30 else repr(name[:24]) + "..."
-        return self.tokenizer.decode(out[:-1]), (f"the sample ended at {shown}, the model's end of text, after "
+        end = _quoted(self.tokenizer.decode([stop]))
+        return self.tokenizer.decode(out[:-1]), (f"the sample ended at {end}, the model's end of text, after "
                                                  f"{made:,} of {tokens:,} tokens (--ignore-eos goes on past it)")
